@@ -238,7 +238,7 @@ class SparseFeatures:
         n, k = self.idx.shape
         indptr = np.arange(0, n * k + 1, k)
         m = sp.csr_matrix(
-            (self.val.ravel().astype(np.float32), self.idx.ravel(), indptr),
+            (self.val.ravel().astype(np.float32), self.idx.ravel().copy(), indptr),
             shape=(n, self.n_features),
         )
         m.eliminate_zeros()
