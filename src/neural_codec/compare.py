@@ -1,0 +1,434 @@
+"""Circuit comparison: do the Squeezer's synthetic neurons fire like the model's neurons?
+
+The validation hypothesis of the project. Two neuron populations recorded on the same held-out
+inputs (A: candidate, e.g. the Squeezer's M neurons; B: reference, e.g. the model's neurons) are
+compared by
+
+- the Pearson correlation matrix between every candidate and every reference neuron, the best
+  |r| per candidate neuron, and a one-to-one Hungarian matching on |r| (a privileged basis is
+  only "the same" if neurons match individually);
+- linear CKA (Kornblith et al. 2019) and SVCCA (Raghu et al. 2017), which ignore the basis and
+  ask whether the two populations span the same representation;
+- the similarity of the feature-interference structure (Gram matrices of feature directions in
+  neuron space) with a Mantel permutation test, which needs no neuron matching at all.
+
+All population statistics are computed from running sums (`CrossMoments`), so held-out sets
+stream through in batches: memory is (p + q)^2, not N. Constant ("dead") columns get r = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from neural_codec.io import SparseFeatures
+
+# A column whose variance is below this fraction of its mean square (or below _ABS_VAR_EPS) is
+# treated as constant: correlations with it are 0 rather than noise divided by ~0.
+_REL_VAR_EPS = 1e-10
+_ABS_VAR_EPS = 1e-30
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming second moments
+# --------------------------------------------------------------------------------------------
+
+
+class CrossMoments:
+    """Running first and second moments of two row-aligned populations A (N, p) and B (N, q).
+
+    Sums are kept in float64 around a shift (the first batch's column means), which avoids the
+    cancellation of the naive sum-of-squares formula. Everything else (correlations, CKA,
+    SVCCA) is derived from the covariance blocks, so the data are read once.
+    """
+
+    def __init__(self, p: int, q: int, with_within: bool = True):
+        self.p, self.q = p, q
+        self.with_within = with_within
+        self.n = 0
+        self.shift_a: np.ndarray | None = None
+        self.shift_b: np.ndarray | None = None
+        self.sa = np.zeros(p)
+        self.sb = np.zeros(q)
+        self.sqa = np.zeros(p)  # diagonal of A^T A (always kept, for variances)
+        self.sqb = np.zeros(q)
+        self.sab = np.zeros((p, q))
+        self.saa = np.zeros((p, p)) if with_within else None
+        self.sbb = np.zeros((q, q)) if with_within else None
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> CrossMoments:
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != self.p or b.shape[1] != self.q:
+            raise ValueError(f"expected (n, {self.p}) and (n, {self.q}), got {a.shape}, {b.shape}")
+        if len(a) != len(b):
+            raise ValueError(f"A and B must be row-aligned: {len(a)} vs {len(b)} rows")
+        if len(a) == 0:
+            return self
+        if self.shift_a is None:
+            self.shift_a = a.mean(0)
+            self.shift_b = b.mean(0)
+        a = a - self.shift_a
+        b = b - self.shift_b
+        self.n += len(a)
+        self.sa += a.sum(0)
+        self.sb += b.sum(0)
+        self.sqa += np.einsum("ij,ij->j", a, a)
+        self.sqb += np.einsum("ij,ij->j", b, b)
+        self.sab += a.T @ b
+        if self.with_within:
+            self.saa += a.T @ a
+            self.sbb += b.T @ b
+        return self
+
+    def _need(self) -> None:
+        if self.n < 2:
+            raise ValueError(f"need at least 2 rows, got {self.n}")
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        self._need()
+        return self.shift_a + self.sa / self.n, self.shift_b + self.sb / self.n
+
+    def variances(self) -> tuple[np.ndarray, np.ndarray]:
+        self._need()
+        ma, mb = self.sa / self.n, self.sb / self.n
+        va = np.maximum(self.sqa / self.n - ma * ma, 0.0)
+        vb = np.maximum(self.sqb / self.n - mb * mb, 0.0)
+        return va, vb
+
+    def dead(self) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean masks of constant columns of A and B."""
+        va, vb = self.variances()
+        mua, mub = self.means()
+        return _is_const(va, mua), _is_const(vb, mub)
+
+    def cov_ab(self) -> np.ndarray:
+        self._need()
+        ma, mb = self.sa / self.n, self.sb / self.n
+        return self.sab / self.n - np.outer(ma, mb)
+
+    def cov_aa(self) -> np.ndarray:
+        self._need()
+        if self.saa is None:
+            raise ValueError("within-population moments were not kept (with_within=False)")
+        ma = self.sa / self.n
+        c = self.saa / self.n - np.outer(ma, ma)
+        return (c + c.T) / 2
+
+    def cov_bb(self) -> np.ndarray:
+        self._need()
+        if self.sbb is None:
+            raise ValueError("within-population moments were not kept (with_within=False)")
+        mb = self.sb / self.n
+        c = self.sbb / self.n - np.outer(mb, mb)
+        return (c + c.T) / 2
+
+    def correlation(self) -> np.ndarray:
+        """(p, q) Pearson r; 0 wherever either column is constant."""
+        va, vb = self.variances()
+        dead_a, dead_b = self.dead()
+        sa = np.where(dead_a, 1.0, np.sqrt(va))
+        sb = np.where(dead_b, 1.0, np.sqrt(vb))
+        r = self.cov_ab() / np.outer(sa, sb)
+        r[dead_a, :] = 0.0
+        r[:, dead_b] = 0.0
+        return np.clip(r, -1.0, 1.0)
+
+    def cka(self) -> float:
+        return cka_from_cov(self.cov_aa(), self.cov_bb(), self.cov_ab())
+
+    def svcca(self, keep: float = 0.99) -> float:
+        return svcca_from_cov(self.cov_aa(), self.cov_bb(), self.cov_ab(), keep)
+
+
+def _is_const(var: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return (var <= _ABS_VAR_EPS) | (var <= _REL_VAR_EPS * mean * mean)
+
+
+def moments(A: np.ndarray, B: np.ndarray, batch_size: int = 65536, with_within: bool = True) -> CrossMoments:
+    """CrossMoments of two in-memory (or memory-mapped) arrays, read in row batches."""
+    if len(A) != len(B):
+        raise ValueError(f"A and B must be row-aligned: {len(A)} vs {len(B)} rows")
+    m = CrossMoments(A.shape[1], B.shape[1], with_within)
+    for s in range(0, len(A), batch_size):
+        m.update(A[s : s + batch_size], B[s : s + batch_size])
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Neuron-level comparison
+# --------------------------------------------------------------------------------------------
+
+
+def correlation_matrix(A: np.ndarray, B: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+    """Pearson r between every column of A (N, p) and of B (N, q): (p, q); constant columns -> 0."""
+    return moments(A, B, batch_size, with_within=False).correlation()
+
+
+def best_abs_r(C: np.ndarray) -> np.ndarray:
+    """Per row (candidate neuron) of a (p, q) correlation matrix, the best |r| over all columns."""
+    C = np.asarray(C)
+    if C.shape[1] == 0:
+        return np.zeros(C.shape[0])
+    return np.abs(C).max(axis=1)
+
+
+@dataclass
+class Matching:
+    """A one-to-one matching of rows to columns of a correlation matrix (min(p, q) pairs)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    r: np.ndarray  # signed r of each matched pair
+
+    @property
+    def abs_r(self) -> np.ndarray:
+        return np.abs(self.r)
+
+
+def hungarian_match(C: np.ndarray) -> Matching:
+    """Maximum-total-|r| one-to-one matching (rectangular allowed: min(p, q) pairs).
+
+    Pairs are returned sorted by |r|, best first.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    rows, cols = linear_sum_assignment(np.abs(C), maximize=True)
+    r = C[rows, cols]
+    order = np.argsort(-np.abs(r), kind="stable")
+    return Matching(rows[order], cols[order], r[order])
+
+
+# --------------------------------------------------------------------------------------------
+# Basis-free population similarity
+# --------------------------------------------------------------------------------------------
+
+
+def cka_from_cov(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray) -> float:
+    """Linear CKA from covariance blocks: ||C_ab||_F^2 / (||C_aa||_F ||C_bb||_F)."""
+    den = np.linalg.norm(c_aa) * np.linalg.norm(c_bb)
+    if den <= 0:
+        return 0.0
+    return float(np.linalg.norm(c_ab) ** 2 / den)
+
+
+def linear_cka(A: np.ndarray, B: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) on column-centred A (N, p), B (N, q).
+
+    ||A^T B||_F^2 / (||A^T A||_F ||B^T B||_F): invariant to orthogonal transforms and isotropic
+    scaling of either side, not to arbitrary invertible maps.
+    """
+    return moments(A, B).cka()
+
+
+def _principal_whitener(c: np.ndarray, keep: float) -> np.ndarray:
+    """Columns: the top principal directions holding a `keep` fraction of variance, whitened."""
+    lam, vec = np.linalg.eigh(c)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    lam = np.clip(lam, 0.0, None)
+    total = lam.sum()
+    if total <= 0:
+        return np.zeros((c.shape[0], 0))
+    rank = int((lam > lam[0] * 1e-10).sum())
+    cum = np.cumsum(lam) / total
+    k = min(int(np.searchsorted(cum, keep - 1e-12) + 1), rank)
+    return vec[:, :k] / np.sqrt(lam[:k])
+
+
+def svcca_from_cov(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray, keep: float = 0.99) -> float:
+    """SVCCA from covariance blocks: PCA-reduce each side to `keep` of its variance, then CCA.
+
+    In the whitened principal bases the canonical correlations are the singular values of
+    W_a^T C_ab W_b; the result is their mean over min(k_a, k_b) directions.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    wa = _principal_whitener(c_aa, keep)
+    wb = _principal_whitener(c_bb, keep)
+    if wa.shape[1] == 0 or wb.shape[1] == 0:
+        return 0.0
+    s = np.linalg.svd(wa.T @ c_ab @ wb, compute_uv=False)
+    return float(np.clip(s, 0.0, 1.0).mean())
+
+
+def svcca(A: np.ndarray, B: np.ndarray, keep: float = 0.99) -> float:
+    """SVCCA (Raghu et al. 2017): mean canonical correlation after SVD-reducing A and B."""
+    return moments(A, B).svcca(keep)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature-interference structure
+# --------------------------------------------------------------------------------------------
+
+
+def normalized_gram(W: np.ndarray) -> np.ndarray:
+    """Cosine Gram matrix of the rows of W (n, d); zero rows give zero rows and columns."""
+    W = np.asarray(W, dtype=np.float64)
+    norms = np.linalg.norm(W, axis=1, keepdims=True)
+    Wn = np.divide(W, norms, out=np.zeros_like(W), where=norms > 0)
+    return Wn @ Wn.T
+
+
+def squeezer_feature_gram(W_enc: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    """Interference of features in the Squeezer: cosines of rows of W_enc (n_features, M)."""
+    W = np.asarray(W_enc)
+    return normalized_gram(W if features is None else W[features])
+
+
+def model_feature_loadings(W_sae_dec: np.ndarray, neuron_readin: np.ndarray,
+                           features: np.ndarray | None = None) -> np.ndarray:
+    """L_i = W_sae_dec[i] @ readin: how SAE latent i drives the model's neurons (n, n_neurons)."""
+    W = np.asarray(W_sae_dec, dtype=np.float64)
+    if features is not None:
+        W = W[features]
+    R = np.asarray(neuron_readin, dtype=np.float64)
+    if W.shape[1] != R.shape[0]:
+        raise ValueError(f"SAE W_dec has d_in {W.shape[1]} but neuron_readin has d_model {R.shape[0]}")
+    return W @ R
+
+
+def model_feature_gram(W_sae_dec: np.ndarray, neuron_readin: np.ndarray,
+                       features: np.ndarray | None = None) -> np.ndarray:
+    """Interference of SAE features in the model's neuron space: cosines of their loadings."""
+    return normalized_gram(model_feature_loadings(W_sae_dec, neuron_readin, features))
+
+
+def select_features(masks: list[np.ndarray], max_features: int, seed: int) -> np.ndarray:
+    """Features passing every mask (alive, represented, ...), subsampled (seeded) to max_features."""
+    ok = np.logical_and.reduce([np.asarray(m, dtype=bool) for m in masks])
+    idx = np.flatnonzero(ok)
+    if len(idx) > max_features:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_features, replace=False))
+    return idx
+
+
+@dataclass
+class MantelResult:
+    r: float
+    p: float
+    n_perm: int
+    n: int
+    null: np.ndarray = field(repr=False)
+
+
+def mantel(G1: np.ndarray, G2: np.ndarray, n_perm: int = 999, seed: int = 0) -> MantelResult:
+    """Mantel test: Pearson r between the upper triangles of two (n, n) symmetric matrices.
+
+    The one-sided p-value (is r larger than chance?) permutes rows and columns of G2 jointly,
+    which keeps its internal structure but breaks the feature correspondence:
+    p = (1 + #{r_perm >= r}) / (1 + n_perm).
+    """
+    G1 = np.asarray(G1, dtype=np.float64)
+    G2 = np.asarray(G2, dtype=np.float64)
+    n = G1.shape[0]
+    if G1.shape != (n, n) or G2.shape != (n, n):
+        raise ValueError(f"need two square matrices of one size, got {G1.shape} and {G2.shape}")
+    if n < 3:
+        raise ValueError(f"need at least 3 items for a Mantel test, got {n}")
+    iu = np.triu_indices(n, k=1)
+    n_pairs = len(iu[0])
+
+    def standardized(G: np.ndarray) -> np.ndarray | None:
+        v = G[iu]
+        sd = v.std()
+        if sd <= 0:
+            return None
+        Z = np.zeros((n, n), dtype=np.float32)
+        Z[iu] = (v - v.mean()) / sd
+        return Z + Z.T  # zero diagonal; each pair counted twice
+
+    Z1, Z2 = standardized(G1), standardized(G2)
+    if Z1 is None or Z2 is None:
+        return MantelResult(0.0, 1.0, n_perm, n, np.zeros(0))
+    # Mean and sd of the off-diagonal entries are unchanged by a joint permutation, so each
+    # permuted r is one dot product with the standardized matrices.
+    r = float(np.vdot(Z1, Z2)) / (2 * n_pairs)
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_perm)
+    for t in range(n_perm):
+        perm = rng.permutation(n)
+        null[t] = float(np.vdot(Z1, Z2.take(perm, 0).take(perm, 1))) / (2 * n_pairs)
+    p = (1 + int((null >= r - 1e-6).sum())) / (1 + n_perm)
+    return MantelResult(r, p, n_perm, n, null)
+
+
+# --------------------------------------------------------------------------------------------
+# Floors
+# --------------------------------------------------------------------------------------------
+
+
+def shuffle_feature_columns(feats: SparseFeatures, seed: int) -> SparseFeatures:
+    """Permute each feature's column independently across rows (the shuffled-feature floor).
+
+    Each feature keeps exactly its activation values (so its firing frequency and magnitude
+    distribution), but which features co-occur in a row becomes chance. Rows may then hold more
+    than k non-zeros; the result is as wide as the fullest row (padding has val 0).
+    """
+    n = len(feats)
+    csc = feats.to_csr().tocsc()
+    rng = np.random.default_rng(seed)
+    new_rows = np.empty(csc.nnz, dtype=np.int64)
+    for j in range(csc.shape[1]):
+        s, e = csc.indptr[j], csc.indptr[j + 1]
+        if e > s:
+            new_rows[s:e] = rng.choice(n, e - s, replace=False)
+    cols = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+    order = np.argsort(new_rows, kind="stable")
+    rows, cols, vals = new_rows[order], cols[order], csc.data[order]
+    counts = np.bincount(rows, minlength=n)
+    width = max(int(counts.max()) if n else 0, 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(rows)) - starts[rows]
+    idx = np.zeros((n, width), dtype=np.int32)
+    val = np.zeros((n, width), dtype=np.float32)
+    idx[rows, slot] = cols
+    val[rows, slot] = vals
+    return SparseFeatures(idx, val, feats.n_features)
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NeuronComparison:
+    """All neuron-level figures for one (candidate, reference) pair, plus what the plots need."""
+
+    metrics: dict[str, Any]
+    corr: np.ndarray
+    matching: Matching
+
+
+def compare_populations(m: CrossMoments, svcca_keep: float = 0.99, r_threshold: float = 0.5) -> NeuronComparison:
+    """Best |r|, Hungarian matching, CKA and SVCCA from one CrossMoments.
+
+    `hungarian_mean_r` and `frac_matched_above_0_5` use |r| of the matched pairs (the matching
+    maximizes total |r|); `hungarian_mean_signed_r` keeps the sign. Dead candidate neurons count
+    with r = 0 (a dead neuron matches nothing).
+    """
+    C = m.correlation()
+    match = hungarian_match(C)
+    dead_a, dead_b = m.dead()
+    metrics = {
+        "mean_best_abs_r": float(best_abs_r(C).mean()) if C.shape[0] else 0.0,
+        "hungarian_mean_r": float(match.abs_r.mean()) if len(match.r) else 0.0,
+        "hungarian_mean_signed_r": float(match.r.mean()) if len(match.r) else 0.0,
+        "frac_matched_above_0_5": float((match.abs_r > r_threshold).mean()) if len(match.r) else 0.0,
+        "cka": m.cka(),
+        "svcca": m.svcca(svcca_keep),
+        "n_neurons_a": int(m.p),
+        "n_neurons_b": int(m.q),
+        "n_dead_a": int(dead_a.sum()),
+        "n_dead_b": int(dead_b.sum()),
+    }
+    return NeuronComparison(metrics, C, match)
+
+
+def matched_order(C: np.ndarray, match: Matching) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column orders that put matched pairs on the diagonal (best first), rest after."""
+    rest_r = np.setdiff1d(np.arange(C.shape[0]), match.rows)
+    rest_c = np.setdiff1d(np.arange(C.shape[1]), match.cols)
+    return np.concatenate([match.rows, rest_r]), np.concatenate([match.cols, rest_c])

@@ -1,0 +1,199 @@
+"""Tests for the circuit comparison: known cases for each statistic, planted structure found,
+independent controls not found, and a ground-truth check on a toy model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from scipy.stats import ortho_group
+
+from neural_codec import compare as cmp
+from neural_codec.io import SparseFeatures
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------------------------
+# Correlation matrix, best |r|, Hungarian
+# ------------------------------------------------------------------------------------------
+
+
+def test_correlation_matrix_equals_corrcoef_streaming_and_dead_columns():
+    rng = _rng(0)
+    A = rng.normal(size=(500, 7)) * rng.uniform(0.1, 10, size=7) + 100.0  # large offset
+    B = A @ rng.normal(size=(7, 5)) + rng.normal(size=(500, 5))
+    ref = np.corrcoef(A.T, B.T)[:7, 7:]
+    for bs in (37, 500):
+        C = cmp.correlation_matrix(A, B, batch_size=bs)
+        np.testing.assert_allclose(C, ref, atol=1e-10)
+    # constant and dead (all-zero ReLU) columns give r = 0, not NaN
+    B2 = B.copy()
+    B2[:, 1] = 3.25
+    B2[:, 2] = 0.0
+    C2 = cmp.correlation_matrix(A, B2, batch_size=64)
+    assert np.isfinite(C2).all()
+    assert (C2[:, 1] == 0).all() and (C2[:, 2] == 0).all()
+    np.testing.assert_allclose(C2[:, [0, 3, 4]], ref[:, [0, 3, 4]], atol=1e-10)
+    m = cmp.moments(A, B2)
+    assert m.dead()[1].tolist() == [False, True, True, False, False]
+
+
+def test_best_abs_r_takes_absolute_maximum_per_row():
+    C = np.array([[0.1, -0.9, 0.3], [0.2, 0.0, 0.4]])
+    np.testing.assert_allclose(cmp.best_abs_r(C), [0.9, 0.4])
+
+
+def test_hungarian_finds_planted_permutation_rectangular():
+    rng = _rng(1)
+    N, q, p = 2000, 12, 8
+    B = np.maximum(rng.normal(size=(N, q)), 0)
+    perm = rng.permutation(q)[:p]  # candidate neuron i is a noisy copy of reference perm[i]
+    sign = np.array([1, -1] * (p // 2))
+    A = B[:, perm] * sign + 0.3 * rng.normal(size=(N, p))
+    C = cmp.correlation_matrix(A, B)
+    match = cmp.hungarian_match(C)
+    assert len(match.rows) == p
+    found = dict(zip(match.rows.tolist(), match.cols.tolist()))
+    assert found == {i: int(perm[i]) for i in range(p)}
+    assert np.all(np.diff(match.abs_r) <= 0)  # sorted best first
+    assert np.all(np.sign(match.r) == sign[match.rows])
+    # a shuffled control (rows of A permuted) matches nothing well
+    ctrl = cmp.hungarian_match(cmp.correlation_matrix(A[rng.permutation(N)], B))
+    assert ctrl.abs_r.mean() < 0.1 < 0.8 < match.abs_r.mean()
+
+
+def test_matched_order_puts_matches_on_diagonal():
+    rng = _rng(2)
+    C = rng.uniform(-1, 1, size=(4, 6))
+    match = cmp.hungarian_match(C)
+    ro, co = cmp.matched_order(C, match)
+    assert sorted(ro.tolist()) == list(range(4)) and sorted(co.tolist()) == list(range(6))
+    np.testing.assert_allclose(np.diag(C[np.ix_(ro, co)])[:4], match.r)
+
+
+# ------------------------------------------------------------------------------------------
+# CKA and SVCCA
+# ------------------------------------------------------------------------------------------
+
+
+def test_linear_cka_known_cases():
+    rng = _rng(3)
+    A = rng.normal(size=(800, 10)) @ rng.normal(size=(10, 10))
+    Q = ortho_group.rvs(10, random_state=4)
+    assert cmp.linear_cka(A, A @ Q) == pytest.approx(1.0, abs=1e-9)
+    assert cmp.linear_cka(A, 7.5 * A + 3.0) == pytest.approx(1.0, abs=1e-9)
+    noise = cmp.linear_cka(A, rng.normal(size=(800, 10)))
+    assert noise < 0.05
+    # matches the textbook formula on explicitly centred data
+    B = A @ rng.normal(size=(10, 6)) + rng.normal(size=(800, 6))
+    Ac, Bc = A - A.mean(0), B - B.mean(0)
+    ref = np.linalg.norm(Ac.T @ Bc) ** 2 / (np.linalg.norm(Ac.T @ Ac) * np.linalg.norm(Bc.T @ Bc))
+    assert cmp.linear_cka(A, B) == pytest.approx(ref, rel=1e-9)
+    # not invariant to a non-orthogonal invertible map (that's what SVCCA is for)
+    T = np.diag(np.geomspace(1, 50, 10))
+    assert cmp.linear_cka(A, A @ T) < 0.95
+
+
+def test_svcca_invertible_transform_and_noise():
+    rng = _rng(5)
+    A = rng.normal(size=(1000, 8)) * np.geomspace(1, 4, 8)
+    T = rng.normal(size=(8, 8))
+    assert abs(np.linalg.det(T)) > 1e-3
+    assert cmp.svcca(A, A @ T + 2.0, keep=1.0) == pytest.approx(1.0, abs=1e-8)
+    # a rank-5 signal in 20 dims (plus tiny noise): 99% of variance keeps the signal subspace
+    Z = rng.normal(size=(1000, 5))
+    A2 = Z @ rng.normal(size=(5, 20)) + 1e-3 * rng.normal(size=(1000, 20))
+    B2 = Z @ rng.normal(size=(5, 30)) + 1e-3 * rng.normal(size=(1000, 30))
+    assert cmp.svcca(A2, B2, keep=0.99) > 0.99
+    # independent populations: canonical correlations ~ sqrt(dims / N), far below 1
+    assert cmp.svcca(A, rng.normal(size=(1000, 8)), keep=0.99) < 0.15
+    with pytest.raises(ValueError):
+        cmp.svcca(A, A, keep=0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Interference Grams and the Mantel test
+# ------------------------------------------------------------------------------------------
+
+
+def test_mantel_related_vs_unrelated():
+    rng = _rng(6)
+    n = 60
+    X = rng.normal(size=(n, 5))
+    G1 = cmp.normalized_gram(X)
+    G2 = cmp.normalized_gram(X @ rng.normal(size=(5, 5)) + 0.3 * rng.normal(size=(n, 5)))
+    rel = cmp.mantel(G1, G2, n_perm=199, seed=0)
+    iu = np.triu_indices(n, 1)
+    assert rel.r == pytest.approx(scipy.stats.pearsonr(G1[iu], G2[iu])[0], abs=1e-5)
+    assert rel.r > 0.3 and rel.p <= 0.01
+    unrel = cmp.mantel(G1, cmp.normalized_gram(rng.normal(size=(n, 5))), n_perm=199, seed=0)
+    assert abs(unrel.r) < 0.15 and unrel.p > 0.05
+    # the same matrix with its items relabelled is unrelated to the original labelling
+    perm = rng.permutation(n)
+    assert cmp.mantel(G1, G1[np.ix_(perm, perm)], 199, 0).p > 0.05
+    # deterministic for a seed
+    assert cmp.mantel(G1, G2, 50, seed=3).p == cmp.mantel(G1, G2, 50, seed=3).p
+
+
+def test_mantel_is_invariant_to_neuron_rotation_of_both_spaces():
+    """Feature Grams compare geometry, not bases: rotating the neuron space changes nothing."""
+    rng = _rng(7)
+    W = rng.normal(size=(40, 6))
+    Q = ortho_group.rvs(6, random_state=8)
+    G1 = cmp.squeezer_feature_gram(W)
+    G2 = cmp.squeezer_feature_gram(3.0 * W @ Q)
+    np.testing.assert_allclose(G1, G2, atol=1e-12)
+    assert cmp.mantel(G1, G2, 20, 0).r == pytest.approx(1.0, abs=1e-5)
+
+
+def test_model_feature_gram_uses_loadings_and_subset():
+    rng = _rng(9)
+    W_dec = rng.normal(size=(30, 8))
+    readin = rng.normal(size=(8, 12))
+    feats = np.array([0, 3, 7, 11])
+    L = W_dec[feats] @ readin
+    Ln = L / np.linalg.norm(L, axis=1, keepdims=True)
+    np.testing.assert_allclose(cmp.model_feature_gram(W_dec, readin, feats), Ln @ Ln.T, atol=1e-12)
+    with pytest.raises(ValueError):
+        cmp.model_feature_gram(W_dec, readin[:5])
+    # zero rows (unrepresented features) stay zero, no NaN
+    G = cmp.squeezer_feature_gram(np.vstack([np.zeros(3), np.ones(3)]))
+    assert np.isfinite(G).all() and G[0].tolist() == [0.0, 0.0]
+
+
+def test_select_features_masks_and_seeded_subsample():
+    alive = np.array([True] * 8 + [False] * 2)
+    rep = np.array([True, False] * 5)
+    assert cmp.select_features([alive, rep], 100, 0).tolist() == [0, 2, 4, 6]
+    a = cmp.select_features([alive], 3, seed=1)
+    assert len(a) == 3 and np.all(np.diff(a) > 0) and set(a) <= set(range(8))
+    assert a.tolist() == cmp.select_features([alive], 3, seed=1).tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# Shuffled-feature floor
+# ------------------------------------------------------------------------------------------
+
+
+def test_shuffle_feature_columns_keeps_marginals_breaks_cooccurrence():
+    rng = _rng(10)
+    N, n_feat = 4000, 6
+    dense = np.zeros((N, n_feat), dtype=np.float32)
+    on = rng.random(N) < 0.3
+    dense[on, 0] = rng.uniform(1, 2, on.sum())  # features 0 and 1 always co-occur
+    dense[on, 1] = rng.uniform(1, 2, on.sum())
+    dense[:, 2:] = (rng.random((N, 4)) < 0.1) * rng.uniform(0.5, 1, (N, 4))
+    feats = SparseFeatures.from_dense(dense, k=3)
+    sh = cmp.shuffle_feature_columns(feats, seed=0)
+    d0, d1 = feats.to_dense(), sh.to_dense()
+    assert sh.n_features == n_feat and len(sh) == N
+    for j in range(n_feat):  # each column's values are kept exactly, only their rows move
+        np.testing.assert_array_equal(np.sort(d0[:, j]), np.sort(d1[:, j]))
+    both_before = ((d0[:, 0] > 0) & (d0[:, 1] > 0)).mean()
+    both_after = ((d1[:, 0] > 0) & (d1[:, 1] > 0)).mean()
+    assert both_before == pytest.approx((d0[:, 0] > 0).mean())
+    assert both_after == pytest.approx(0.3 * 0.3, abs=0.03)
+    assert (sh.val[sh.val > 0] > 0).all() and sh.idx.dtype == np.int32
