@@ -1,0 +1,127 @@
+"""Stage `logic`: do features that share a synthetic neuron co-occur less (TMS) or more (BOWS)?
+
+Reads the Squeezer's encoder, the SAE features and the held-out neuron activations; writes
+metrics/logic.json, plots/logic/lift.csv (log2-lift histograms, shared vs matched control) and
+plots/logic/lift.png. See neural_codec.logic for the method and its conventions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from neural_codec import io
+from neural_codec.logic import (
+    LogicConfig,
+    analyze,
+    lift_histogram,
+    truth_table_requests,
+    truth_tables,
+)
+from neural_codec.params import ParamError, check, load_section, require_inputs
+
+SQUEEZER = Path("data/squeeze/squeezer.pt")
+HELDOUT_NEURONS = Path("data/squeeze/heldout_neurons.npy")
+FEATURES = Path("data/features")
+FAMILIES = Path("data/sae/families.json")
+METRICS = Path("metrics/logic.json")
+PLOT_DIR = Path("plots/logic")
+
+
+def load_w_enc(path: Path) -> np.ndarray:
+    """W_enc (n_features, M) from the squeezer checkpoint (`save_squeezer` dict: key "W_enc")."""
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    for holder in (obj, obj.get("state_dict", {}) if isinstance(obj, dict) else {}):
+        if isinstance(holder, dict) and "W_enc" in holder:
+            w = holder["W_enc"]
+            return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(
+                np.float64
+            )
+    if hasattr(obj, "W_enc"):  # a whole module was saved
+        return obj.W_enc.detach().cpu().numpy().astype(np.float64)
+    raise ParamError(f"{path} holds no 'W_enc': re-run the squeeze stage")
+
+
+def neuron_mass(neurons: np.ndarray, batch: int) -> np.ndarray:
+    mass = np.zeros(neurons.shape[1], dtype=np.float64)
+    for s in range(0, len(neurons), batch):
+        mass += np.maximum(np.asarray(neurons[s:s + batch], dtype=np.float64), 0).sum(axis=0)
+    return mass
+
+
+def plot_lifts(path: Path, lifts: dict[str, np.ndarray], metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neural_codec.logic import LIFT_BIN_EDGES
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    for ax, g in zip(axes, ("same_sign", "opposite_sign")):
+        for kind, color in (("shared", "C3"), ("control", "C0")):
+            x = lifts[f"{kind}_{g}"]
+            if len(x):
+                lx = np.clip(np.log2(np.maximum(x, 1e-300)), LIFT_BIN_EDGES[0],
+                             LIFT_BIN_EDGES[-1] - 1e-9)
+                ax.hist(lx, bins=LIFT_BIN_EDGES, density=True, histtype="step", color=color,
+                        label=f"{kind} (n={len(x)})")
+        ax.axvline(0.0, color="k", lw=0.8, ls=":")
+        m = metrics[g]
+        d = m["cliffs_delta"]
+        ax.set_title(f"{g}: {m['verdict']}\n"
+                     f"Cliff's delta={d:.3f}, p={m['p_value']:.2g}" if d is not None else g,
+                     fontsize=9)
+        ax.set_xlabel("log2 lift = log2 P(i,j)/(P(i)P(j))")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("density")
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> dict:
+    cfg = load_section(LogicConfig, "logic")
+    split_dir = FEATURES / cfg.cooccurrence_split
+    require_inputs(SQUEEZER, HELDOUT_NEURONS, FEATURES / "train", FEATURES / "heldout", FAMILIES)
+
+    w_enc = load_w_enc(SQUEEZER)
+    neurons = np.load(HELDOUT_NEURONS, mmap_mode="r")
+    held_meta = io.read_meta(FEATURES / "heldout")
+    check(neurons.shape == (held_meta["n_rows"], w_enc.shape[1]), str(HELDOUT_NEURONS),
+          neurons.shape, f"shape ({held_meta['n_rows']}, {w_enc.shape[1]}) (held-out rows, M)")
+    check(int(held_meta["n_features"]) == w_enc.shape[0], "squeezer W_enc rows", w_enc.shape[0],
+          f"n_features = {held_meta['n_features']} of {FEATURES}")
+    families = io.read_json(FAMILIES)
+
+    result, members = analyze(
+        w_enc, lambda: io.iter_sparse(split_dir, cfg.batch_size), cfg, families
+    )
+    reqs = truth_table_requests(members, w_enc, neuron_mass(neurons, cfg.batch_size),
+                                cfg.n_truth_table_neurons, cfg.n_truth_table_pairs)
+    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs)
+    metrics = dict(result.metrics)
+    metrics["truth_tables"] = tables
+
+    header, rows = lift_histogram(result.lifts)
+    io.write_csv(PLOT_DIR / "lift.csv", header, rows)
+    plot_lifts(PLOT_DIR / "lift.png", result.lifts, metrics)
+    io.write_json(METRICS, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        m = main()
+    except ParamError as err:
+        sys.exit(f"logic: {err}")
+    s = m["same_sign"]
+    print(f"logic: verdict={m['verdict']} (same-sign: median lift shared "
+          f"{s['median_lift_shared']} vs control {s['median_lift_control']}, "
+          f"Cliff's delta {s['cliffs_delta']}, p {s['p_value']})")
