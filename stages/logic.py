@@ -76,9 +76,11 @@ def plot_lifts(path: Path, lifts: dict[str, np.ndarray], metrics: dict) -> None:
         ax.set_title(f"{g}: {m['verdict']}\n"
                      f"Cliff's delta={d:.3f}, p={m['p_value']:.2g}" if d is not None else g,
                      fontsize=9)
-        ax.set_xlabel("log2 lift = log2 P(i,j)/(P(i)P(j))")
+        ax.set_xlabel("log2 lift = log2 P(i,j)/(P(i)P(j))  (clipped to [-6, 6])")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no pairs", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("density")
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
@@ -106,6 +108,9 @@ def main() -> dict:
     reqs = truth_table_requests(members, w_enc, neuron_mass(neurons, cfg.batch_size),
                                 cfg.n_truth_table_neurons, cfg.n_truth_table_pairs)
     tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs)
+    for t in tables:
+        t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
+        t["weight_b"] = float(w_enc[t["feature_b"], t["neuron"]])
     metrics = dict(result.metrics)
     metrics["truth_tables"] = tables
 
