@@ -1,0 +1,433 @@
+"""Weight geometry of the codec: feature dimensionality, polytopes and circles.
+
+Why: if the Squeezer stores more features than neurons by superposition, Toy Models of
+Superposition (Elhage et al. 2022) predicts that features arrange into tight frames (digons,
+triangles, tetrahedra, pentagons, ...) whose feature dimensionalities D_i sit on the fractions
+1, 3/4, 2/3, 1/2, 2/5, 3/8; and cyclic feature families (weekdays, months; Engels et al. 2024)
+should lie on circles. Every statistic here comes with a test against a null so that "a line at
+2/5" or "a circle" is a number with a p-value, not an impression.
+
+All functions take plain numpy weight matrices with **rows = features** (the encoder `W_enc`
+as is, the decoder as `W_dec.T`), so they do not depend on the Squeezer module.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.stats
+from scipy.sparse.csgraph import connected_components
+
+DEFAULT_FRACTIONS = ("1", "3/4", "2/3", "1/2", "2/5", "3/8", "1/3")
+
+
+# --------------------------------------------------------------------------------------------
+# Feature dimensionality
+# --------------------------------------------------------------------------------------------
+
+
+def feature_dimensionality(W: np.ndarray) -> np.ndarray:
+    """D_i = ||W_i||^4 / sum_j (W_i . W_j)^2 (Elhage et al. 2022); 0 for a zero row.
+
+    Uses sum_j (W_i . W_j)^2 = W_i^T (W^T W) W_i, so it costs O(n M^2) and never forms the
+    n x n Gram matrix (n can be 32k latents).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    C = W.T @ W
+    sq = np.einsum("im,mk,ik->i", W, C, W)
+    norm4 = np.einsum("im,im->i", W, W) ** 2
+    out = np.zeros(len(W))
+    ok = sq > 0
+    out[ok] = norm4[ok] / sq[ok]
+    return np.clip(out, 0.0, 1.0)
+
+
+def dimensions_per_feature(W: np.ndarray) -> float:
+    """D* = M / ||W||_F^2: how many dimensions each (unit-norm) feature gets on average."""
+    W = np.asarray(W, dtype=np.float64)
+    fro = float(np.sum(W * W))
+    return W.shape[1] / fro if fro > 0 else float("nan")
+
+
+def represented_mask(W: np.ndarray, min_norm_frac: float) -> np.ndarray:
+    """Features whose norm is at least `min_norm_frac` of the largest feature norm."""
+    norms = np.linalg.norm(np.asarray(W, dtype=np.float64), axis=1)
+    top = norms.max() if len(norms) else 0.0
+    return norms >= min_norm_frac * top if top > 0 else np.zeros(len(norms), bool)
+
+
+def parse_fraction(text: str) -> float:
+    """'2/5' -> 0.4 (raises ValueError on anything else)."""
+    return float(Fraction(str(text)))
+
+
+def line_test(
+    D: np.ndarray,
+    fraction: float,
+    half_width: float = 0.01,
+    flank_width: float = 0.02,
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> dict[str, float]:
+    """Do D values pile up at `fraction` against the local density?
+
+    Counts values in the centre window [f - w, f + w] and in the two flanking windows
+    [f - w - flank, f - w) and (f + w, f + w + flank], all clipped to [lo, hi] (D <= 1, so
+    the window at 1 has only a left flank). Under a locally uniform density a value that falls
+    in centre-or-flanks lands in the centre with probability p0 = centre width / total width;
+    the one-sided binomial test of the centre count against p0 is the p-value. Values merely
+    near a fraction (a smooth bump) do not make a line; a narrow excess over the flanks does.
+    Returns count, expected (under the flanks' density), enrichment and p_value.
+    """
+    D = np.asarray(D, dtype=np.float64)
+    c_lo, c_hi = max(fraction - half_width, lo), min(fraction + half_width, hi)
+    f_lo, f_hi = max(c_lo - flank_width, lo), min(c_hi + flank_width, hi)
+    in_c = (D >= c_lo) & (D <= c_hi)
+    in_f = ((D >= f_lo) & (D < c_lo)) | ((D > c_hi) & (D <= f_hi))
+    k, m = int(in_c.sum()), int(in_f.sum())
+    w_c, w_f = c_hi - c_lo, (c_lo - f_lo) + (f_hi - c_hi)
+    p0 = w_c / (w_c + w_f) if w_c + w_f > 0 else 1.0
+    expected = m * w_c / w_f if w_f > 0 else float("nan")
+    if k + m == 0 or w_f <= 0:
+        p = 1.0
+    else:
+        p = float(scipy.stats.binomtest(k, k + m, p0, alternative="greater").pvalue)
+    enrich = k / expected if expected and expected > 0 else (float("inf") if k else 0.0)
+    return {"count": k, "flank_count": m, "expected": expected, "enrichment": enrich, "p_value": p}
+
+
+def find_lines(
+    D: np.ndarray,
+    fractions: tuple[str, ...] | list[str] = DEFAULT_FRACTIONS,
+    half_width: float = 0.01,
+    flank_width: float = 0.02,
+    alpha: float = 0.01,
+    min_count: int = 5,
+) -> dict[str, dict[str, Any]]:
+    """`line_test` at each fraction; a line is p < alpha / len(fractions) (Bonferroni) and at
+    least `min_count` features in the centre window."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in fractions:
+        res = line_test(D, parse_fraction(name), half_width, flank_width)
+        res["is_line"] = bool(res["p_value"] < alpha / len(fractions) and res["count"] >= min_count)
+        out[str(name)] = res
+    return out
+
+
+def dimensionality_histogram(D: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of D over `bins` equal bins of [0, 1] (D = 1 falls in the last bin)."""
+    return np.histogram(np.asarray(D, dtype=np.float64), bins=bins, range=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Polytopes
+# --------------------------------------------------------------------------------------------
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(n > 0, n, 1.0)
+
+
+def _square_antiprism() -> np.ndarray:
+    # Two squares at z = +-1/sqrt(3), the lower one turned by 45 degrees: cos^2(polar) = 1/3
+    # makes it a tight frame in 3-d, so every vertex has D = 3/8 (the TMS antiprism).
+    z = 1 / np.sqrt(3.0)
+    r = np.sqrt(1 - z * z)
+    top = [(r * np.cos(a), r * np.sin(a), z) for a in np.arange(4) * np.pi / 2]
+    bot = [(r * np.cos(a), r * np.sin(a), -z) for a in np.arange(4) * np.pi / 2 + np.pi / 4]
+    return np.array(top + bot)
+
+
+def ideal_polytopes() -> dict[str, np.ndarray]:
+    """Unit vertex vectors of the TMS polytopes: name -> (k, dim)."""
+    ang5 = 2 * np.pi * np.arange(5) / 5
+    ang3 = 2 * np.pi * np.arange(3) / 3
+    tet = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3.0)
+    return {
+        "digon": np.array([[1.0], [-1.0]]),
+        "triangle": np.stack([np.cos(ang3), np.sin(ang3)], 1),
+        "tetrahedron": tet,
+        "pentagon": np.stack([np.cos(ang5), np.sin(ang5)], 1),
+        "square_antiprism": _square_antiprism(),
+    }
+
+
+POLYTOPE_FRACTION = {
+    "digon": "1/2",
+    "triangle": "2/3",
+    "tetrahedron": "3/4",
+    "pentagon": "2/5",
+    "square_antiprism": "3/8",
+}
+
+
+def gram_error(G: np.ndarray, G_ideal: np.ndarray) -> float:
+    """RMS entry difference between two k x k Gram matrices, minimised over vertex orderings.
+
+    Brute force over all k! orderings (k <= 8: 40,320, vectorised); that is exact, unlike a
+    sorted-eigenvalue comparison, which cannot tell a pentagon from other 5-point frames of the
+    same spectrum.
+    """
+    k = len(G)
+    if G_ideal.shape != (k, k):
+        raise ValueError(f"Gram sizes differ: {G.shape} vs {G_ideal.shape}")
+    perms = np.array(list(itertools.permutations(range(k))))
+    permuted = G_ideal[perms[:, :, None], perms[:, None, :]]  # (k!, k, k)
+    err = np.sqrt(((permuted - G[None]) ** 2).mean(axis=(1, 2)))
+    return float(err.min())
+
+
+def interference_components(
+    W: np.ndarray, threshold: float, mask: np.ndarray, chunk: int = 1024
+) -> list[np.ndarray]:
+    """Connected components of the graph |cos(W_i, W_j)| > threshold over features in `mask`.
+
+    Built in row chunks into a sparse adjacency so memory is O(chunk * n + edges), not n^2.
+    Returns the components as arrays of feature indices, largest first.
+    """
+    idx = np.flatnonzero(mask)
+    U = _unit(np.asarray(W)[idx]).astype(np.float32)
+    n = len(idx)
+    rows, cols = [], []
+    for s in range(0, n, chunk):
+        c = np.abs(U[s : s + chunk] @ U.T)
+        r, q = np.nonzero(c > threshold)
+        keep = (r + s) != q
+        rows.append(r[keep] + s)
+        cols.append(q[keep])
+    r = np.concatenate(rows) if rows else np.zeros(0, int)
+    q = np.concatenate(cols) if cols else np.zeros(0, int)
+    A = sp.csr_matrix((np.ones(len(r), np.int8), (r, q)), shape=(n, n))
+    _, labels = connected_components(A, directed=False)
+    comps = [idx[labels == c] for c in np.unique(labels)]
+    comps.sort(key=lambda a: (-len(a), a[0]))
+    return comps
+
+
+@dataclass
+class Polytope:
+    members: np.ndarray  # feature indices
+    kind: str  # an ideal name, or "other"
+    error: float  # RMS Gram error against the best ideal of that size (nan if none)
+    best: str | None = None  # the closest ideal of the same size, matched or not
+
+
+@dataclass
+class PolytopeResult:
+    polytopes: list[Polytope] = field(default_factory=list)
+    n_isolated: int = 0
+    component_sizes: list[int] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {name: 0 for name in ideal_polytopes()}
+        out["other"] = 0
+        for p in self.polytopes:
+            out[p.kind] += 1
+        out["isolated"] = self.n_isolated
+        return out
+
+
+def classify_component(W_comp: np.ndarray, tolerance: float) -> tuple[str, float, str | None]:
+    """Compare a component's normalised Gram matrix to every ideal with as many vertices."""
+    U = _unit(W_comp)
+    G = U @ U.T
+    best, best_err = None, float("nan")
+    for name, V in ideal_polytopes().items():
+        if len(V) != len(U):
+            continue
+        err = gram_error(G, V @ V.T)
+        if best is None or err < best_err:
+            best, best_err = name, err
+    kind = best if best is not None and best_err <= tolerance else "other"
+    return kind, best_err, best
+
+
+def find_polytopes(
+    W: np.ndarray, threshold: float = 0.25, min_norm_frac: float = 0.1, tolerance: float = 0.1
+) -> PolytopeResult:
+    """Interference-graph components (size >= 2) of the represented features, each classified
+    against the ideal polytope of its size; size-1 components count as `isolated`."""
+    mask = represented_mask(W, min_norm_frac)
+    res = PolytopeResult()
+    if not mask.any():
+        return res
+    for comp in interference_components(W, threshold, mask):
+        res.component_sizes.append(len(comp))
+        if len(comp) == 1:
+            res.n_isolated += 1
+            continue
+        kind, err, best = classify_component(np.asarray(W)[comp], tolerance)
+        res.polytopes.append(Polytope(comp, kind, err, best))
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Circles
+# --------------------------------------------------------------------------------------------
+
+
+def top2_projection(X: np.ndarray) -> np.ndarray:
+    """Centre the rows and project them onto their top-2 principal components -> (K, 2)."""
+    X = np.asarray(X, dtype=np.float64)
+    Xc = X - X.mean(axis=0, keepdims=True)
+    _, _, Vt = np.linalg.svd(Xc, full_matrices=False)
+    P = Xc @ Vt[:2].T
+    if P.shape[1] < 2:
+        P = np.pad(P, ((0, 0), (0, 2 - P.shape[1])))
+    return P
+
+
+def fisher_lee(theta: np.ndarray, phi: np.ndarray) -> float:
+    """Fisher & Lee (1983) circular-circular correlation rho_T in [-1, 1].
+
+    rho = sum_{i<j} sin(t_i - t_j) sin(p_i - p_j) / sqrt(sum sin^2(t_i - t_j) sum sin^2(p_i - p_j));
+    invariant to rotating either variable; a reflection flips its sign.
+    """
+    dt = np.sin(theta[:, None] - theta[None, :])
+    dp = np.sin(phi[:, None] - phi[None, :])
+    iu = np.triu_indices(len(theta), 1)
+    a, b = dt[iu], dp[iu]
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def neighbour_fraction(theta: np.ndarray) -> float:
+    """Fraction of the K true cyclic neighbour pairs (k, k+1 mod K) that are adjacent in the
+    angular order of `theta` (either direction); 1 for a perfectly ordered circle."""
+    K = len(theta)
+    rank = np.empty(K, int)
+    rank[np.argsort(theta, kind="stable")] = np.arange(K)
+    d = np.abs(rank - np.roll(rank, -1)) % K
+    return float(np.mean((d == 1) | (d == K - 1)))
+
+
+def wrap_ratio(P: np.ndarray) -> float:
+    """Distance from the last to the first member (in the true cyclic order) over the median
+    distance between consecutive members k, k+1 (k = 0..K-2), in the top-2 PC plane.
+
+    About 1 for evenly spaced points on a closed circle; about K-1 for points along a line or
+    an open arc (the "circle" does not close).
+    """
+    gaps = np.linalg.norm(np.diff(P, axis=0), axis=1)
+    med = float(np.median(gaps))
+    return float(np.linalg.norm(P[-1] - P[0]) / med) if med > 0 else float("nan")
+
+
+def circle_stats(
+    X: np.ndarray, n_permutations: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Circular structure of one cyclic family; rows of X in the true cyclic order.
+
+    The rows are projected to their top-2 PCs; theta = angle in that plane, true phase
+    phi_k = 2 pi k / K. `circular_corr` = |Fisher-Lee rho(theta, phi)| (maximised over the
+    reflection theta -> -theta, which flips the sign). `p_value`: the same statistic with the
+    member labels shuffled (`n_permutations` times), (1 + #{null >= observed}) / (1 + n).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    K = len(X)
+    P = top2_projection(X)
+    theta = np.arctan2(P[:, 1], P[:, 0])
+    phi = 2 * np.pi * np.arange(K) / K
+    obs = abs(fisher_lee(theta, phi))
+    rng = np.random.default_rng(seed)
+    null = np.array([abs(fisher_lee(theta[rng.permutation(K)], phi)) for _ in range(n_permutations)])
+    p = (1 + int(np.sum(null >= obs - 1e-12))) / (1 + n_permutations)
+    s = np.linalg.svd(X - X.mean(0), compute_uv=False)
+    var = s**2
+    return {
+        "circular_corr": obs,
+        "neighbour_frac": neighbour_fraction(theta),
+        "wrap_ratio": wrap_ratio(P),
+        "p_value": float(p),
+        "pc2_var_frac": float(var[:2].sum() / var.sum()) if var.sum() > 0 else float("nan"),
+        "n_members": K,
+    }
+
+
+def family_circles(
+    W: np.ndarray, families: list[dict[str, Any]], n_permutations: int = 1000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct members."""
+    out: dict[str, dict[str, float]] = {}
+    for i, fam in enumerate(families):
+        if fam.get("kind") != "cyclic":
+            continue
+        members = [int(m) for m in fam["members"]]
+        if len(set(members)) < 3:
+            continue
+        if max(members) >= len(W) or min(members) < 0:
+            raise ValueError(f"family {fam.get('name')!r}: member index out of range 0..{len(W) - 1}")
+        out[str(fam.get("name", f"family_{i}"))] = circle_stats(W[members], n_permutations, seed + i)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Everything for one weight matrix
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeometryConfig:
+    """Knobs of `analyse` (the stage's `geometry` params carry the same names)."""
+
+    interference_threshold: float = 0.25
+    min_norm_frac: float = 0.1
+    polytope_tolerance: float = 0.1
+    hist_bins: int = 50
+    fractions: tuple[str, ...] | list[str] = DEFAULT_FRACTIONS
+    line_half_width: float = 0.01
+    line_flank_width: float = 0.02
+    line_alpha: float = 0.01
+    line_min_count: int = 5
+    n_permutations: int = 1000
+    seed: int = 0
+
+
+def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) -> dict[str, Any]:
+    """All geometry statistics of one weight matrix (rows = features) as a small dict, plus
+    the bulky parts (D, histogram, polytopes, projections) under keys starting with '_'."""
+    W = np.asarray(W, dtype=np.float64)
+    mask = represented_mask(W, cfg.min_norm_frac)
+    D = feature_dimensionality(W)
+    Dr = D[mask]
+    lines = find_lines(
+        Dr, cfg.fractions, cfg.line_half_width, cfg.line_flank_width, cfg.line_alpha, cfg.line_min_count
+    )
+    poly = find_polytopes(W, cfg.interference_threshold, cfg.min_norm_frac, cfg.polytope_tolerance)
+    errs = {}
+    for name in ideal_polytopes():
+        e = [p.error for p in poly.polytopes if p.kind == name]
+        if e:
+            errs[name] = float(np.mean(e))
+    sizes = np.array(poly.component_sizes or [0])
+    circles = family_circles(W, families, cfg.n_permutations, cfg.seed)
+    return {
+        "n_features": int(len(W)),
+        "M": int(W.shape[1]),
+        "D_star": dimensions_per_feature(W),
+        "D_star_represented": W.shape[1] / max(int(mask.sum()), 1),
+        "frac_features_represented": float(mask.mean()) if len(mask) else 0.0,
+        "mean_D": float(Dr.mean()) if len(Dr) else float("nan"),
+        "median_D": float(np.median(Dr)) if len(Dr) else float("nan"),
+        "lines": lines,
+        "n_lines": int(sum(v["is_line"] for v in lines.values())),
+        "polytopes": poly.counts(),
+        "polytope_mean_error": errs,
+        "largest_component": int(sizes.max()),
+        "circles": circles,
+        "_D": D,
+        "_mask": mask,
+        "_poly": poly,
+    }
+
+
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """Drop the bulky '_' entries of an `analyse` result (what goes into the metrics JSON)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}

@@ -1,0 +1,198 @@
+"""Ground truth for the geometry analysis: tiny Toy-Models-of-Superposition models whose geometry
+is known (pentagon, antipodal digon, dedicated dimensions), planted circles and planted lines,
+each with a control that must NOT be found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neural_codec import geometry as g
+
+
+def train_tms(n, m, p, importance, steps=2500, seed=0, batch=1024, lr=1e-2):
+    """ReLU(W^T W x + b), x_i ~ U[0,1] with probability p else 0 (Elhage et al. 2022).
+    Returns W with rows = features (n, m)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: thread hand-off costs far more than the work
+    try:
+        return _train_tms(n, m, p, importance, steps, seed, batch, lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tms(n, m, p, importance, steps, seed, batch, lr):
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(m, n, generator=gen) * 0.5)
+    b = torch.nn.Parameter(torch.zeros(n))
+    opt = torch.optim.Adam([W, b], lr=lr)
+    imp = torch.as_tensor(np.asarray(importance), dtype=torch.float32)
+    for _ in range(steps):
+        x = torch.rand(batch, n, generator=gen) * (torch.rand(batch, n, generator=gen) < p)
+        out = torch.relu(x @ W.T @ W + b)
+        loss = (imp * (out - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return W.detach().numpy().T.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def pentagon_W():
+    return train_tms(5, 2, 0.05, np.ones(5), seed=0)
+
+
+def test_dimensionality_formula_matches_gram_definition():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(30, 7))
+    W[3] = 0
+    G = W @ W.T
+    expect = np.diag(G) ** 2 / (G**2).sum(1).clip(1e-300)
+    D = g.feature_dimensionality(W)
+    assert D[3] == 0
+    np.testing.assert_allclose(np.delete(D, 3), np.delete(expect, 3), rtol=1e-10)
+    assert g.dimensions_per_feature(np.eye(4)) == pytest.approx(1.0)
+
+
+def test_pentagon_in_two_dims(pentagon_W):
+    W = pentagon_W
+    D = g.feature_dimensionality(W)
+    np.testing.assert_allclose(D, 0.4, atol=0.02)
+    res = g.find_polytopes(W, threshold=0.25, tolerance=0.1)
+    assert res.counts()["pentagon"] == 1
+    assert sorted(res.polytopes[0].members.tolist()) == [0, 1, 2, 3, 4]
+    assert res.polytopes[0].error < 0.05
+    # a non-pentagonal 5-point frame (5 directions bunched in half the circle) is not a pentagon
+    ang = np.linspace(0, np.pi * 0.9, 5)
+    bad = np.stack([np.cos(ang), np.sin(ang)], 1)
+    assert g.find_polytopes(bad, threshold=0.25).counts()["pentagon"] == 0
+
+
+def test_antipodal_digon_in_one_dim():
+    W = train_tms(2, 1, 0.05, np.ones(2), seed=0)
+    D = g.feature_dimensionality(W)
+    np.testing.assert_allclose(D, 0.5, atol=0.02)
+    c = g.find_polytopes(W, threshold=0.25).counts()
+    assert c["digon"] == 1 and c["other"] == 0
+    # two features on the same side of the line are not a digon
+    same = np.array([[1.0], [0.8]])
+    assert g.find_polytopes(same).counts()["digon"] == 0
+
+
+def test_dense_features_get_dedicated_dims_and_no_polytopes():
+    W = train_tms(5, 2, 1.0, 0.7 ** np.arange(5), seed=0)
+    D = g.feature_dimensionality(W)
+    assert np.all((D < 0.05) | (D > 0.95)), D
+    assert (D > 0.95).sum() == 2
+    c = g.find_polytopes(W, threshold=0.25, min_norm_frac=0.1).counts()
+    assert all(c[k] == 0 for k in list(g.ideal_polytopes()) + ["other"]), c
+    assert c["isolated"] == 2
+
+
+def test_ideal_polytopes_have_their_fraction():
+    for name, V in g.ideal_polytopes().items():
+        D = g.feature_dimensionality(V)
+        np.testing.assert_allclose(D, g.parse_fraction(g.POLYTOPE_FRACTION[name]), atol=1e-9)
+        # rotated, scaled, re-ordered and embedded in a bigger space, it is still found
+        rng = np.random.default_rng(1)
+        Q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+        X = np.pad(V, ((0, 0), (0, 10 - V.shape[1]))) @ Q * 3.0
+        X = X[rng.permutation(len(X))]
+        res = g.find_polytopes(X, threshold=0.25)
+        assert res.counts()[name] == 1, (name, res.counts())
+
+
+def test_several_polytopes_in_orthogonal_subspaces():
+    P = g.ideal_polytopes()
+    blocks = [P["pentagon"], P["triangle"], P["digon"], P["tetrahedron"], np.array([[1.0]])]
+    dim = sum(b.shape[1] for b in blocks)
+    rows, c = [], 0
+    for b in blocks:
+        x = np.zeros((len(b), dim))
+        x[:, c : c + b.shape[1]] = b
+        rows.append(x)
+        c += b.shape[1]
+    W = np.concatenate(rows)
+    W = np.concatenate([W, np.zeros((3, dim))])  # unrepresented features are ignored
+    counts = g.find_polytopes(W).counts()
+    assert counts == {
+        "digon": 1, "triangle": 1, "tetrahedron": 1, "pentagon": 1,
+        "square_antiprism": 0, "other": 0, "isolated": 1,
+    }
+
+
+def planted_circle(K=12, dim=32, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    phase = 2 * np.pi * np.arange(K) / K
+    X = np.stack([np.cos(phase), np.sin(phase)], 1) @ Q[:2] + rng.normal(size=dim)  # offset
+    return X + noise * rng.normal(size=(K, dim))
+
+
+def test_planted_circle_found_and_shuffled_labels_not():
+    X = planted_circle()
+    s = g.circle_stats(X, n_permutations=500, seed=0)
+    assert s["circular_corr"] > 0.9
+    assert s["neighbour_frac"] == 1.0
+    assert 0.7 < s["wrap_ratio"] < 1.4
+    assert s["p_value"] < 0.05
+    # reversed direction is the same circle
+    assert g.circle_stats(X[::-1], 200)["circular_corr"] == pytest.approx(s["circular_corr"])
+    # the same points with the labels shuffled: no circular order
+    rng = np.random.default_rng(3)
+    shuffled = [g.circle_stats(X[rng.permutation(len(X))], 200, seed=i) for i in range(10)]
+    assert sum(r["p_value"] < 0.05 for r in shuffled) <= 1
+    assert np.mean([r["circular_corr"] for r in shuffled]) < 0.5
+
+
+def test_open_arc_has_large_wrap_ratio():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, np.pi, 12)  # half circle: ordered but not closed
+    X = np.stack([np.cos(t), np.sin(t)], 1) @ rng.normal(size=(2, 16)) + 0.01 * rng.normal(size=(12, 16))
+    assert g.circle_stats(X, 100)["wrap_ratio"] > 4
+
+
+def test_family_circles_uses_cyclic_families_only():
+    X = planted_circle(K=7, dim=16)
+    W = np.random.default_rng(0).normal(size=(40, 16))
+    members = [30, 2, 17, 5, 11, 23, 8]
+    W[members] = X
+    fams = [
+        {"name": "weekdays", "kind": "cyclic", "members": members},
+        {"name": "excl", "kind": "exclusive", "members": [0, 1, 3]},
+    ]
+    out = g.family_circles(W, fams, n_permutations=200)
+    assert list(out) == ["weekdays"]
+    assert out["weekdays"]["circular_corr"] > 0.9 and out["weekdays"]["p_value"] < 0.05
+    with pytest.raises(ValueError):
+        g.family_circles(W, [{"name": "x", "kind": "cyclic", "members": [1, 2, 99]}])
+
+
+def test_line_test_finds_planted_pile_up_only():
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(0, 1, 3000)
+    none = g.find_lines(uniform)
+    assert not any(v["is_line"] for v in none.values()), none
+    piled = np.concatenate([uniform, 0.4 + rng.uniform(-0.003, 0.003, 60)])
+    found = g.find_lines(piled)
+    assert found["2/5"]["is_line"]
+    assert found["2/5"]["enrichment"] > 2
+    assert [k for k, v in found.items() if v["is_line"]] == ["2/5"]
+    # a broad bump around 2/5 (density high near it, but no narrow pile-up) is not a line
+    bump = np.concatenate([uniform, rng.normal(0.4, 0.08, 600).clip(0, 1)])
+    assert not g.find_lines(bump)["2/5"]["is_line"]
+
+
+def test_line_at_one_with_dedicated_features():
+    rng = np.random.default_rng(1)
+    D = np.concatenate([rng.uniform(0, 1, 1000), np.ones(40)])
+    assert g.find_lines(D)["1"]["is_line"]
+
+
+def test_analyse_returns_small_json(pentagon_W):
+    res = g.analyse(pentagon_W, [], g.GeometryConfig(n_permutations=50))
+    pub = g.public(res)
+    assert pub["polytopes"]["pentagon"] == 1
+    assert pub["mean_D"] == pytest.approx(0.4, abs=0.02)
+    assert not any(k.startswith("_") for k in pub)
