@@ -196,3 +196,101 @@ def test_analyse_returns_small_json(pentagon_W):
     assert pub["polytopes"]["pentagon"] == 1
     assert pub["mean_D"] == pytest.approx(0.4, abs=0.02)
     assert not any(k.startswith("_") for k in pub)
+
+
+def test_permute_feature_columns_keeps_frequencies_and_breaks_cooccurrence():
+    from neural_codec.io import SparseFeatures
+
+    rng = np.random.default_rng(0)
+    N, n = 4000, 12
+    dense = (rng.random((N, n)) < 0.1) * rng.uniform(0.5, 1.5, (N, n))
+    dense[:, 1] = np.where(dense[:, 0] > 0, 1.0, 0.0)  # feature 1 fires exactly with feature 0
+    feats = SparseFeatures.from_dense(dense, k=n)
+    perm = g.permute_feature_columns(feats, seed=0)
+    a, b = feats.to_dense(), perm.to_dense()
+    np.testing.assert_array_equal((a > 0).sum(0), (b > 0).sum(0))
+    for j in range(n):
+        np.testing.assert_allclose(np.sort(a[:, j]), np.sort(b[:, j]), rtol=1e-6)
+    both = lambda x: float(((x[:, 0] > 0) & (x[:, 1] > 0)).mean())  # noqa: E731
+    assert both(a) == pytest.approx(0.1, abs=0.02)
+    assert both(b) < 0.03  # ~ 0.1 * 0.1 once independent
+    assert not np.array_equal(a, b)
+
+
+def _load_stage():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "geometry.py"
+    spec = importlib.util.spec_from_file_location("stage_geometry", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _workspace(tmp_path, geometry_params):
+    import yaml
+
+    from neural_codec import io
+    from neural_codec.squeezer import SqueezerConfig, save_squeezer
+
+    n, M = 30, 6
+    sq = {"M": M, "steps": 40, "batch_size": 128, "seed": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"geometry": geometry_params, "squeezer": sq}))
+    rng = np.random.default_rng(0)
+    dense = (rng.random((600, n)) < 0.1) * rng.random((600, n))
+    io.write_sparse(tmp_path / "data/features/train", io.SparseFeatures.from_dense(dense, 4))
+    # planted weights: a pentagon in neurons 0-1, a 6-member circle in 2-5, the rest tiny
+    W = 0.01 * rng.normal(size=(n, M))
+    W[:5, :2] = g.ideal_polytopes()["pentagon"]
+    circle = [20, 7, 13, 25, 9, 16]
+    ph = 2 * np.pi * np.arange(6) / 6
+    W[circle, 2:4] = np.stack([np.cos(ph), np.sin(ph)], 1)
+    W[circle, 4:] = 0.7
+    import torch
+
+    from neural_codec.squeezer import Squeezer
+
+    cfg = SqueezerConfig(**sq)
+    model = Squeezer(n, M)
+    with torch.no_grad():
+        model.W_enc.copy_(torch.tensor(W, dtype=torch.float32))
+        model._W_dec.copy_(torch.tensor(W.T, dtype=torch.float32))
+    save_squeezer(tmp_path / "data/squeeze/squeezer.pt", model, cfg)
+    fams = [{"name": "weekdays", "kind": "cyclic", "members": circle, "labels": list("MTWRFS")},
+            {"name": "ex", "kind": "exclusive", "members": [1, 2]}]
+    io.write_json(tmp_path / "data/sae/families.json", fams)
+
+
+def test_stage_end_to_end(tmp_path, monkeypatch):
+    from neural_codec import io
+
+    _workspace(tmp_path, {"n_permutations": 99, "null_rows": 500, "null_steps": 30})
+    monkeypatch.chdir(tmp_path)
+    m = _load_stage().main()
+    saved = io.read_json("metrics/geometry.json")
+    assert saved["encoder"]["polytopes"]["pentagon"] == 1
+    assert saved["decoder"]["polytopes"]["pentagon"] == 1
+    circ = saved["encoder"]["circles"]["weekdays"]
+    assert circ["circular_corr"] > 0.95 and circ["p_value"] < 0.05 and 0.8 < circ["wrap_ratio"] < 1.2
+    for null in ("null_untrained", "null_permuted"):
+        assert set(saved[null]) == {"encoder", "decoder"}
+        assert saved[null]["encoder"]["polytopes"]["pentagon"] == 0
+    assert m["encoder"]["n_features"] == 30
+    header = (tmp_path / "plots/geometry/dimensionality_hist.csv").read_text().splitlines()[0]
+    assert header.split(",")[0] == "D" and "trained_encoder" in header and "permuted_decoder" in header
+    for png in ("dimensionality_hist.png", "polytopes.png", "circles.png"):
+        assert (tmp_path / "plots/geometry" / png).stat().st_size > 1000
+
+
+def test_stage_rejects_bad_params_before_work(tmp_path, monkeypatch):
+    from neural_codec.params import ParamError
+
+    _workspace(tmp_path, {"interference_threshold": 1.5})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamError, match=r"geometry\.interference_threshold = 1\.5"):
+        _load_stage().main()
+    _workspace(tmp_path, {"fractions": ["2/5", "7/3"]})
+    with pytest.raises(ParamError, match=r"geometry\.fractions"):
+        _load_stage().main()
+    assert not (tmp_path / "metrics").exists()

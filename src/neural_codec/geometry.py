@@ -23,6 +23,9 @@ import scipy.sparse as sp
 import scipy.stats
 from scipy.sparse.csgraph import connected_components
 
+from neural_codec.io import SparseFeatures
+from neural_codec.params import check
+
 DEFAULT_FRACTIONS = ("1", "3/4", "2/3", "1/2", "2/5", "3/8", "1/3")
 
 
@@ -375,19 +378,70 @@ def family_circles(
 
 @dataclass
 class GeometryConfig:
-    """Knobs of `analyse` (the stage's `geometry` params carry the same names)."""
+    """params.yaml section `geometry` (also the knobs of `analyse`).
+
+    - interference_threshold: edge of the interference graph when |cos(W_i, W_j)| exceeds it
+      (below 1/3 so a tetrahedron's edges count; a pentagon is connected by its 0.81 diagonals).
+    - min_norm_frac: a feature is "represented" (enters the histogram and the graph) when its
+      norm is at least this fraction of the largest feature norm (scale-free, so the encoder's
+      and decoder's ReLU rescaling symmetry does not matter).
+    - polytope_tolerance: a component is an ideal polytope when the RMS difference of its
+      normalised Gram matrix to the ideal's (best ordering) is at most this.
+    - hist_bins: bins of the D histogram on [0, 1].
+    - fractions: where lines are tested ("a/b" strings in (0, 1]).
+    - line_half_width, line_flank_width: centre window f +- half_width against flanks of this
+      width on each side; line_alpha: family-wise level (Bonferroni over the fractions);
+      line_min_count: fewest features in the centre window for a line.
+    - n_permutations: label shuffles for the circle p-values; seed: all randomness here.
+    - null_rows: train rows (the first ones) used for the column-permuted null Squeezer;
+      null_steps: its optimiser steps (null = the Squeezer's own step count).
+    - max_plot_polytopes: polytopes drawn in plots/geometry/polytopes.png.
+    """
 
     interference_threshold: float = 0.25
     min_norm_frac: float = 0.1
     polytope_tolerance: float = 0.1
     hist_bins: int = 50
-    fractions: tuple[str, ...] | list[str] = DEFAULT_FRACTIONS
+    fractions: list[str] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     line_half_width: float = 0.01
     line_flank_width: float = 0.02
     line_alpha: float = 0.01
     line_min_count: int = 5
     n_permutations: int = 1000
     seed: int = 0
+    null_rows: int = 50000
+    null_steps: int | None = None
+    max_plot_polytopes: int = 12
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.interference_threshold < 1.0, "interference_threshold",
+              self.interference_threshold, "a number in (0, 1)")
+        check(0.0 <= self.min_norm_frac < 1.0, "min_norm_frac", self.min_norm_frac,
+              "a number in [0, 1)")
+        check(0.0 < self.polytope_tolerance < 1.0, "polytope_tolerance", self.polytope_tolerance,
+              "a number in (0, 1)")
+        check(2 <= self.hist_bins <= 10000, "hist_bins", self.hist_bins, "an integer in [2, 10000]")
+        check(len(self.fractions) >= 1, "fractions", self.fractions, "a non-empty list like ['1', '2/5']")
+        for f in self.fractions:
+            try:
+                v = parse_fraction(f)
+            except (ValueError, ZeroDivisionError):
+                v = float("nan")
+            check(0.0 < v <= 1.0, "fractions", f, "fractions 'a/b' in (0, 1], e.g. '2/5'")
+        check(0.0 < self.line_half_width < 0.25, "line_half_width", self.line_half_width,
+              "a number in (0, 0.25)")
+        check(0.0 < self.line_flank_width < 0.5, "line_flank_width", self.line_flank_width,
+              "a number in (0, 0.5)")
+        check(0.0 < self.line_alpha < 1.0, "line_alpha", self.line_alpha, "a number in (0, 1)")
+        check(self.line_min_count >= 1, "line_min_count", self.line_min_count, "an integer >= 1")
+        check(self.n_permutations >= 19, "n_permutations", self.n_permutations,
+              "an integer >= 19 (so p < 0.05 is reachable)")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(self.null_rows >= 1, "null_rows", self.null_rows, "an integer >= 1")
+        check(self.null_steps is None or self.null_steps >= 1, "null_steps", self.null_steps,
+              "null (the Squeezer's steps) or an integer >= 1")
+        check(self.max_plot_polytopes >= 0, "max_plot_polytopes", self.max_plot_polytopes,
+              "an integer >= 0")
 
 
 def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) -> dict[str, Any]:
@@ -431,3 +485,196 @@ def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) 
 def public(result: dict[str, Any]) -> dict[str, Any]:
     """Drop the bulky '_' entries of an `analyse` result (what goes into the metrics JSON)."""
     return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+# --------------------------------------------------------------------------------------------
+# The permuted-features null
+# --------------------------------------------------------------------------------------------
+
+
+def permute_feature_columns(feats: SparseFeatures, seed: int = 0) -> SparseFeatures:
+    """Shuffle each feature's column independently across rows.
+
+    Every feature keeps its firing frequency and its value distribution, but which features
+    fire together is destroyed: a Squeezer trained on this learns only what frequencies alone
+    explain. Implemented as: each feature's non-zeros move to rows drawn without replacement
+    (= applying an independent random row permutation to each column). Rows then hold a
+    variable number of non-zeros, so the result is as wide as the fullest row (val 0 = padding).
+    """
+    rng = np.random.default_rng(seed)
+    csc = feats.to_csr().tocsc()
+    N = len(feats)
+    new_rows = np.empty(csc.nnz, dtype=np.int64)
+    counts = np.diff(csc.indptr)
+    for j in np.flatnonzero(counts):
+        a, b = csc.indptr[j], csc.indptr[j + 1]
+        new_rows[a:b] = rng.choice(N, size=b - a, replace=False)
+    cols = np.repeat(np.arange(feats.n_features), counts)
+    out = sp.csr_matrix((csc.data, (new_rows, cols)), shape=(N, feats.n_features))
+    out.sort_indices()
+    per_row = np.diff(out.indptr)
+    width = max(int(per_row.max()) if N else 0, 1)
+    idx = np.zeros((N, width), dtype=np.int32)
+    val = np.zeros((N, width), dtype=np.float32)
+    slot = np.arange(out.nnz) - np.repeat(out.indptr[:-1], per_row)
+    r = np.repeat(np.arange(N), per_row)
+    idx[r, slot] = out.indices
+    val[r, slot] = out.data
+    return SparseFeatures(idx, val, feats.n_features)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg)
+# --------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    from neural_codec.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _plt().close(fig)
+
+
+def histogram_table(
+    results: dict[str, dict[str, Any]], bins: int
+) -> tuple[list[str], list[list[Any]]]:
+    """CSV for `dvc plots`: bin centre `D` and, per analysed matrix, the fraction of its
+    represented features in each bin (so runs with different n compare)."""
+    edges = np.linspace(0, 1, bins + 1)
+    header = ["D"] + list(results)
+    cols = []
+    for r in results.values():
+        Dr = r["_D"][r["_mask"]]
+        h, _ = dimensionality_histogram(Dr, bins)
+        cols.append(h / max(len(Dr), 1))
+    rows = [[float((edges[i] + edges[i + 1]) / 2)] + [float(c[i]) for c in cols] for i in range(bins)]
+    return header, rows
+
+
+def plot_dimensionality(
+    path, results: dict[str, dict[str, Any]], fractions: list[str], bins: int,
+    parts: tuple[str, ...] = ("encoder", "decoder"), main: str = "trained",
+) -> None:
+    """One panel per part: the histogram of `results[f"{main}_{part}"]`'s represented D values,
+    every other `results[f"{kind}_{part}"]` (the nulls) as outlines rescaled to the same count,
+    and the fractions marked (red, solid and starred where the line test finds a line)."""
+    plt = _plt()
+    from matplotlib.transforms import blended_transform_factory
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        r = results[f"{main}_{part}"]
+        Dr = r["_D"][r["_mask"]]
+        ax.hist(Dr, bins=bins, range=(0, 1), color="C0", alpha=0.8, label=f"{main} (n={len(Dr)})")
+        nulls = [k for k in results if k.endswith(f"_{part}") and k != f"{main}_{part}"]
+        for j, key in enumerate(nulls):
+            Do = results[key]["_D"][results[key]["_mask"]]
+            w = np.full(len(Do), len(Dr) / max(len(Do), 1))
+            ax.hist(Do, bins=bins, range=(0, 1), weights=w, histtype="step", color=f"C{j + 1}",
+                    label=f"{key.removesuffix('_' + part)} null (n={len(Do)}, rescaled)")
+        tr = blended_transform_factory(ax.transData, ax.transAxes)
+        for i, f in enumerate(sorted(fractions, key=parse_fraction)):
+            x = parse_fraction(f)
+            is_line = r["lines"][f]["is_line"]
+            ax.axvline(x, color="C3" if is_line else "0.5", ls="-" if is_line else ":", lw=1)
+            ax.text(x, 1.005 + 0.045 * (i % 2), f + ("*" if is_line else ""), transform=tr,
+                    ha="center", va="bottom",
+                    fontsize=8, color="C3" if is_line else "0.3")
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("feature dimensionality D_i (represented features)")
+        ax.set_ylabel("features")
+        ax.set_title(f"{main} {part}: D*={r['D_star']:.3g}, lines (*) = {r['n_lines']}",
+                     fontsize=10, pad=22)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _project_origin(X: np.ndarray) -> np.ndarray:
+    """Top-2 uncentred principal directions (polytopes are centred on the origin)."""
+    _, _, Vt = np.linalg.svd(X, full_matrices=False)
+    P = X @ Vt[:2].T
+    return np.pad(P, ((0, 0), (0, 2 - P.shape[1]))) if P.shape[1] < 2 else P
+
+
+def plot_polytopes(path, results: dict[str, dict[str, Any]], weights: dict[str, np.ndarray],
+                   max_plots: int) -> None:
+    """Each detected polytope (then small unmatched components) projected on its top-2 PCs."""
+    plt = _plt()
+    items = []
+    for name, r in results.items():
+        for p in r["_poly"].polytopes:
+            if p.kind != "other" or len(p.members) <= 8:
+                items.append((p.kind == "other", len(p.members), name, p))
+    items.sort(key=lambda t: (t[0], t[1]))
+    items = items[:max_plots]
+    ncol = min(4, max(len(items), 1))
+    nrow = max(1, -(-len(items) // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no polytopes (interference components\nof size >= 2) found",
+                        ha="center", va="center", transform=axes[0, 0].transAxes)
+    for ax, (_, _, name, p) in zip(axes.ravel(), items):
+        ax.set_axis_on()
+        P = _project_origin(np.asarray(weights[name], dtype=np.float64)[p.members])
+        for (x, y), m in zip(P, p.members):
+            ax.plot([0, x], [0, y], color="C0", lw=1)
+            ax.annotate(str(int(m)), (x, y), fontsize=7)
+        ax.scatter(P[:, 0], P[:, 1], color="C3", s=15, zorder=3)
+        lim = 1.25 * max(np.abs(P).max(), 1e-12)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        label = p.kind if p.kind != "other" else f"other (closest {p.best})" if p.best else "other"
+        ax.set_title(f"{name}: {label}\nk={len(p.members)}, err={p.error:.3f}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_circles(path, weights: dict[str, np.ndarray], families: list[dict[str, Any]],
+                 results: dict[str, dict[str, Any]]) -> None:
+    """Each cyclic family (columns) for each weight matrix (rows) in its top-2 PCs; points
+    labelled by the family's labels (or cyclic position) and joined in the true order."""
+    plt = _plt()
+    fams = [f for f in families if f.get("kind") == "cyclic" and len(set(f["members"])) >= 3]
+    names = list(weights)
+    ncol = max(len(fams), 1)
+    fig, axes = plt.subplots(len(names), ncol, figsize=(3.6 * ncol, 3.4 * len(names)), squeeze=False)
+    if not fams:
+        for ax in axes.ravel():
+            ax.set_axis_off()
+        axes[0, 0].text(0.5, 0.5, "no cyclic families", ha="center", va="center",
+                        transform=axes[0, 0].transAxes)
+    for i, wname in enumerate(names):
+        for j, fam in enumerate(fams):
+            ax = axes[i, j]
+            P = top2_projection(np.asarray(weights[wname])[[int(m) for m in fam["members"]]])
+            labels = fam.get("labels") or [str(k) for k in range(len(P))]
+            closed = np.vstack([P, P[:1]])
+            ax.plot(closed[:, 0], closed[:, 1], color="0.7", lw=0.8)
+            ax.scatter(P[:, 0], P[:, 1], c=np.arange(len(P)), cmap="hsv", s=25, zorder=3)
+            for (x, y), lab in zip(P, labels):
+                ax.annotate(str(lab), (x, y), fontsize=7)
+            st = results[wname]["circles"].get(str(fam.get("name")), {})
+            ax.set_title(
+                f"{wname}: {fam.get('name')}\ncorr={st.get('circular_corr', float('nan')):.2f} "
+                f"wrap={st.get('wrap_ratio', float('nan')):.2f} p={st.get('p_value', float('nan')):.3g}",
+                fontsize=8,
+            )
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    _save(fig, path)
