@@ -1,0 +1,239 @@
+"""The `lm` source end to end on a tiny offline HookedTransformer, text and SAEs the tests make."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import lm_fixtures as fx  # noqa: E402
+
+from neural_codec import io, lm  # noqa: E402
+from neural_codec.params import ParamError, from_dict  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny tensors: thread hand-offs cost more than the matmuls on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("lm")
+    fx.make_model(root)
+    cfg = lm.LMSourceConfig(
+        model_name=f"local:{root / 'model'}", dataset=str(root / "text"),
+        sae_hook="blocks.1.hook_resid_pre", neuron_hook="blocks.1.mlp.hook_post",
+        context_size=32, n_tokens_train=3000, n_tokens_heldout=480, batch_size=8,
+        rows_per_shard=500,
+    )
+    model = lm.load_model(cfg)
+    figures = lm.extract_activations(cfg, root / "acts", model)
+    return root, cfg, model, figures
+
+
+def test_config_validation_names_key_value_and_allowed():
+    with pytest.raises(ParamError, match=r"source\.lm\.neuron_hook = 'blocks\.8\.hook_mlp_out'.*blocks\.L\.mlp\.hook_post"):
+        from_dict(lm.LMSourceConfig, {"neuron_hook": "blocks.8.hook_mlp_out"}, "source.lm")
+    with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'resid8'"):
+        from_dict(lm.LMSourceConfig, {"sae_hook": "resid8"}, "source.lm")
+    with pytest.raises(ParamError, match=r"source\.lm\.dtype = 'bfloat16'"):
+        from_dict(lm.LMSourceConfig, {"dtype": "bfloat16"}, "source.lm")
+    with pytest.raises(ParamError, match=r"source\.lm\.context_size = 1\b"):
+        from_dict(lm.LMSourceConfig, {"context_size": 1}, "source.lm")
+    cfg = from_dict(lm.LMSourceConfig, {"sae_hook": "blocks.3.hook_resid_post",
+                                        "neuron_hook": "blocks.5.mlp.hook_post"}, "source.lm")
+    assert cfg.stop_at_layer == 6 and cfg.neuron_layer == 5
+
+
+def test_sae_settings_are_honoured():
+    cfg = lm.LMSourceConfig(sae_hook=None, context_size=None, prepend_bos=None,
+                            model_from_pretrained_kwargs={"dtype": "float32"})
+    s = {"hook_name": "blocks.8.hook_resid_pre", "context_size": 128, "prepend_bos": True,
+         "model_from_pretrained_kwargs": {"center_writing_weights": True}}
+    out = lm.honour_sae_settings(cfg, s)
+    assert (out.sae_hook, out.context_size, out.prepend_bos) == ("blocks.8.hook_resid_pre", 128, True)
+    assert out.model_from_pretrained_kwargs == {"center_writing_weights": True, "dtype": "float32"}
+    with pytest.warns(UserWarning, match="context"):
+        assert lm.honour_sae_settings(dataclasses.replace(cfg, context_size=1024), s).context_size == 128
+    with pytest.raises(ParamError, match="sae_hook = 'blocks.6.hook_resid_pre'"):
+        lm.honour_sae_settings(dataclasses.replace(cfg, sae_hook="blocks.6.hook_resid_pre"), s)
+
+
+def test_extraction_shapes_special_tokens_and_split(world):
+    root, cfg, model, figures = world
+    for split in ("train", "heldout"):
+        meta = io.read_meta(root / "acts" / split)
+        assert (meta["d_model"], meta["n_neurons"]) == (32, 64)
+        assert meta["n_rows"] == figures[split]["rows"] > 0
+        resid = io.load_array(root / "acts" / split, "resid")
+        neurons = io.load_array(root / "acts" / split, "neurons")
+        tok = io.load_array(root / "acts" / split, "token")
+        pos = io.load_array(root / "acts" / split, "position")
+        assert resid.shape == (meta["n_rows"], 32) and neurons.shape == (meta["n_rows"], 64)
+        assert not np.isin(tok, lm.special_token_ids(model)).any()  # BOS / separators excluded
+        assert pos.min() == 1  # position 0 is always BOS
+        # fewer rows than tokens: exactly the special tokens (one BOS per window + EOS separators)
+        assert meta["n_rows"] < figures[split]["tokens"]
+    tr = set(io.load_array(root / "acts/train", "context_id").tolist())
+    ho = set(io.load_array(root / "acts/heldout", "context_id").tolist())
+    assert not tr & ho and all(w % cfg.heldout_every == 0 for w in ho)
+    assert figures["train"]["tokens"] >= cfg.n_tokens_train
+    readin = np.load(root / "acts" / "neuron_readin.npy")
+    np.testing.assert_array_equal(readin, model.blocks[1].mlp.W_in.detach().numpy())
+
+
+def test_rows_equal_a_direct_full_forward(world):
+    """Rows match run_with_cache on the same windows without names_filter or stop_at_layer."""
+    root, cfg, model, _ = world
+    windows, tokens = next(lm.token_batches(model, cfg, "train"))
+    _, cache = model.run_with_cache(tokens)
+    keep = ~torch.isin(tokens, torch.tensor(lm.special_token_ids(model)))
+    n = int(keep.sum())
+    got = next(io.iter_batches(root / "acts/train", n, ["resid", "neurons", "token", "context_id"]))
+    np.testing.assert_allclose(got["resid"], cache[cfg.sae_hook][keep].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["neurons"], cache[cfg.neuron_hook][keep].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["token"], tokens[keep].numpy())
+    assert set(got["context_id"].tolist()) == set(windows.tolist())
+
+
+def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
+    import datasets
+
+    root, cfg, model, _ = world
+    docs = [d for d in (root / "text" / "part0.txt").read_text().split("\n\n") if d.strip()]
+    docs += [d for d in (root / "text" / "part1.txt").read_text().split("\n\n") if d.strip()]
+    datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "ds"))
+    cfg16 = dataclasses.replace(cfg, dataset=str(tmp_path / "ds"), text_column="body", dtype="float16",
+                                n_tokens_train=640, n_tokens_heldout=64)
+    lm.extract_activations(cfg16, tmp_path / "acts", model)
+    r16 = io.load_array(tmp_path / "acts/train", "resid")
+    assert r16.dtype == np.float16
+    r32 = io.load_array(root / "acts/train", "resid")[: len(r16)]
+    np.testing.assert_allclose(r16.astype(np.float32), r32, rtol=2e-3, atol=2e-3)
+
+
+def test_load_sae_from_disk_and_errors(world, tmp_path, monkeypatch):
+    root, cfg, _, _ = world
+    sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
+    back = lm.load_sae(path=tmp_path / "sae")
+    torch.testing.assert_close(back.W_enc, sae.W_enc)
+    assert lm.sae_settings(back)["hook_name"] == cfg.sae_hook
+    with pytest.raises(lm.LMUnavailable, match="not a SAELens SAE folder"):
+        lm.load_sae(path=tmp_path)
+    with pytest.raises(ParamError, match="pretrained_sae_id = 'blocks.99.hook_resid_pre'.*blocks.0.hook_resid_pre"):
+        lm.load_sae("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(lm.LMUnavailable) as err:
+        lm.load_sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    msg = str(err.value)
+    assert "\n" not in msg and "Hugging Face hub" in msg and "sae.path" in msg
+
+
+def test_model_offline_error_is_one_line_with_alternatives(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(lm.LMUnavailable) as err:
+        lm.load_model(lm.LMSourceConfig(model_name="gpt2"))
+    msg = str(err.value)
+    assert "\n" not in msg and "'gpt2'" in msg and "local:<dir>" in msg and "glassllm" in msg
+    with pytest.raises(lm.LMUnavailable, match="no hooked_transformer_config.json"):
+        lm.load_model(lm.LMSourceConfig(model_name="local:/nonexistent"))
+
+
+def test_ce_scores(world, tmp_path):
+    root, cfg, model, _ = world
+
+    class Identity:  # a perfect "SAE": encode and decode are the identity
+        def encode(self, x):
+            return x
+
+        def decode(self, f):
+            return f
+
+    perfect = lm.ce_scores(model, Identity(), cfg, n_batches=2)
+    assert perfect["ce_sae"] == pytest.approx(perfect["ce_clean"], abs=1e-5)
+    assert perfect["ce_zero_ablation"] > perfect["ce_clean"] + 0.5  # the trained model needs its residual
+    assert perfect["ce_loss_score_sae"] == pytest.approx(1.0, abs=1e-4)
+
+    sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+    s = lm.ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=torch.zeros_like)
+    assert s["ce_clean"] == pytest.approx(perfect["ce_clean"]) and s["ce_zero_ablation"] == pytest.approx(perfect["ce_zero_ablation"])
+    # decoding all-zero features with b_dec = 0 is exactly zero ablation
+    assert s["ce_reconstruct"] == pytest.approx(s["ce_zero_ablation"], abs=1e-5)
+    assert s["ce_loss_score_reconstruct"] == pytest.approx(0.0, abs=1e-5)
+    same = lm.ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=lambda f: f)
+    assert same["ce_reconstruct"] == pytest.approx(same["ce_sae"], abs=1e-6)
+    assert s["ce_sae"] != pytest.approx(s["ce_clean"], abs=1e-3)
+
+
+def test_sae_quality(world, tmp_path):
+    root, cfg, _, _ = world
+
+    class Identity:
+        cfg = type("C", (), {"d_sae": 32})
+        device = torch.device("cpu")
+
+        def encode(self, x):
+            return x
+
+        def decode(self, f):
+            return f
+
+    q = lm.sae_quality(Identity(), root / "acts/heldout")
+    assert q["explained_variance"] == pytest.approx(1.0) and q["mse"] == pytest.approx(0.0)
+    sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
+    r = lm.sae_quality(sae, root / "acts/heldout")
+    assert 0 < r["l0"] <= 64 and r["explained_variance"] < 0.99
+
+
+def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
+    root, cfg, model, _ = world
+    # plant on the token embedding stream (blocks.0.hook_resid_pre), where words are linearly
+    # separable; deeper residuals of this tiny model mix in what it predicts next
+    cfg0 = dataclasses.replace(cfg, sae_hook="blocks.0.hook_resid_pre")
+    lm.extract_activations(cfg0, tmp_path / "acts", model)
+    acts = tmp_path / "acts/train"
+    x, tok = io.load_array(acts, "resid"), io.load_array(acts, "token")
+    _, planted = fx.planted_weekday_sae(tmp_path / "planted", x, tok, model.tokenizer, cfg0.sae_hook)
+    sae = lm.load_sae(path=tmp_path / "planted")  # through SAELens's own disk loader
+    labels = lm.feature_labels(sae, acts, model.tokenizer, top_n=5)
+    assert len(labels) == sae.cfg.d_sae
+    for word, j in planted.items():
+        assert labels[j]["top_tokens"][0][0] == word
+        assert "[[" + word + "]]" in labels[j]["examples"][0]["context"]
+    fams = lm.find_cyclic_families(labels)
+    assert [f["name"] for f in fams] == ["weekdays"]  # no month latents planted
+    assert fams[0]["kind"] == "cyclic"
+    assert fams[0]["members"] == [planted[d] for d in fx.WEEKDAYS]  # cyclic order, one per day
+    assert fams[0]["labels"] == fx.WEEKDAYS
+
+    # controls: a random SAE, and the planted labels with their tokens shuffled across latents
+    rand = fx.random_sae(tmp_path / "rand", 32, 64, cfg0.sae_hook, seed=1)
+    assert lm.find_cyclic_families(lm.feature_labels(rand, acts, model.tokenizer)) == []
+    rng = np.random.default_rng(0)
+    all_tokens = [t for lab in labels for t in lab["top_tokens"]]
+    shuffled = [dict(lab, top_tokens=[all_tokens[i] for i in rng.choice(len(all_tokens), 5)]) for lab in labels]
+    fam = lm.find_cyclic_families(shuffled)
+    assert not fam or fam[0]["members"] != fams[0]["members"]
+
+
+def test_throughput_reported(world):
+    _, _, _, figures = world
+    assert figures["train"]["tokens_per_s"] > 0 and figures["stop_at_layer"] == 2
