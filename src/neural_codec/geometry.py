@@ -13,6 +13,7 @@ as is, the decoder as `W_dec.T`), so they do not depend on the Squeezer module.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -42,7 +43,7 @@ def feature_dimensionality(W: np.ndarray) -> np.ndarray:
     """
     W = np.asarray(W, dtype=np.float64)
     C = W.T @ W
-    sq = np.einsum("im,mk,ik->i", W, C, W)
+    sq = np.einsum("im,im->i", W @ C, W)
     norm4 = np.einsum("im,im->i", W, W) ** 2
     out = np.zeros(len(W))
     ok = sq > 0
@@ -171,6 +172,14 @@ POLYTOPE_FRACTION = {
 }
 
 
+@functools.lru_cache(maxsize=16)
+def _all_orderings(gram_bytes: bytes, k: int) -> np.ndarray:
+    """Every vertex ordering of an ideal Gram matrix, (k!, k, k); cached per ideal."""
+    G = np.frombuffer(gram_bytes, dtype=np.float64).reshape(k, k)
+    perms = np.array(list(itertools.permutations(range(k))))
+    return G[perms[:, :, None], perms[:, None, :]]
+
+
 def gram_error(G: np.ndarray, G_ideal: np.ndarray) -> float:
     """RMS entry difference between two k x k Gram matrices, minimised over vertex orderings.
 
@@ -181,8 +190,7 @@ def gram_error(G: np.ndarray, G_ideal: np.ndarray) -> float:
     k = len(G)
     if G_ideal.shape != (k, k):
         raise ValueError(f"Gram sizes differ: {G.shape} vs {G_ideal.shape}")
-    perms = np.array(list(itertools.permutations(range(k))))
-    permuted = G_ideal[perms[:, :, None], perms[:, None, :]]  # (k!, k, k)
+    permuted = _all_orderings(G_ideal.tobytes(), k)  # (k!, k, k)
     err = np.sqrt(((permuted - G[None]) ** 2).mean(axis=(1, 2)))
     return float(err.min())
 
@@ -474,6 +482,7 @@ def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) 
         "n_lines": int(sum(v["is_line"] for v in lines.values())),
         "polytopes": poly.counts(),
         "polytope_mean_error": errs,
+        "n_components": int((sizes >= 2).sum()),
         "largest_component": int(sizes.max()),
         "circles": circles,
         "_D": D,
