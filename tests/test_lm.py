@@ -39,7 +39,7 @@ def world(tmp_path_factory, one_thread):
         rows_per_shard=500,
     )
     model = lm.load_model(cfg)
-    figures = lm.extract_activations(cfg, root / "acts", model)
+    figures = lm.extract_activations(cfg, root / "acts", model=model)
     return root, cfg, model, figures
 
 
@@ -117,7 +117,7 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
     datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "ds"))
     cfg16 = dataclasses.replace(cfg, dataset=str(tmp_path / "ds"), text_column="body", dtype="float16",
                                 n_tokens_train=640, n_tokens_heldout=64)
-    lm.extract_activations(cfg16, tmp_path / "acts", model)
+    lm.extract_activations(cfg16, tmp_path / "acts", model=model)
     r16 = io.load_array(tmp_path / "acts/train", "resid")
     assert r16.dtype == np.float16
     r32 = io.load_array(root / "acts/train", "resid")[: len(r16)]
@@ -208,7 +208,7 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
     # plant on the token embedding stream (blocks.0.hook_resid_pre), where words are linearly
     # separable; deeper residuals of this tiny model mix in what it predicts next
     cfg0 = dataclasses.replace(cfg, sae_hook="blocks.0.hook_resid_pre")
-    lm.extract_activations(cfg0, tmp_path / "acts", model)
+    lm.extract_activations(cfg0, tmp_path / "acts", model=model)
     acts = tmp_path / "acts/train"
     x, tok = io.load_array(acts, "resid"), io.load_array(acts, "token")
     _, planted = fx.planted_weekday_sae(tmp_path / "planted", x, tok, model.tokenizer, cfg0.sae_hook)
@@ -237,3 +237,51 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
 def test_throughput_reported(world):
     _, _, _, figures = world
     assert figures["train"]["tokens_per_s"] > 0 and figures["stop_at_layer"] == 2
+
+
+def test_stage_entry_points(world, tmp_path):
+    root, cfg, model, _ = world
+    res = lm.prepare_source(cfg, tmp_path)
+    assert res["metrics"]["n_layers"] == 2 and (tmp_path / "model.pt").exists()
+    with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'blocks\.5\.hook_resid_pre'"):
+        lm.prepare_source(dataclasses.replace(cfg, sae_hook="blocks.5.hook_resid_pre"), tmp_path)
+    sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
+    assert lm.config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook == cfg.sae_hook
+    m = lm.write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
+    assert 0 < m["labelled_latents"] <= 64 and np.isfinite(m["ce"]["ce_loss_score_sae"])
+    assert len(io.read_json(tmp_path / "out" / "latent_labels.json")) == 64
+    assert io.read_json(tmp_path / "out" / "families.json") == []
+    wrong = fx.random_sae(tmp_path / "sae0", 32, 64, "blocks.0.hook_resid_pre")
+    with pytest.raises(ParamError, match="the SAE reads 'blocks.0.hook_resid_pre'"):
+        lm.write_labels_and_families(wrong, cfg, root / "acts", tmp_path / "out")
+
+
+def test_squeezer_reconstruct_fn_keeps_top_k():
+    seen = {}
+
+    def squeezer(idx, val):
+        seen["idx"], seen["val"] = idx, val
+        return torch.zeros(idx.shape[0], 10).scatter_add_(1, idx, val)
+
+    f = torch.tensor([[0.0, 3.0, 1.0, 0.0, 2.0, 0.5, 0, 0, 0, 0]])
+    out = lm.squeezer_reconstruct_fn(squeezer, top_k=2)(f)
+    assert sorted(seen["idx"][0].tolist()) == [1, 4]
+    torch.testing.assert_close(out, torch.tensor([[0.0, 3.0, 0, 0, 2.0, 0, 0, 0, 0, 0]]))
+
+
+def test_glassllm_real_weights_match_its_own_forward():
+    glassllm = pytest.importorskip("glassllm")
+    from neural_codec.offline_models import GLASSLLM_SOURCE
+
+    gm, gtok = glassllm.load_pretrained("en")
+    cfg = lm.LMSourceConfig(**{**GLASSLLM_SOURCE, "dataset": "unused"})
+    model = lm.load_model(cfg)
+    lm.check_hooks(model, cfg)
+    text = "Alice was beginning to get very tired of sitting by her sister on the bank, on Monday in May."
+    ids = gtok.encode(text)
+    assert model.tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    with glassllm.no_grad():
+        ref = gm.forward(np.array([ids])).data
+    got = model(torch.tensor([ids])).detach().numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert model.cfg.d_mlp == 341 and model.cfg.gated_mlp

@@ -91,6 +91,7 @@ class LMSourceConfig:
     neuron_hook: str = "blocks.8.mlp.hook_post"
     context_size: int | None = 128
     prepend_bos: bool | None = True
+    doc_separator: Literal["eos", "newline"] = "eos"
     n_tokens_train: int = 200_000
     n_tokens_heldout: int = 50_000
     heldout_every: int = 10
@@ -159,6 +160,38 @@ def sae_settings(sae: Any) -> dict[str, Any]:
         "d_sae": sae.cfg.d_sae,
         "architecture": sae.cfg.architecture(),
     }
+
+
+def sae_settings_from_params(sae_params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The SAE's own settings (hook, BOS, context, model kwargs) from its config alone, before any
+    weights are loaded: `sae.path`'s cfg.json, or the registry's (release, sae_id) config."""
+    p = sae_params or {}
+    if p.get("path"):
+        d = json.loads((Path(p["path"]) / "cfg.json").read_text())
+    elif p.get("pretrained_release") and p.get("pretrained_sae_id"):
+        from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+        try:
+            d = load_sae_config_from_huggingface(p["pretrained_release"], p["pretrained_sae_id"])
+        except Exception as err:
+            raise LMUnavailable(
+                f"cannot read the config of SAE {p['pretrained_release']}/{p['pretrained_sae_id']} from "
+                f"the Hugging Face hub ({_first_line(err)}); offline alternatives: {OFFLINE_SAES}"
+            ) from err
+    else:
+        return None
+    md = d.get("metadata") or {}
+    get = lambda k: md.get(k, d.get(k))  # noqa: E731  (pre-6.0 configs keep them top level)
+    return {"hook_name": get("hook_name") or d.get("hook_point"), "prepend_bos": get("prepend_bos"),
+            "context_size": get("context_size"), "model_name": get("model_name"),
+            "model_from_pretrained_kwargs": dict(get("model_from_pretrained_kwargs") or {}),
+            "d_in": d.get("d_in"), "d_sae": d.get("d_sae")}
+
+
+def config_for_sae(cfg: LMSourceConfig, sae_params: dict[str, Any] | None) -> LMSourceConfig:
+    """`cfg` with the pretrained/local SAE's own settings honoured (unchanged if the SAE is trained)."""
+    settings = sae_settings_from_params(sae_params)
+    return cfg.resolved() if settings is None else honour_sae_settings(cfg, settings)
 
 
 def honour_sae_settings(cfg: LMSourceConfig, settings: dict[str, Any]) -> LMSourceConfig:
@@ -387,20 +420,23 @@ def special_token_ids(model: Any) -> list[int]:
 
 
 def iter_windows(model: Any, cfg: LMSourceConfig) -> Iterator[tuple[int, np.ndarray]]:
-    """(window index, tokens) over the whole text: documents joined by EOS, cut into windows of
+    """(window index, tokens) over the whole text: documents joined by EOS (or a blank line),
+    cut into windows of
     `context_size` tokens, each starting with BOS when `prepend_bos` (as SAELens batches text)."""
     cfg = cfg.resolved()
     tok = model.tokenizer
     bos = tok.bos_token_id
-    sep = tok.eos_token_id if tok.eos_token_id is not None else bos
+    if cfg.doc_separator == "newline":  # models trained on running text without EOS (glassllm)
+        sep_ids = tok("\n\n", add_special_tokens=False)["input_ids"]
+    else:
+        sep_ids = [tok.eos_token_id if tok.eos_token_id is not None else bos]
     body = cfg.context_size - (1 if cfg.prepend_bos else 0)
     buf: list[int] = []
     w = 0
     for doc in iter_text(cfg):
         ids = tok(doc, add_special_tokens=False)["input_ids"]
         buf.extend(ids)
-        if sep is not None:
-            buf.append(sep)
+        buf.extend(i for i in sep_ids if i is not None)
         while len(buf) >= body:
             chunk, buf = buf[:body], buf[body:]
             yield w, np.asarray(([bos] if cfg.prepend_bos else []) + chunk, dtype=np.int64)
@@ -448,14 +484,20 @@ def neuron_readin(model: Any, layer: int) -> np.ndarray:
     return model.blocks[layer].mlp.W_in.detach().float().cpu().numpy()
 
 
-def extract_activations(cfg: LMSourceConfig, out_dir: str | Path, model: Any = None) -> dict[str, Any]:
+def extract_activations(
+    cfg: LMSourceConfig, out_dir: str | Path, act_cfg: Any = None, *, model: Any = None
+) -> dict[str, Any]:
     """Stream `resid` (sae_hook) and `neurons` (neuron_hook) of non-special tokens into shards.
 
     Writes `out_dir/{train,heldout}/shard_*.npz + meta.json` and `out_dir/neuron_readin.npy`.
     Only the two hooks are cached and the forward pass stops after the last needed block, so
-    memory is one batch of activations. Returns throughput figures.
+    memory is one batch of activations. `act_cfg` (the `activations` params section), if given,
+    sets the storage `dtype` and `rows_per_shard`; token counts come from `source.lm`.
+    Returns throughput figures.
     """
     cfg = cfg.resolved()
+    if act_cfg is not None:
+        cfg = dataclasses.replace(cfg, dtype=act_cfg.dtype, rows_per_shard=act_cfg.rows_per_shard)
     out_dir = Path(out_dir)
     model = model if model is not None else load_model(cfg)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
@@ -706,3 +748,98 @@ def ce_scores(
 def _score(zero: float, patched: float, clean: float) -> float:
     denom = zero - clean
     return float("nan") if abs(denom) < 1e-12 else (zero - patched) / denom
+
+
+# --------------------------------------------------------------------------------------------
+# Stage entry points (called from the `# lm:` branches of stages/*.py)
+# --------------------------------------------------------------------------------------------
+
+
+def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
+    """Fail by key if a hook does not exist in this model (e.g. blocks.8 of a 4-layer model)."""
+    n_layers = model.cfg.n_layers
+    for key, hook in (("sae_hook", cfg.sae_hook), ("neuron_hook", cfg.neuron_hook)):
+        layer = hook_layer(hook or "")
+        check(hook in model.hook_dict and (layer is None or layer < n_layers), f"source.lm.{key}", hook,
+              f"a hook of {cfg.model_name} ({n_layers} layers), e.g. blocks.{n_layers - 1}.hook_resid_pre")
+    check(cfg.resolved().context_size <= model.cfg.n_ctx, "source.lm.context_size", cfg.context_size,
+          f"at most the model's context {model.cfg.n_ctx}")
+
+
+def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Stage `source` for lm: load the model once (so a bad name or an unreachable hub fails at
+    the first stage), check the hooks, and record the config in `out_dir/model.pt`."""
+    cfg = cfg.resolved()
+    model = load_model(cfg)
+    check_hooks(model, cfg)
+    next(iter_text(cfg))  # the dataset is reachable and non-empty
+    torch.save({"kind": "lm", "config": dataclasses.asdict(cfg)}, Path(out_dir) / "model.pt")
+    mc = model.cfg
+    return {"metrics": {
+        "kind": "lm", "model_name": cfg.model_name, "n_layers": mc.n_layers, "d_model": mc.d_model,
+        "d_mlp": mc.d_mlp, "d_vocab": mc.d_vocab, "n_ctx": mc.n_ctx,
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "sae_hook": cfg.sae_hook, "neuron_hook": cfg.neuron_hook, "context_size": cfg.context_size,
+        "prepend_bos": cfg.prepend_bos, "special_token_ids": special_token_ids(model),
+    }}
+
+
+def write_labels_and_families(
+    sae: Any, cfg: LMSourceConfig, activations_dir: str | Path, out_dir: str | Path,
+    ce_batches: int = 8, top_n: int = 10,
+) -> dict[str, Any]:
+    """Stage `sae` for lm: `latent_labels.json` (top tokens and contexts per latent),
+    `families.json` (weekday/month latents found from labels) and the SAE's CE-loss score.
+
+    Checks first that the SAE reads what was extracted (hook from SAELens metadata, d_in).
+    Returns metrics to merge into metrics/sae.json.
+    """
+    activations_dir, out_dir = Path(activations_dir), Path(out_dir)
+    meta = io.read_meta(activations_dir / "train")
+    settings = sae_settings(sae)
+    cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
+    check(settings["d_in"] == meta["d_model"], "sae (d_in)", settings["d_in"],
+          f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}")
+    model = load_model(cfg)
+    labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
+    families = find_cyclic_families(labels)
+    io.write_json(out_dir / "latent_labels.json", labels)
+    io.write_json(out_dir / "families.json", families)
+    ce = ce_scores(model, sae, cfg, n_batches=ce_batches)
+    return {"ce": ce, "families": {f["name"]: len(f["members"]) for f in families},
+            "labelled_latents": sum(1 for lab in labels if lab["top_tokens"])}
+
+
+def squeezer_reconstruct_fn(squeezer: Any, top_k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """features -> top-k sparsified features -> Squeezer -> features (for `ce_scores`), i.e. the
+    same top-k the `features` stage stores, so the CE score is the Squeezer's on its real input."""
+
+    @torch.no_grad()
+    def fn(f: torch.Tensor) -> torch.Tensor:
+        val, idx = torch.topk(f.float(), min(top_k, f.shape[-1]), dim=-1)
+        val = torch.clamp(val, min=0)
+        return squeezer(idx, val)
+
+    return fn
+
+
+def squeezer_ce_scores(
+    cfg: LMSourceConfig, sae_dir: str | Path, squeezer: Any, top_k: int, n_batches: int = 8
+) -> dict[str, float]:
+    """CE-loss score of the Squeezer's reconstruction decoded by the SAE decoder (and, for
+    reference, the SAE's own and the top-k-only reconstruction), on held-out windows."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(sae_dir), device=cfg.device)
+    cfg = honour_sae_settings(cfg, sae_settings(sae))
+    model = load_model(cfg)
+    out = ce_scores(model, sae, cfg, reconstruct_fn=squeezer_reconstruct_fn(squeezer, top_k), n_batches=n_batches)
+
+    def topk_only(f: torch.Tensor) -> torch.Tensor:
+        val, idx = torch.topk(f, min(top_k, f.shape[-1]), dim=-1)
+        return torch.zeros_like(f).scatter_(-1, idx, torch.clamp(val, min=0))
+
+    tk = ce_scores(model, sae, cfg, reconstruct_fn=topk_only, n_batches=n_batches)
+    out["ce_topk"] = tk["ce_reconstruct"]
+    out["ce_loss_score_topk"] = tk["ce_loss_score_reconstruct"]
+    return out
