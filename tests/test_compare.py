@@ -296,3 +296,114 @@ def test_ground_truth_squeezer_matches_toy_neurons_above_floor(toy_world):
     assert trained["mean_best_abs_r"] > untrained["mean_best_abs_r"] + 0.15
     assert trained["cka"] > untrained["cka"] + 0.15
     assert trained["svcca"] > untrained["svcca"] + 0.2
+
+
+# ------------------------------------------------------------------------------------------
+# The stage, end to end on a tiny synthetic world (a "perfect" SAE: latents = true features)
+# ------------------------------------------------------------------------------------------
+
+COMPARE_PARAMS = {
+    "n_mantel_permutations": 49, "max_features_for_mantel": 12, "svcca_keep": 0.99, "seed": 0,
+    "retrain_steps": 200, "batch_size": 700, "plot_max_neurons": 6,
+}
+
+
+def _write_world(root, w) -> None:
+    import torch
+    import yaml
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from neural_codec import io
+    from neural_codec.squeezer import SqueezerConfig, neuron_activations, save_squeezer, train_squeezer
+
+    data = root / "data"
+    n_held = len(w["heldout"])
+    wr = io.ShardWriter(data / "activations/heldout", rows_per_shard=1000, d_model=D_MODEL,
+                        n_neurons=N_NEURONS)
+    wr.append(resid=w["resid_held"], neurons=w["neurons"], neurons_seed2=w["neurons_seed2"])
+    wr.close()
+    np.save(data / "activations/neuron_readin.npy", w["toy"].W_in.detach().numpy())
+    (data / "source").mkdir(parents=True)
+    torch.save({"state_dict": {"W_in": w["toy2"].W_in.detach().clone()}}, data / "source/model_seed2.pt")
+    sae = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=N_TRUE))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.from_numpy(w["E"]))
+    sae.save_model(data / "sae")
+    io.write_sparse(data / "features/train", w["train"], rows_per_shard=4096)
+    io.write_sparse(data / "features/heldout", w["heldout"], rows_per_shard=1000)
+    np.save(data / "features/firing_freq.npy", w["train"].firing_frequency())
+    cfg = SqueezerConfig(M=N_NEURONS, importance="given", importance_given=w["importance"].tolist(),
+                         lr=1e-2, batch_size=256, steps=400, seed=0)
+    sq, _ = train_squeezer(w["train"], cfg)
+    save_squeezer(data / "squeeze/squeezer.pt", sq, cfg)
+    np.save(data / "squeeze/heldout_neurons.npy", neuron_activations(sq, w["heldout"]))
+    assert n_held == len(w["neurons"])
+    (root / "params.yaml").write_text(yaml.safe_dump({"compare": COMPARE_PARAMS}))
+
+
+def _run_stage(root, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.chdir(root)
+    path = Path(__file__).resolve().parents[1] / "stages" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare_stage", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main()
+
+
+@pytest.fixture(scope="module")
+def stage_root(toy_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare_stage")
+    _write_world(root, toy_world)
+    return root
+
+
+def test_stage_end_to_end(stage_root, monkeypatch):
+    from neural_codec.io import read_json
+
+    assert _run_stage(stage_root, monkeypatch) == 0
+    m = read_json(stage_root / "metrics/compare.json")
+    keys = {"mean_best_abs_r", "hungarian_mean_r", "frac_matched_above_0_5", "cka", "svcca",
+            "interference_mantel_r", "interference_mantel_p"}
+    conds = ["squeezer_vs_model", "floor_untrained", "floor_shuffled",
+             "ceiling_squeezer_seed2_vs_model", "ceiling_squeezer_vs_seed2",
+             "ceiling_model_vs_model_seed2"]
+    for c in conds:
+        assert keys <= set(m[c]), c
+        assert 0 <= m[c]["hungarian_mean_r"] <= 1 and 0 <= m[c]["interference_mantel_p"] <= 1
+    main, floor = m["squeezer_vs_model"], m["floor_untrained"]
+    assert main["hungarian_mean_r"] > floor["hungarian_mean_r"] + 0.15
+    assert main["cka"] > floor["cka"] + 0.15
+    assert m["interference_features"]["n_used"] <= COMPARE_PARAMS["max_features_for_mantel"]
+    csv = (stage_root / "plots/compare/matched_r.csv").read_text().splitlines()
+    assert csv[0] == "rank," + ",".join(conds)
+    assert len(csv) == 1 + N_NEURONS
+    first = [float(v) for v in csv[1].split(",")[1:]]
+    last = [float(v) for v in csv[-1].split(",")[1:]]
+    assert all(a >= b for a, b in zip(first, last))  # sorted best first
+    png = (stage_root / "plots/compare/correlation_matrix.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage_rejects_bad_params_before_work(stage_root, monkeypatch, tmp_path):
+    import shutil
+
+    import yaml
+
+    from neural_codec.params import ParamError
+
+    root = tmp_path / "bad"
+    shutil.copytree(stage_root, root)
+    shutil.rmtree(root / "metrics", ignore_errors=True)
+    for key, value in [("svcca_keep", 1.5), ("n_mantel_permutations", 0), ("retrain_steps", -3),
+                       ("bogus", 1)]:
+        (root / "params.yaml").write_text(yaml.safe_dump({"compare": {**COMPARE_PARAMS, key: value}}))
+        with pytest.raises(ParamError, match=f"compare.{key}"):
+            _run_stage(root, monkeypatch)
+    assert not (root / "metrics").exists()
+    (root / "params.yaml").write_text(yaml.safe_dump({"compare": COMPARE_PARAMS}))
+    (root / "data/squeeze/squeezer.pt").unlink()
+    with pytest.raises(ParamError, match="squeezer.pt"):
+        _run_stage(root, monkeypatch)
