@@ -1,0 +1,384 @@
+"""Baselines for the Squeezer: same data, same M, same metrics (`squeezer.evaluate_codec`).
+
+Each baseline answers "what does superposition buy?" from a different side:
+
+- `pca`: the linear optimum. The best rank-M affine reconstruction of F in squared error:
+  f_hat = (f - mu) V V^T + mu with V the top-M eigenvectors of the centred covariance of F,
+  computed streaming (sparse F^T F per batch via scipy.sparse). Purely linear (no ReLU, no
+  clipping), so it is the bound every *linear* M-dimensional code obeys, and in particular
+  it beats `no_superposition` (also linear, rank M) on the data it is fitted to.
+  For n > `dense_limit` the n x n matrix is never formed: `scipy.sparse.linalg.eigsh` runs on a
+  LinearOperator x -> F^T (F x) / N - mu (mu . x) over the (small, N x k) training CSR.
+- `no_superposition`: the M features with the largest w_i Var(F_i) each get one neuron (an
+  exact copy, h = f_i >= 0, so the ReLU never clips); every other feature is predicted by its
+  training mean (the best constant, = ReLU(b_dec)). That choice of M features is the exact
+  loss optimum among codes that give each neuron one feature (ranking by Var rather than
+  E[F^2]: the dropped features still get their mean).
+- `random_encoder`: a Squeezer whose encoder is the Squeezer's own random init (same init
+  scheme and scale, seeded) and frozen, b_enc fixed at 0; only the decoder (W_dec, b_dec) is
+  trained, with the Squeezer's loss. Measures how much of the Squeezer is the learned encoding.
+- `model_neurons`: the model's own neurons as the bottleneck: f_hat = ReLU(W n / s + b) trained
+  from the original neurons n (scaled by a scalar RMS s) to F, with the Squeezer's loss,
+  starting from the ridge least-squares linear readout fitted on the first batch. How
+  good is the model's own codec at carrying the SAE features?
+
+`features_represented` uses each method's effective per-feature encoder row e_i and decoder
+column d_i: sqrt(||e_i|| ||d_i||) > 0.5 (PCA: e_i = d_i = V_i, i.e. the projection keeps more
+than 1/4 of e_i; no_superposition: 1 for the M kept features, 0 otherwise; model_neurons:
+e_i = W_dec_sae[i] @ neuron_readin (the feature's direction in neuron pre-activation space),
+d_i = the readout column / s; None when the read-in map is not given).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+from torch import nn
+
+from neural_codec.io import SparseFeatures
+from neural_codec.params import check
+from neural_codec.squeezer import (
+    Codec,
+    CurveLogger,
+    EvalBatch,
+    SqueezerCodec,
+    SqueezerConfig,
+    make_optimizer,
+    reconstruction_loss,
+    train_squeezer,
+)
+
+Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
+METHODS: tuple[str, ...] = ("pca", "no_superposition", "random_encoder", "model_neurons")
+
+
+@dataclass
+class BaselinesConfig:
+    """params.yaml section `baselines` (M, importance come from `squeezer`, so a sweep over
+    squeezer.M moves both). steps/lr/batch_size/weight_decay/loss_sample train the decoders of
+    random_encoder and model_neurons; pca_dense_limit: largest n for the dense n x n moment
+    matrix (above it, eigsh on the sparse operator); methods: which baselines to run."""
+
+    steps: int = 3000
+    lr: float = 3e-3
+    batch_size: int = 1024
+    weight_decay: float = 0.0
+    loss_sample: int = 0
+    seed: int = 0
+    pca_dense_limit: int = 4096
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(self.pca_dense_limit >= 1, "pca_dense_limit", self.pca_dense_limit, "an integer >= 1")
+        for m in self.methods:
+            check(m in METHODS, "methods", self.methods, "a list drawn from " + ", ".join(METHODS))
+        check(len(set(self.methods)) == len(self.methods), "methods", self.methods, "no repeats")
+
+    def decoder_config(self, M: int) -> SqueezerConfig:
+        return SqueezerConfig(
+            M=M, tied=False, lr=self.lr, batch_size=self.batch_size, steps=self.steps,
+            weight_decay=self.weight_decay, seed=self.seed, loss_sample=self.loss_sample,
+        )
+
+
+def _row_batches(feats: SparseFeatures, batch_size: int) -> Iterator[SparseFeatures]:
+    for s in range(0, len(feats), batch_size):
+        yield feats[s : s + batch_size]
+
+
+def feature_moments(feats: SparseFeatures, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance over rows (float64), streaming."""
+    s1 = np.zeros(feats.n_features)
+    s2 = np.zeros(feats.n_features)
+    for b in _row_batches(feats, batch_size):
+        a = b.val > 0
+        np.add.at(s1, b.idx[a], b.val[a].astype(np.float64))
+        np.add.at(s2, b.idx[a], b.val[a].astype(np.float64) ** 2)
+    N = max(len(feats), 1)
+    mu = s1 / N
+    return mu, np.maximum(s2 / N - mu**2, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# (a) PCA
+# --------------------------------------------------------------------------------------------
+
+
+class PCACodec(Codec):
+    """h = (f - mu) V (a linear code, no ReLU); f_hat = h V^T + mu."""
+
+    relu = False
+
+    def __init__(self, mu: np.ndarray, V: np.ndarray, eigenvalues: np.ndarray):
+        self.mu = torch.from_numpy(mu.astype(np.float32))
+        self.V = torch.from_numpy(np.ascontiguousarray(V, dtype=np.float32))
+        self.eigenvalues = eigenvalues
+
+    def code(self, batch: EvalBatch) -> tuple[None, torch.Tensor]:
+        f = batch.feats
+        fV = torch.nn.functional.embedding_bag(
+            torch.from_numpy(f.idx.astype(np.int64)), self.V, per_sample_weights=torch.from_numpy(f.val), mode="sum"
+        )
+        return None, fV - self.mu @ self.V
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.V.T + self.mu
+
+    def feature_gain(self) -> np.ndarray:
+        return self.V.norm(dim=1).numpy()
+
+
+def fit_pca(train: SparseFeatures, M: int, dense_limit: int = 4096, batch_size: int = 65536) -> PCACodec:
+    """Top-M principal directions of F (centred), streaming over row batches."""
+    n, N = train.n_features, len(train)
+    mu, _ = feature_moments(train, batch_size)
+    k = min(M, n)
+    if n <= dense_limit or k >= n - 1:
+        S = np.zeros((n, n))
+        for b in _row_batches(train, batch_size):
+            csr = b.to_csr().astype(np.float64)
+            S += (csr.T @ csr).toarray()
+        C = S / N - np.outer(mu, mu)
+        evals, evecs = np.linalg.eigh(C)
+        order = np.argsort(evals)[::-1][:k]
+        return PCACodec(mu, evecs[:, order], evals[order])
+    csr = train.to_csr().astype(np.float64)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x).reshape(n, -1)
+        return (csr.T @ (csr @ x)) / N - np.outer(mu, mu @ x)
+
+    op = spla.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+    evals, evecs = spla.eigsh(op, k=k, which="LA", v0=np.random.default_rng(0).standard_normal(n))
+    order = np.argsort(evals)[::-1]
+    return PCACodec(mu, evecs[:, order], evals[order])
+
+
+# --------------------------------------------------------------------------------------------
+# (b) No superposition
+# --------------------------------------------------------------------------------------------
+
+
+class NoSuperpositionCodec(Codec):
+    """Neuron j = feature keep[j] (exact copy); other features predicted by their train mean."""
+
+    def __init__(self, keep: np.ndarray, mu: np.ndarray, M: int):
+        self.keep, self.M = keep, M
+        self.n = len(mu)
+        self.slot = torch.full((self.n,), -1, dtype=torch.long)
+        self.slot[torch.from_numpy(keep)] = torch.arange(len(keep))
+        self.mu = torch.from_numpy(mu.astype(np.float32))
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        f = batch.feats
+        slot = self.slot[torch.from_numpy(f.idx.astype(np.int64))]
+        val = torch.from_numpy(f.val) * (slot >= 0)
+        h = torch.zeros(len(f), self.M).scatter_add_(1, slot.clamp(min=0), val)
+        return h, h  # the pre-activation is f_i >= 0: the ReLU never clips
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        f_hat = self.mu.expand(h.shape[0], -1).clone()
+        f_hat[:, torch.from_numpy(self.keep)] = h[:, : len(self.keep)]
+        return f_hat
+
+    def feature_gain(self) -> np.ndarray:
+        g = np.zeros(self.n)
+        g[self.keep] = 1.0
+        return g
+
+
+def fit_no_superposition(train: SparseFeatures, M: int, weights: np.ndarray | None = None) -> NoSuperpositionCodec:
+    mu, var = feature_moments(train)
+    w = np.ones(train.n_features) if weights is None else np.asarray(weights, dtype=np.float64)
+    score = w * var
+    keep = np.argsort(-score, kind="stable")[: min(M, train.n_features)]
+    keep = keep[score[keep] > 0] if np.any(score[keep] > 0) else keep
+    return NoSuperpositionCodec(np.sort(keep), mu, M)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) Random encoder, trained decoder
+# --------------------------------------------------------------------------------------------
+
+
+def fit_random_encoder(
+    train: SparseFeatures, M: int, cfg: BaselinesConfig, weights: np.ndarray | None = None, init: str = "xavier"
+) -> tuple[SqueezerCodec, list[dict[str, float]]]:
+    scfg = cfg.decoder_config(M)
+    scfg.init = init
+    w = np.ones(train.n_features, np.float32) if weights is None else weights
+    model, curve = train_squeezer(train, scfg, importance=w, freeze_encoder=True)
+    return SqueezerCodec(model), curve
+
+
+# --------------------------------------------------------------------------------------------
+# (d) The model's own neurons
+# --------------------------------------------------------------------------------------------
+
+
+class NeuronReadoutCodec(Codec):
+    """h = the model's neurons (given in the batch); f_hat = ReLU(h / s @ W + b).
+
+    The model's pre-activations are not stored, so a neuron counts as clipped (pre-activation
+    < 0) when its activation is <= 0 (exact for ReLU neurons; for GELU, act < 0 iff pre < 0)."""
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float, encoder: np.ndarray | None = None):
+        self.W, self.b, self.scale, self.encoder = W, b, scale, encoder
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.neurons is None:
+            raise ValueError("model_neurons needs the model's neurons in each held-out batch")
+        h = torch.from_numpy(np.asarray(batch.neurons, dtype=np.float32))
+        return torch.where(h > 0, h, torch.full_like(h, -1.0)), h
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu((h / self.scale) @ self.W + self.b)
+
+    def feature_gain(self) -> np.ndarray | None:
+        if self.encoder is None:
+            return None
+        dec = (self.W / self.scale).norm(dim=0).numpy()
+        return np.sqrt(np.linalg.norm(self.encoder, axis=1) * dec)
+
+
+def array_batches(
+    neurons: np.ndarray, feats: SparseFeatures, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, SparseFeatures]]:
+    """Endless seeded-permutation minibatches from in-memory, row-aligned arrays."""
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, len(feats))
+    while True:
+        perm = rng.permutation(len(feats))
+        for s in range(0, len(feats) - bs + 1, bs):
+            r = perm[s : s + bs]
+            yield neurons[r], feats[r]
+
+
+def disk_batches(
+    activations_dir: str, features_dir: str, batch_size: int, seed: int, shuffle_batches: int = 16
+) -> Iterator[tuple[np.ndarray, SparseFeatures]]:
+    """Endless row-aligned (neurons, features) minibatches streamed from shards, shuffled
+    within chunks of `shuffle_batches` batches (memory bounded by the chunk)."""
+    from neural_codec.io import iter_batches, read_meta
+
+    n_features = int(read_meta(features_dir)["n_features"])
+    rng = np.random.default_rng(seed)
+    chunk = batch_size * shuffle_batches
+    while True:
+        acts = iter_batches(activations_dir, chunk, ["neurons"])
+        yielded = False
+        for f in iter_batches(features_dir, chunk, ["idx", "val"]):
+            a = next(acts)["neurons"]
+            if len(a) != len(f["idx"]):
+                raise ValueError("activations and features train splits are not row-aligned")
+            perm = rng.permutation(len(a))
+            for s in range(0, len(a) - batch_size + 1, batch_size):
+                r = perm[s : s + batch_size]
+                yielded = True
+                yield a[r], SparseFeatures(f["idx"][r], f["val"][r], n_features)
+        if not yielded:
+            raise ValueError(f"fewer train rows than batch_size = {batch_size}")
+
+
+def ridge_readout(X: np.ndarray, feats: SparseFeatures, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Linear least-squares readout F ~ X W + b (ridge-regularised), the readout's starting
+    point: a random init leaves many output ReLUs dead from the start (a feature whose own
+    readout is negative never gets a gradient). F^T X is computed sparsely."""
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    G = Xa.T @ Xa
+    G += ridge * (np.trace(G) / len(G)) * np.eye(len(G))
+    XtY = np.asarray((feats.to_csr().astype(np.float64).T @ Xa).T)  # (d + 1, n)
+    sol = np.linalg.solve(G, XtY)
+    return sol[:-1], sol[-1]
+
+
+def fit_model_neurons(
+    batches: Iterator[tuple[np.ndarray, SparseFeatures]],
+    n_features: int,
+    cfg: BaselinesConfig,
+    weights: np.ndarray | None = None,
+    encoder: np.ndarray | None = None,
+) -> tuple[NeuronReadoutCodec, list[dict[str, float]], float]:
+    """Train the readout ReLU(W n / s + b) -> F; returns (codec, curve, samples/s)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    first_n, first_f = next(batches)  # also fixes the input scale and the ridge start
+    d = first_n.shape[1]
+    scale = float(np.sqrt(np.mean(np.asarray(first_n, dtype=np.float64) ** 2))) or 1.0
+    W0, b0 = ridge_readout(np.asarray(first_n, dtype=np.float64) / scale, first_f)
+    W = nn.Parameter(torch.from_numpy(W0.astype(np.float32)))
+    b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)))
+    opt = make_optimizer([W, b], cfg.lr, cfg.weight_decay)
+    w = torch.from_numpy(np.ones(n_features, np.float32) if weights is None else np.asarray(weights, np.float32))
+    log = CurveLogger(cfg.steps)
+    t0, seen = time.perf_counter(), 0
+    stream = itertools.chain([(first_n, first_f)], batches)
+    for step in range(cfg.steps):
+        neur, f = next(stream)
+        h = torch.from_numpy(np.asarray(neur, dtype=np.float32)) / scale
+        loss = reconstruction_loss(
+            h, W, b, torch.from_numpy(f.idx), torch.from_numpy(f.val), w, cfg.loss_sample, gen
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(f)
+        log.add(step, loss.item())
+    sps = seen / max(time.perf_counter() - t0, 1e-9)
+    return NeuronReadoutCodec(W.detach(), b.detach(), scale, encoder), log.curve, sps
+
+
+def feature_neuron_encoder(sae_W_dec: np.ndarray, neuron_readin: np.ndarray) -> np.ndarray:
+    """Each SAE feature's direction in the neurons' pre-activation space: W_dec_sae @ readin."""
+    return np.asarray(sae_W_dec, dtype=np.float64) @ np.asarray(neuron_readin, dtype=np.float64)
+
+
+def run_baselines(
+    methods: Iterable[str],
+    train: SparseFeatures,
+    M: int,
+    cfg: BaselinesConfig,
+    eval_batches: Callable[[bool], Iterable[EvalBatch]],
+    weights: np.ndarray | None = None,
+    neuron_batches: Callable[[], Iterator[tuple[np.ndarray, SparseFeatures]]] | None = None,
+    sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    feature_encoder: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream."""
+    from neural_codec.squeezer import evaluate_codec
+
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if m == "pca":
+            codec: Codec = fit_pca(train, M, cfg.pca_dense_limit)
+        elif m == "no_superposition":
+            codec = fit_no_superposition(train, M, weights)
+        elif m == "random_encoder":
+            codec, _ = fit_random_encoder(train, M, cfg, weights)
+            extra["samples_per_s"] = codec.model.samples_per_s
+        elif m == "model_neurons":
+            if neuron_batches is None:
+                raise ValueError("model_neurons needs the model's neurons on the train split")
+            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights, feature_encoder)
+            extra["samples_per_s"] = sps
+            extra["M"] = int(codec.W.shape[0])  # the model's width, not squeezer.M
+        else:
+            raise ValueError(f"unknown baseline {m!r}")
+        metrics = evaluate_codec(codec, eval_batches(m == "model_neurons"), sae_decode)
+        out[m] = {**metrics, "M": M, "n_features": train.n_features, **extra, "fit_seconds": time.perf_counter() - t0}
+    return out

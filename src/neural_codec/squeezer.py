@@ -1,0 +1,594 @@
+"""The Squeezer: re-compress sparse SAE features through M ReLU "synthetic neurons".
+
+    h     = ReLU(f @ W_enc + b_enc)          (B, M)   the synthetic neurons (a privileged basis)
+    f_hat = ReLU(h @ W_dec + b_dec)          (B, n)   features are non-negative
+
+Why an embedding bag: the input `f` is top-k sparse (`SparseFeatures`, N x k pairs), so the
+encoder is a weighted sum of k rows of `W_enc` per sample (`embedding_bag(mode="sum")`), never a
+dense (B, n) batch. The decoder side must produce all n outputs for the exact loss; at n ~ 25k
+features `loss_sample > 0` replaces the inactive part of the loss by an unbiased sample.
+
+`evaluate_codec` is the one metrics function shared by the Squeezer and every baseline
+(`neural_codec.baselines`), so all methods report identical keys computed the same way,
+streaming over held-out batches (memory bounded by a batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neural_codec.io import SparseFeatures, atomic_path
+from neural_codec.params import ParamError, check
+
+Importance = Literal["none", "frequency", "given"]
+Init = Literal["xavier", "orthogonal"]
+
+#: mean ReLU engagement below this flags a run as "linear regime" (Toy Models of Superposition:
+#: models whose ReLU almost never clips turn their biases positive and behave like PCA).
+LINEAR_REGIME_THRESHOLD = 0.05
+#: a feature counts as represented when its self-gain sqrt(||enc_i|| * ||dec_i||) exceeds this
+#: (tied weights: ||W_i|| > 0.5, the TMS convention).
+REPRESENTED_THRESHOLD = 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SqueezerConfig:
+    """params.yaml section `squeezer`.
+
+    - M: number of synthetic neurons (>= 1).
+    - tied: W_dec = W_enc^T (Toy Models of Superposition); otherwise a separate decoder
+      (initialised to W_enc^T, i.e. training starts from the tied solution).
+    - importance: per-feature loss weights. "none": all 1; "frequency": w_i = p_i / mean(p),
+      p = firing frequency on train (frequent features matter more); "given": importance_given
+      (length n_features, checked at train time; non-negative, not all zero).
+    - lr, batch_size, weight_decay: AdamW (decay on the weight matrices only, not the biases).
+    - steps: optimiser steps; epochs > 0 overrides it with ceil(epochs * N / batch_size).
+    - init: "xavier" (xavier-normal W_enc, as TMS) or "orthogonal" (orthonormal columns of
+      W_enc); biases start at 0.
+    - seed: makes init, minibatch order and loss sampling deterministic.
+    - loss_sample: 0 = exact loss over all n outputs. > 0 = unbiased sampled loss: exact on the
+      active outputs of each row, plus `loss_sample` output columns drawn uniformly without
+      replacement (shared by the batch) standing in for the inactive outputs, each reweighted by
+      n / loss_sample (a drawn column that is active in a row is skipped for that row, as it is
+      already counted exactly). For n ~ 25k features.
+    """
+
+    M: int = 32
+    tied: bool = False
+    importance: Importance = "none"
+    importance_given: list[float] | None = None
+    lr: float = 3e-3
+    batch_size: int = 1024
+    steps: int = 3000
+    epochs: float = 0.0
+    weight_decay: float = 0.0
+    init: Init = "xavier"
+    seed: int = 0
+    loss_sample: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.M >= 1, "M", self.M, "an integer >= 1 (the number of synthetic neurons)")
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(self.steps >= 1 or self.epochs > 0, "steps", self.steps, "an integer >= 1 (or epochs > 0)")
+        check(self.epochs >= 0 and math.isfinite(self.epochs), "epochs", self.epochs, "a number >= 0")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0 (0 = exact loss)")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        if self.importance == "given":
+            check(
+                self.importance_given is not None and len(self.importance_given) > 0,
+                "importance_given",
+                self.importance_given,
+                "a list of n_features non-negative numbers when importance is 'given'",
+            )
+        if self.importance_given is not None:
+            w = np.asarray(self.importance_given, dtype=float)
+            check(
+                bool(np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0),
+                "importance_given",
+                self.importance_given,
+                "finite non-negative numbers, not all zero",
+            )
+
+    def n_steps(self, n_rows: int) -> int:
+        if self.epochs > 0:
+            return max(1, math.ceil(self.epochs * n_rows / self.batch_size))
+        return self.steps
+
+
+def resolve_importance(
+    cfg: SqueezerConfig, n_features: int, firing_freq: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-feature loss weights (n_features,) float32 for `cfg.importance`."""
+    if cfg.importance == "none":
+        return np.ones(n_features, dtype=np.float32)
+    if cfg.importance == "frequency":
+        if firing_freq is None:
+            raise ValueError("importance='frequency' needs the firing frequencies")
+        p = np.asarray(firing_freq, dtype=np.float64)
+        check(len(p) == n_features, "importance", "frequency", f"{n_features} firing frequencies, got {len(p)}")
+        if p.sum() <= 0:
+            raise ParamError("params.yaml: squeezer.importance = 'frequency' but no feature ever fires")
+        return (p / p.mean()).astype(np.float32)
+    w = np.asarray(cfg.importance_given or [], dtype=np.float32)
+    check(
+        len(w) == n_features,
+        "squeezer.importance_given",
+        f"<list of length {len(w)}>",
+        f"a list of length n_features = {n_features}",
+    )
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+class Squeezer(nn.Module):
+    """h = ReLU(embedding_bag(idx, W_enc, val) + b_enc); f_hat = ReLU(h @ W_dec + b_dec).
+
+    `W_enc` (n, M): row i is feature i's direction in neuron space (the embedding-bag table).
+    `W_dec` (M, n): column i is feature i's decoder direction; when tied it is `W_enc.T`.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        M: int,
+        tied: bool = False,
+        init: str = "xavier",
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.n_features, self.M, self.tied = n_features, M, tied
+        W = torch.empty(n_features, M)
+        if init == "xavier":
+            nn.init.xavier_normal_(W, generator=generator)
+        elif init == "orthogonal":
+            nn.init.orthogonal_(W, generator=generator)
+        else:
+            raise ValueError(f"init must be 'xavier' or 'orthogonal', got {init!r}")
+        self.W_enc = nn.Parameter(W)
+        self.b_enc = nn.Parameter(torch.zeros(M))
+        if not tied:
+            self._W_dec = nn.Parameter(W.T.clone().contiguous())
+        self.b_dec = nn.Parameter(torch.zeros(n_features))
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.W_enc.T if self.tied else self._W_dec
+
+    def preactivations(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+        """W_enc f + b_enc for sparse f given as (B, k) index/value pairs (padding: val == 0)."""
+        return F.embedding_bag(idx.long(), self.W_enc, per_sample_weights=val.to(self.W_enc.dtype), mode="sum") + self.b_enc
+
+    def encode(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.preactivations(idx, val))
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h @ self.W_dec + self.b_dec)
+
+    def forward(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(idx, val))
+
+    def feature_gain(self) -> np.ndarray:
+        """sqrt(||W_enc row i|| * ||W_dec column i||): invariant to the ReLU rescaling symmetry
+        (encoder x c, decoder / c); equals ||W_i|| when tied."""
+        with torch.no_grad():
+            return torch.sqrt(self.W_enc.norm(dim=1) * self.W_dec.norm(dim=0)).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def dense_target(idx: torch.Tensor, val: torch.Tensor, n_features: int) -> torch.Tensor:
+    """(B, n) dense targets from (B, k) pairs (decoder side only; padding adds 0)."""
+    return torch.zeros(idx.shape[0], n_features, dtype=val.dtype).scatter_add_(1, idx.long(), val)
+
+
+def reconstruction_loss(
+    h: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    weights: torch.Tensor,
+    loss_sample: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean over rows of sum_i w_i (f_i - ReLU(h W_dec + b_dec)_i)^2.
+
+    loss_sample == 0: exact. loss_sample > 0: exact on each row's active outputs, plus an
+    unbiased estimate of the inactive part from `loss_sample` columns drawn without replacement
+    (inclusion probability s/n, so each drawn inactive term is weighted n/s).
+    """
+    n = W_dec.shape[1]
+    idx = idx.long()
+    if loss_sample <= 0 or loss_sample >= n:
+        f_hat = torch.relu(h @ W_dec + b_dec)
+        err = (dense_target(idx, val, n) - f_hat) ** 2
+        return (err * weights).sum(1).mean()
+    active = val > 0
+    # active outputs: gather their decoder columns per row, (B, k, M) x (B, M) -> (B, k)
+    W_act = W_dec.T[idx]
+    f_act = torch.relu(torch.bmm(W_act, h.unsqueeze(2)).squeeze(2) + b_dec[idx])
+    act_loss = (active * weights[idx] * (val - f_act) ** 2).sum(1)
+    # inactive outputs: a shared uniform sample of columns, minus those active in the row
+    cols = torch.randperm(n, generator=generator)[:loss_sample]
+    f_s = torch.relu(h @ W_dec[:, cols] + b_dec[cols])  # (B, s)
+    hit = ((idx.unsqueeze(2) == cols.view(1, 1, -1)) & active.unsqueeze(2)).any(1)  # (B, s)
+    inact = ((~hit) * weights[cols] * f_s**2).sum(1) * (n / loss_sample)
+    return (act_loss + inact).mean()
+
+
+def squeezer_loss(
+    model: Squeezer,
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    weights: torch.Tensor,
+    loss_sample: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    h = model.encode(idx, val)
+    return reconstruction_loss(h, model.W_dec, model.b_dec, idx, val, weights, loss_sample, generator)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def minibatches(n_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless row-index minibatches from seeded permutations (one permutation per epoch)."""
+    batch_size = min(batch_size, n_rows)
+    while True:
+        perm = torch.randperm(n_rows, generator=generator)
+        for s in range(0, n_rows - batch_size + 1, batch_size):
+            yield perm[s : s + batch_size]
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the weight matrices only (biases are not decayed)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+
+
+@dataclass
+class CurveLogger:
+    """Mean loss over each logging interval, ~`points` points over training."""
+
+    n_steps: int
+    points: int = 50
+    curve: list[dict[str, float]] = field(default_factory=list)
+    _sum: float = 0.0
+    _count: int = 0
+
+    def add(self, step: int, loss: float) -> None:
+        self._sum += loss
+        self._count += 1
+        every = max(1, self.n_steps // self.points)
+        if (step + 1) % every == 0 or step + 1 == self.n_steps:
+            self.curve.append({"step": step + 1, "loss": self._sum / self._count})
+            self._sum, self._count = 0.0, 0
+
+
+def check_features(feats: SparseFeatures, what: str = "features") -> None:
+    """Non-finite, negative or out-of-range features fail before any training."""
+    val = feats.val
+    if not np.all(np.isfinite(val)):
+        bad = int((~np.isfinite(val)).sum())
+        raise ParamError(f"{what}: {bad} non-finite (NaN/inf) feature values; fix the features stage output")
+    if np.any(val < 0):
+        raise ParamError(f"{what}: negative feature values (min {val.min():g}); SAE features must be >= 0")
+    used = feats.idx[val > 0]
+    if used.size and (used.min() < 0 or used.max() >= feats.n_features):
+        raise ParamError(f"{what}: feature index outside [0, {feats.n_features})")
+
+
+def train_squeezer(
+    train: SparseFeatures,
+    cfg: SqueezerConfig,
+    importance: np.ndarray | None = None,
+    n_features: int | None = None,
+    freeze_encoder: bool = False,
+) -> tuple[Squeezer, list[dict[str, float]]]:
+    """Train a Squeezer on sparse features; returns (model, curve of {"step", "loss"}).
+
+    `importance`: per-feature loss weights; None resolves `cfg.importance` (firing frequencies
+    from `train`). Deterministic for `cfg.seed`. Training throughput is stored on the model as
+    `model.samples_per_s`. `freeze_encoder=True` keeps the random initial encoder (W_enc, and
+    b_enc = 0) fixed and trains only the decoder (the random-encoder baseline; needs untied).
+    """
+    n = int(n_features or train.n_features)
+    check(len(train) >= 1, "squeezer", "0 training rows", "at least one training row")
+    check_features(train, "train features")
+    w = resolve_importance(cfg, n, train.firing_frequency()) if importance is None else np.asarray(importance, np.float32)
+    if len(w) != n:
+        raise ParamError(f"importance weights have length {len(w)}, expected n_features = {n}")
+    weights = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = Squeezer(n, cfg.M, cfg.tied, cfg.init, generator=gen)
+    if freeze_encoder:
+        if cfg.tied:
+            raise ValueError("freeze_encoder needs an untied decoder")
+        model.W_enc.requires_grad_(False)
+        model.b_enc.requires_grad_(False)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    idx_all = torch.from_numpy(train.idx.astype(np.int64))
+    val_all = torch.from_numpy(train.val.astype(np.float32))
+    n_steps = cfg.n_steps(len(train))
+    log = CurveLogger(n_steps)
+    batches = minibatches(len(train), cfg.batch_size, gen)
+    t0 = time.perf_counter()
+    seen = 0
+    for step in range(n_steps):
+        rows = next(batches)
+        loss = squeezer_loss(model, idx_all[rows], val_all[rows], weights, cfg.loss_sample, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(rows)
+        log.add(step, loss.item())
+    model.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+    model.eval()
+    return model, log.curve
+
+
+@torch.no_grad()
+def neuron_activations(model: Squeezer, feats: SparseFeatures, batch_size: int = 4096) -> np.ndarray:
+    """The synthetic neurons h (N, M) on `feats`."""
+    out = np.empty((len(feats), model.M), dtype=np.float32)
+    for s in range(0, len(feats), batch_size):
+        b = feats[s : s + batch_size]
+        out[s : s + len(b)] = model.encode(torch.from_numpy(b.idx), torch.from_numpy(b.val)).numpy()
+    return out
+
+
+def save_squeezer(path: str | Path, model: Squeezer, cfg: SqueezerConfig, extra: dict | None = None) -> None:
+    """torch.save a dict: W_enc (n, M), b_enc (M,), W_dec (M, n), b_dec (n,), config, extra."""
+    state = {
+        "W_enc": model.W_enc.detach().clone(),
+        "b_enc": model.b_enc.detach().clone(),
+        "W_dec": model.W_dec.detach().clone().contiguous(),
+        "b_dec": model.b_dec.detach().clone(),
+        "config": dataclasses.asdict(cfg),
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_squeezer(path: str | Path) -> Squeezer:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    n, M = state["W_enc"].shape
+    tied = bool(state["config"].get("tied", False))
+    model = Squeezer(n, M, tied)
+    with torch.no_grad():
+        model.W_enc.copy_(state["W_enc"])
+        model.b_enc.copy_(state["b_enc"])
+        model.b_dec.copy_(state["b_dec"])
+        if not tied:
+            model._W_dec.copy_(state["W_dec"])
+    model.config = state["config"]
+    model.extra = state.get("extra", {})
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Shared metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalBatch:
+    """One held-out batch: the features, and (when available) the row-aligned original
+    activations `resid` (what the SAE reads) and the model's `neurons`."""
+
+    feats: SparseFeatures
+    resid: np.ndarray | None = None
+    neurons: np.ndarray | None = None
+
+
+class Codec:
+    """What `evaluate_codec` needs from a method: codes and reconstructions per batch.
+
+    `code(batch) -> (pre, h)`: pre-activations (None when the method has no ReLU) and neurons;
+    `decode(h) -> f_hat` (B, n); `feature_gain() -> (n,)` or None (see `features_represented`).
+    """
+
+    relu: bool = True
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def feature_gain(self) -> np.ndarray | None:
+        return None
+
+
+class SqueezerCodec(Codec):
+    def __init__(self, model: Squeezer):
+        self.model = model
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.model.preactivations(torch.from_numpy(batch.feats.idx), torch.from_numpy(batch.feats.val))
+        return pre, torch.relu(pre)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(h)
+
+    def feature_gain(self) -> np.ndarray:
+        return self.model.feature_gain()
+
+
+def iter_eval_batches(
+    features_dir: str | Path,
+    activations_dir: str | Path | None = None,
+    batch_size: int = 1024,
+    keys: tuple[str, ...] = ("resid",),
+) -> Iterator[EvalBatch]:
+    """Stream row-aligned held-out batches of features and (optionally) activations."""
+    from neural_codec.io import iter_batches, read_meta
+
+    n_features = int(read_meta(features_dir)["n_features"])
+    fb = iter_batches(features_dir, batch_size, ["idx", "val"])
+    ab = iter_batches(activations_dir, batch_size, list(keys)) if activations_dir is not None else None
+    for f in fb:
+        a = next(ab) if ab is not None else {}
+        feats = SparseFeatures(f["idx"], f["val"], n_features)
+        for key, arr in a.items():
+            if len(arr) != len(feats):
+                raise ValueError(f"activations and features are not row-aligned ({len(arr)} vs {len(feats)} rows)")
+        yield EvalBatch(feats, a.get("resid"), a.get("neurons"))
+
+
+def batches_from_arrays(
+    feats: SparseFeatures,
+    resid: np.ndarray | None = None,
+    neurons: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> Iterator[EvalBatch]:
+    """In-memory version of `iter_eval_batches` (tests, small data)."""
+    for s in range(0, len(feats), batch_size):
+        sl = slice(s, s + batch_size)
+        yield EvalBatch(
+            feats[sl], None if resid is None else resid[sl], None if neurons is None else neurons[sl]
+        )
+
+
+@torch.no_grad()
+def evaluate_codec(
+    codec: Codec,
+    batches: Iterable[EvalBatch],
+    sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The metrics every method reports (streaming; float64 accumulators):
+
+    - fvu: sum (F - F_hat)^2 / sum (F - mean F)^2 over all held-out entries.
+    - recovery_mean, recovery_frac_above_0_5: R_i = 1 - E[(F_i - F_hat_i)^2 | F_i > 0] /
+      E[F_i^2 | F_i > 0] over features that fire on held-out (`n_features_firing`).
+    - features_represented: features whose self-gain sqrt(||enc_i|| ||dec_i||) > 0.5 (tied
+      Squeezer: ||W_i|| > 0.5); None when the method has no per-feature encoder.
+    - dead_neurons: fraction of neurons never > 0 on held-out (linear codes: never != 0).
+    - relu_engagement: mean over neurons of the fraction of pre-activations < 0; linear_regime:
+      engagement < LINEAR_REGIME_THRESHOLD (always true for a method without a ReLU).
+    - sae_explained_variance: F_hat decoded by the SAE (`sae_decode`, x_hat = F_hat W_dec + b_dec)
+      against the original activations `resid`: 1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2;
+      sae_explained_variance_ceiling: the same for the SAE's own top-k features F (the best any
+      re-compression can do).
+    """
+    n_rows = 0
+    sse = 0.0
+    s1 = s2 = None  # per-feature sums of F and F^2
+    err_act = sq_act = cnt_act = None  # per-feature sums on rows where F_i > 0
+    ever_active = neg_pre = None
+    x_sse = x_sse_ceiling = 0.0
+    x_s1 = None
+    x_s2 = 0.0
+    x_rows = 0
+    for batch in batches:
+        feats = batch.feats
+        n = feats.n_features
+        if s1 is None:
+            s1, s2 = np.zeros(n), np.zeros(n)
+            err_act, sq_act, cnt_act = np.zeros(n), np.zeros(n), np.zeros(n)
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        val = torch.from_numpy(feats.val.astype(np.float32))
+        pre, h = codec.code(batch)
+        f_hat = codec.decode(h)
+        target = dense_target(idx, val, n)
+        sse += float(((target - f_hat).double() ** 2).sum())
+        n_rows += len(feats)
+        active = feats.val > 0
+        a_idx = feats.idx[active]
+        a_val = feats.val[active].astype(np.float64)
+        np.add.at(s1, a_idx, a_val)
+        np.add.at(s2, a_idx, a_val**2)
+        fh_act = torch.gather(f_hat, 1, idx).numpy()[active].astype(np.float64)
+        np.add.at(err_act, a_idx, (a_val - fh_act) ** 2)
+        np.add.at(sq_act, a_idx, a_val**2)
+        np.add.at(cnt_act, a_idx, 1.0)
+        hn = h.numpy()
+        if ever_active is None:
+            ever_active = np.zeros(hn.shape[1], dtype=bool)
+            neg_pre = np.zeros(hn.shape[1])
+        ever_active |= ((hn > 0) if codec.relu else (hn != 0)).any(0)
+        if pre is not None:
+            neg_pre += (pre.numpy() < 0).sum(0)
+        if sae_decode is not None and batch.resid is not None:
+            x = torch.from_numpy(np.asarray(batch.resid, dtype=np.float32)).double()
+            x_hat = sae_decode(f_hat.float()).double()
+            x_f = sae_decode(target).double()
+            x_sse += float(((x - x_hat) ** 2).sum())
+            x_sse_ceiling += float(((x - x_f) ** 2).sum())
+            x_s1 = x.sum(0) if x_s1 is None else x_s1 + x.sum(0)
+            x_s2 += float((x**2).sum())
+            x_rows += len(x)
+    if n_rows == 0:
+        raise ValueError("no held-out rows to evaluate")
+    sst = float((s2 - s1**2 / n_rows).sum())
+    fired = cnt_act > 0
+    R = 1.0 - err_act[fired] / np.maximum(sq_act[fired], 1e-30)
+    gain = codec.feature_gain()
+    engagement = float(neg_pre.mean() / n_rows) if codec.relu else 0.0
+    out: dict[str, Any] = {
+        "fvu": sse / sst if sst > 0 else float("nan"),
+        "recovery_mean": float(R.mean()) if R.size else float("nan"),
+        "recovery_frac_above_0_5": float((R > 0.5).mean()) if R.size else float("nan"),
+        "features_represented": None if gain is None else int((gain > REPRESENTED_THRESHOLD).sum()),
+        "dead_neurons": float(1.0 - ever_active.mean()),
+        "relu_engagement": engagement,
+        "linear_regime": bool(engagement < LINEAR_REGIME_THRESHOLD),
+        "sae_explained_variance": None,
+        "sae_explained_variance_ceiling": None,
+        "n_features_firing": int(fired.sum()),
+        "n_heldout_rows": n_rows,
+    }
+    if x_rows:
+        x_sst = x_s2 - float((x_s1**2).sum()) / x_rows
+        out["sae_explained_variance"] = 1.0 - x_sse / x_sst
+        out["sae_explained_variance_ceiling"] = 1.0 - x_sse_ceiling / x_sst
+    return out
+
+
+def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    sae.eval()
+
+    def decode(f: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sae.decode(f.to(sae.W_dec.dtype))
+
+    decode.n_features = int(sae.W_dec.shape[0])  # type: ignore[attr-defined]
+    decode.W_dec = sae.W_dec.detach()  # type: ignore[attr-defined]
+    return decode
