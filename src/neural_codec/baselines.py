@@ -25,8 +25,8 @@ Each baseline answers "what does superposition buy?" from a different side:
 `features_represented` uses each method's effective per-feature encoder row e_i and decoder
 column d_i: sqrt(||e_i|| ||d_i||) > 0.5 (PCA: e_i = d_i = V_i, i.e. the projection keeps more
 than 1/4 of e_i; no_superposition: 1 for the M kept features, 0 otherwise; model_neurons:
-e_i = W_dec_sae[i] @ neuron_readin (the feature's direction in neuron pre-activation space),
-d_i = the readout column / s; None when the read-in map is not given).
+||e_i|| = ||W_dec_sae[i] @ neuron_readin|| (the feature's direction in neuron pre-activation
+space), d_i = the readout column / s; None when the read-in map is not given).
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ class NeuronReadoutCodec(Codec):
     The model's pre-activations are not stored, so a neuron counts as clipped (pre-activation
     < 0) when its activation is <= 0 (exact for ReLU neurons; for GELU, act < 0 iff pre < 0)."""
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float, encoder: np.ndarray | None = None):
-        self.W, self.b, self.scale, self.encoder = W, b, scale, encoder
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float, encoder_norms: np.ndarray | None = None):
+        self.W, self.b, self.scale, self.encoder_norms = W, b, scale, encoder_norms
 
     def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.neurons is None:
@@ -249,10 +249,10 @@ class NeuronReadoutCodec(Codec):
         return torch.relu((h / self.scale) @ self.W + self.b)
 
     def feature_gain(self) -> np.ndarray | None:
-        if self.encoder is None:
+        if self.encoder_norms is None:
             return None
         dec = (self.W / self.scale).norm(dim=0).numpy()
-        return np.sqrt(np.linalg.norm(self.encoder, axis=1) * dec)
+        return np.sqrt(self.encoder_norms * dec)
 
 
 def array_batches(
@@ -311,7 +311,7 @@ def fit_model_neurons(
     n_features: int,
     cfg: BaselinesConfig,
     weights: np.ndarray | None = None,
-    encoder: np.ndarray | None = None,
+    encoder_norms: np.ndarray | None = None,
 ) -> tuple[NeuronReadoutCodec, list[dict[str, float]], float]:
     """Train the readout ReLU(W n / s + b) -> F; returns (codec, curve, samples/s)."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -338,12 +338,17 @@ def fit_model_neurons(
         seen += len(f)
         log.add(step, loss.item())
     sps = seen / max(time.perf_counter() - t0, 1e-9)
-    return NeuronReadoutCodec(W.detach(), b.detach(), scale, encoder), log.curve, sps
+    return NeuronReadoutCodec(W.detach(), b.detach(), scale, encoder_norms), log.curve, sps
 
 
-def feature_neuron_encoder(sae_W_dec: np.ndarray, neuron_readin: np.ndarray) -> np.ndarray:
-    """Each SAE feature's direction in the neurons' pre-activation space: W_dec_sae @ readin."""
-    return np.asarray(sae_W_dec, dtype=np.float64) @ np.asarray(neuron_readin, dtype=np.float64)
+def feature_neuron_encoder_norms(sae_W_dec: np.ndarray, neuron_readin: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """||W_dec_sae[i] @ readin||: the norm of each SAE feature's direction in the neurons'
+    pre-activation space (the model's own "encoder row"), computed in row chunks."""
+    R = np.asarray(neuron_readin, dtype=np.float64)
+    out = np.empty(len(sae_W_dec))
+    for s in range(0, len(sae_W_dec), chunk):
+        out[s : s + chunk] = np.linalg.norm(np.asarray(sae_W_dec[s : s + chunk], dtype=np.float64) @ R, axis=1)
+    return out
 
 
 def run_baselines(
@@ -355,7 +360,8 @@ def run_baselines(
     weights: np.ndarray | None = None,
     neuron_batches: Callable[[], Iterator[tuple[np.ndarray, SparseFeatures]]] | None = None,
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    feature_encoder: np.ndarray | None = None,
+    encoder_norms: np.ndarray | None = None,
+    init: str = "xavier",
 ) -> dict[str, dict[str, Any]]:
     """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream."""
     from neural_codec.squeezer import evaluate_codec
@@ -369,12 +375,12 @@ def run_baselines(
         elif m == "no_superposition":
             codec = fit_no_superposition(train, M, weights)
         elif m == "random_encoder":
-            codec, _ = fit_random_encoder(train, M, cfg, weights)
+            codec, _ = fit_random_encoder(train, M, cfg, weights, init)
             extra["samples_per_s"] = codec.model.samples_per_s
         elif m == "model_neurons":
             if neuron_batches is None:
                 raise ValueError("model_neurons needs the model's neurons on the train split")
-            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights, feature_encoder)
+            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights, encoder_norms)
             extra["samples_per_s"] = sps
             extra["M"] = int(codec.W.shape[0])  # the model's width, not squeezer.M
         else:

@@ -1,0 +1,81 @@
+"""Stage `baselines`: the Squeezer's baselines on the same data, the same M and the same metrics.
+
+(a) pca: the linear optimum; (b) no_superposition: the M most important features get a neuron
+each; (c) random_encoder: a fixed random encoder with a trained decoder; (d) model_neurons: a
+ReLU readout from the original model's neurons to F (see neural_codec.baselines).
+M, importance and init come from the `squeezer` section, so a sweep over squeezer.M moves the
+baselines with it; the decoders' training params come from `baselines`.
+Writes metrics/baselines.json ({method: metrics with the keys of metrics/squeeze.json}) and
+plots/baselines/fvu.csv (method,fvu).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neural_codec import io
+from neural_codec.baselines import BaselinesConfig, disk_batches, feature_neuron_encoder_norms, run_baselines
+from neural_codec.params import ParamError, from_dict, load_params
+from neural_codec.squeezer import (
+    SqueezerConfig,
+    check_upstream,
+    eval_batch_size,
+    iter_eval_batches,
+    load_sae_decoder,
+    resolve_importance,
+)
+
+FEATURES = Path("data/features")
+ACTIVATIONS = Path("data/activations")
+READIN = ACTIVATIONS / "neuron_readin.npy"
+SAE_DIR = Path("data/sae")
+METRICS = Path("metrics/baselines.json")
+FVU_CSV = Path("plots/baselines/fvu.csv")
+
+
+def main() -> int:
+    params = load_params()
+    cfg = from_dict(BaselinesConfig, params.get("baselines"), "baselines")
+    sq = from_dict(SqueezerConfig, params.get("squeezer"), "squeezer")
+    neurons = "model_neurons" in cfg.methods
+    info = check_upstream(params, sq, FEATURES, ACTIVATIONS, SAE_DIR, need_train_activations=neurons)
+    n = info["n_features"]
+    if neurons:
+        for split in ("train", "heldout"):
+            with np.load(io.shard_paths(ACTIVATIONS / split)[0]) as z:
+                if "neurons" not in z.files:
+                    raise ParamError(
+                        f"{ACTIVATIONS / split} has no 'neurons' array: drop model_neurons from baselines.methods"
+                    )
+    sae_decode = load_sae_decoder(SAE_DIR)
+    if sae_decode.n_features != n:
+        raise ParamError(f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features")
+    weights = resolve_importance(sq, n, info["firing_freq"])
+    encoder_norms = None
+    if neurons and READIN.exists():
+        encoder_norms = feature_neuron_encoder_norms(sae_decode.W_dec.numpy(), np.load(READIN))
+    train = io.load_sparse(FEATURES / "train")
+    bs = eval_batch_size(n)
+
+    def eval_batches(with_neurons: bool):
+        keys = ("resid", "neurons") if with_neurons else ("resid",)
+        return iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs, keys)
+
+    results = run_baselines(
+        cfg.methods, train, sq.M, cfg, eval_batches, weights,
+        neuron_batches=lambda: disk_batches(str(ACTIVATIONS / "train"), str(FEATURES / "train"), cfg.batch_size, cfg.seed),
+        sae_decode=sae_decode, encoder_norms=encoder_norms, init=sq.init,
+    )
+    io.write_json(METRICS, results)
+    io.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])
+    for m, r in results.items():
+        print(f"[baselines] {m}: M={r['M']} fvu={r['fvu']:.4f} recovery={r['recovery_mean']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    from neural_codec.stage import run
+
+    run("baselines", main)

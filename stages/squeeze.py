@@ -1,0 +1,98 @@
+"""Stage `squeeze`: train the Squeezer (M ReLU synthetic neurons) on the top-k SAE features.
+
+Reads params sections `squeezer` (and `features.top_k` for validation), data/features/
+{train,heldout} + firing_freq.npy, data/sae (SAELens format) and data/activations/heldout
+(`resid`). Every input check runs before training (see `squeezer.check_upstream`).
+Writes data/squeeze/{squeezer.pt, heldout_neurons.npy} (one atomic directory),
+metrics/squeeze.json (the shared codec metrics + samples_per_s, M, n_features) and
+plots/squeeze/curve.csv (step,loss).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neural_codec import io
+from neural_codec.params import ParamError, from_dict, load_params
+from neural_codec.squeezer import (
+    SqueezerCodec,
+    SqueezerConfig,
+    check_upstream,
+    eval_batch_size,
+    evaluate_codec,
+    iter_eval_batches,
+    load_sae_decoder,
+    resolve_importance,
+    save_squeezer,
+    train_squeezer,
+)
+
+FEATURES = Path("data/features")
+ACTIVATIONS = Path("data/activations")
+SAE_DIR = Path("data/sae")
+OUT = Path("data/squeeze")
+METRICS = Path("metrics/squeeze.json")
+CURVE = Path("plots/squeeze/curve.csv")
+
+
+def main() -> int:
+    params = load_params()
+    cfg = from_dict(SqueezerConfig, params.get("squeezer"), "squeezer")
+    info = check_upstream(params, cfg, FEATURES, ACTIVATIONS, SAE_DIR)
+    n = info["n_features"]
+    sae_decode = load_sae_decoder(SAE_DIR)
+    if sae_decode.n_features != n:
+        raise ParamError(f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features")
+    weights = resolve_importance(cfg, n, info["firing_freq"])
+    train = io.load_sparse(FEATURES / "train")
+
+    t0 = time.perf_counter()
+    model, curve = train_squeezer(train, cfg, weights, n)
+    train_seconds = time.perf_counter() - t0
+    del train
+    bs = eval_batch_size(n)
+    metrics = evaluate_codec(SqueezerCodec(model), iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs), sae_decode)
+
+    with io.atomic_dir(OUT) as out:
+        save_squeezer(out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]})
+        # held-out neurons streamed into a .npy memmap: memory bounded by a batch
+        h = np.lib.format.open_memmap(out / "heldout_neurons.npy", mode="w+", dtype=np.float32, shape=(info["n_heldout"], cfg.M))
+        row = 0
+        with torch.no_grad():
+            for b in io.iter_sparse(FEATURES / "heldout", bs):
+                h[row : row + len(b)] = model.encode(torch.from_numpy(b.idx), torch.from_numpy(b.val)).numpy()
+                row += len(b)
+        h.flush()
+        del h
+
+    io.write_json(
+        METRICS,
+        {
+            **metrics,
+            "M": cfg.M,
+            "n_features": n,
+            "k": info["k"],
+            "tied": cfg.tied,
+            "importance": cfg.importance,
+            "samples_per_s": model.samples_per_s,
+            "train_seconds": train_seconds,
+            "final_loss": curve[-1]["loss"],
+        },
+    )
+    io.write_csv(CURVE, ["step", "loss"], [[c["step"], c["loss"]] for c in curve])
+    print(
+        f"[squeeze] M={cfg.M} n={n}: fvu={metrics['fvu']:.4f} recovery={metrics['recovery_mean']:.3f} "
+        f"represented={metrics['features_represented']} dead={metrics['dead_neurons']:.3f} "
+        f"{model.samples_per_s:.0f} samples/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from neural_codec.stage import run
+
+    run("squeeze", main)
