@@ -1,0 +1,201 @@
+"""Baselines: PCA is the streamed linear optimum (dense and sparse-operator paths agree with
+numpy), no-superposition keeps the right features, the orderings theory fixes hold, the
+model-neuron readout finds a codec that is there and not one that is not, and the stage."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_squeezer import (  # noqa: E402
+    METRIC_KEYS,
+    N_FEAT,
+    N_NEURONS,
+    STAGE_PARAMS,
+    run_stage,
+    synthetic_features,
+    write_world,
+)
+
+from neural_codec import io  # noqa: E402
+from neural_codec.baselines import (  # noqa: E402
+    BaselinesConfig,
+    array_batches,
+    feature_moments,
+    fit_model_neurons,
+    fit_no_superposition,
+    fit_pca,
+    fit_random_encoder,
+)
+from neural_codec.params import ParamError, from_dict  # noqa: E402
+from neural_codec.squeezer import SqueezerCodec, SqueezerConfig, batches_from_arrays, evaluate_codec, train_squeezer  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def graded(n=30, N=4000, seed=0, p=None):
+    """Features with clearly different variances (firing probability and magnitude vary)."""
+    probs = torch.linspace(0.05, 0.6, n) if p is None else torch.full((n,), p)
+    mags = torch.linspace(0.3, 2.0, n)
+    return synthetic_features(n, probs, N, seed, mean=mags, std=0.1 * mags)
+
+
+def fvu(codec, feats):
+    return evaluate_codec(codec, batches_from_arrays(feats, batch_size=1000))["fvu"]
+
+
+def test_pca_matches_numpy_and_the_sparse_operator_path():
+    f = graded()
+    M = 6
+    F = f.to_dense().astype(np.float64)
+    C = np.cov(F, rowvar=False, bias=True)
+    evals, evecs = np.linalg.eigh(C)
+    top = evecs[:, np.argsort(evals)[::-1][:M]]
+    P_ref = top @ top.T
+    dense = fit_pca(f, M, dense_limit=4096, batch_size=700)  # several streamed batches
+    sparse_op = fit_pca(f, M, dense_limit=5)  # eigsh on the LinearOperator
+    for codec in (dense, sparse_op):
+        V = codec.V.double().numpy()
+        np.testing.assert_allclose(V @ V.T, P_ref, atol=1e-5)
+        np.testing.assert_allclose(codec.mu.numpy(), F.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(dense.eigenvalues, np.sort(evals)[::-1][:M], rtol=1e-6)
+    # FVU of the rank-M PCA reconstruction = dropped eigenvalues / total (on the fitted data)
+    assert fvu(dense, f) == pytest.approx(np.sort(evals)[::-1][M:].sum() / evals.sum(), rel=1e-4)
+    # M >= n reconstructs exactly
+    assert fvu(fit_pca(f, 40), f) == pytest.approx(0, abs=1e-9)
+
+
+def test_no_superposition_keeps_the_highest_variance_features_and_loses_the_rest():
+    f = graded()
+    M = 5
+    mu, var = feature_moments(f)
+    codec = fit_no_superposition(f, M)
+    assert set(codec.keep) == set(np.argsort(-var)[:M])
+    # exact for kept features, mean for the rest: FVU = dropped variance / total variance
+    dropped = np.setdiff1d(np.arange(f.n_features), codec.keep)
+    assert fvu(codec, f) == pytest.approx(var[dropped].sum() / var.sum(), rel=1e-5)
+    m = evaluate_codec(codec, batches_from_arrays(f))
+    assert m["features_represented"] == M and m["relu_engagement"] == 0
+    # importance weights change the choice: weight the five lowest-variance features heavily
+    w = np.ones(f.n_features)
+    low = np.argsort(var)[:M]
+    w[low] = 1e3
+    assert set(fit_no_superposition(f, M, w).keep) == set(low)
+    # PCA is the best rank-M linear code, and no-superposition is one (theory, fitted data)
+    assert fvu(fit_pca(f, M), f) <= fvu(codec, f) + 1e-9
+
+
+def test_orderings_dense_pca_beats_the_random_encoder():
+    train, held = graded(p=1.0, N=4000, seed=0), graded(p=1.0, N=2000, seed=1)
+    M = 5
+    cfg = BaselinesConfig(steps=600, lr=1e-2, batch_size=256)
+    rand, _ = fit_random_encoder(train, M, cfg)
+    pca = fit_pca(train, M)
+    assert fvu(pca, held) < fvu(rand, held) - 0.05
+
+
+def test_orderings_sparse_squeezer_beats_no_superposition():
+    n, M = 30, 6
+    probs = torch.full((n,), 0.04)
+    train = synthetic_features(n, probs, 8000, seed=0, mean=1.0, std=0.2)
+    held = synthetic_features(n, probs, 2000, seed=1, mean=1.0, std=0.2)
+    sq, _ = train_squeezer(train, SqueezerConfig(M=M, lr=1e-2, batch_size=256, steps=800, seed=0))
+    cfg = BaselinesConfig(steps=800, lr=1e-2, batch_size=256)
+    rand, _ = fit_random_encoder(train, M, cfg)
+    f_sq = fvu(SqueezerCodec(sq), held)
+    f_ns = fvu(fit_no_superposition(train, M), held)
+    f_rand = fvu(rand, held)
+    # the Squeezer's function class contains both the no-superposition code and (untied) the
+    # random-encoder code; on sparse features superposition wins by a wide margin
+    assert f_sq < f_ns - 0.2
+    assert f_sq <= f_rand + 0.02
+    assert f_ns > 0.7  # 6 of 30 equal features kept: ~80% of the variance is lost
+
+
+def test_model_neuron_readout_finds_a_real_codec_and_not_a_shuffled_one():
+    f_train, f_held = graded(seed=0), graded(N=1500, seed=1)
+    cfg = BaselinesConfig(steps=500, lr=1e-2, batch_size=256)
+    # the "model" carries each feature on its own neuron (x 3): a perfect codec
+    codec, curve, sps = fit_model_neurons(array_batches(3 * f_train.to_dense(), f_train, 256, 0), 30, cfg)
+    good = evaluate_codec(codec, batches_from_arrays(f_held, neurons=3 * f_held.to_dense()))
+    assert good["fvu"] < 0.05 and sps > 0 and len(curve) >= 40
+    # control: neurons from other rows carry no information about these rows' features
+    perm = np.random.default_rng(0).permutation(len(f_train))
+    codec, _, _ = fit_model_neurons(array_batches(f_train.to_dense()[perm], f_train, 256, 0), 30, cfg)
+    permh = np.random.default_rng(1).permutation(len(f_held))
+    bad = evaluate_codec(codec, batches_from_arrays(f_held, neurons=f_held.to_dense()[permh]))
+    assert bad["fvu"] > 0.9
+
+
+def test_config_rejects_bad_values_by_key():
+    with pytest.raises(ParamError, match=r"baselines\.methods"):
+        from_dict(BaselinesConfig, {"methods": ["pca", "magic"]}, "baselines")
+    with pytest.raises(ParamError, match=r"baselines\.steps"):
+        from_dict(BaselinesConfig, {"steps": 0}, "baselines")
+    with pytest.raises(ParamError, match=r"baselines\.bogus"):
+        from_dict(BaselinesConfig, {"bogus": 1}, "baselines")
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines_world")
+    write_world(root)
+    return root
+
+
+def test_stage_end_to_end(world, monkeypatch):
+    assert run_stage("baselines", world, monkeypatch) == 0
+    m = io.read_json(world / "metrics/baselines.json")
+    assert list(m) == ["pca", "no_superposition", "random_encoder", "model_neurons"]
+    for method, r in m.items():
+        assert METRIC_KEYS <= set(r), method
+        assert r["n_features"] == N_FEAT
+    assert all(m[k]["M"] == STAGE_PARAMS["squeezer"]["M"] for k in ("pca", "no_superposition", "random_encoder"))
+    assert m["model_neurons"]["M"] == N_NEURONS
+    assert m["no_superposition"]["features_represented"] == STAGE_PARAMS["squeezer"]["M"]
+    assert m["model_neurons"]["features_represented"] is not None  # neuron_readin.npy is there
+    assert m["pca"]["linear_regime"] is True
+    # the neurons are ReLU(resid R) with more neurons than resid dims: the readout beats PCA-at-6
+    assert m["model_neurons"]["fvu"] < m["pca"]["fvu"]
+    rows = (world / "plots/baselines/fvu.csv").read_text().splitlines()
+    assert rows[0] == "method,fvu" and len(rows) == 5
+
+
+def test_stage_rejects_bad_params_before_work(world, tmp_path, monkeypatch):
+    import yaml
+
+    root = tmp_path / "w"
+    shutil.copytree(world, root, ignore=shutil.ignore_patterns("metrics", "plots"))
+    for section, key, value, match in [
+        ("squeezer", "M", 0, r"squeezer\.M = 0"),
+        ("baselines", "methods", ["pca", "svd"], r"baselines\.methods"),
+        ("features", "top_k", 99, r"features\.top_k = 99"),
+    ]:
+        p = {k: dict(v) for k, v in STAGE_PARAMS.items()}
+        p[section][key] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(p))
+        with pytest.raises(ParamError, match=match):
+            run_stage("baselines", root, monkeypatch)
+    (root / "params.yaml").write_text(yaml.safe_dump(STAGE_PARAMS))
+    shutil.rmtree(root / "data/activations/train")
+    with pytest.raises(ParamError, match="missing upstream output"):
+        run_stage("baselines", root, monkeypatch)
+    assert not (root / "metrics").exists() and not (root / "plots").exists()
