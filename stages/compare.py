@@ -93,14 +93,18 @@ def stream_moments(
     width = {k: a.shape[1] for k, a in arrays.items()}
     first = next(io.iter_shards(ACTIVATIONS / "heldout", act_keys))
     width.update({k: first[k].shape[1] for k in act_keys})
-    mom = {name: cmp.CrossMoments(width[a], width[b]) for name, (a, b) in pairs.items()}
+    used = sorted({x for pair in pairs.values() for x in pair})
+    pop = {k: cmp.Moments(width[k]) for k in used}  # shared: each population's X^T X once
+    mom = {name: cmp.CrossMoments(width[a], width[b], ma=pop[a], mb=pop[b])
+           for name, (a, b) in pairs.items()}
     start = 0
     for batch in io.iter_batches(ACTIVATIONS / "heldout", batch_size, act_keys):
         n = len(batch[act_keys[0]])
         rows = {k: np.asarray(batch[k], dtype=np.float32) for k in act_keys}
         rows.update({k: a[start : start + n] for k, a in arrays.items()})
+        shifted = {k: pop[k].update(rows[k]) for k in used}
         for name, (a, b) in pairs.items():
-            mom[name].update(rows[a], rows[b])
+            mom[name].update_cross(shifted[a], shifted[b])
         start += n
     if start != dims["n_rows"]:
         raise ParamError(f"read {start} held-out activation rows, meta.json says {dims['n_rows']}")

@@ -39,6 +39,17 @@ def test_correlation_matrix_equals_corrcoef_streaming_and_dead_columns():
     np.testing.assert_allclose(C2[:, [0, 3, 4]], ref[:, [0, 3, 4]], atol=1e-10)
     m = cmp.moments(A, B2)
     assert m.dead()[1].tolist() == [False, True, True, False, False]
+    # shared population moments (one Moments for B feeding two pairs) give the same answers
+    pa, pb, pc = cmp.Moments(7), cmp.Moments(5), cmp.Moments(5)
+    ab = cmp.CrossMoments(7, 5, ma=pa, mb=pb)
+    cb = cmp.CrossMoments(5, 5, ma=pc, mb=pb)
+    for s in range(0, 500, 120):
+        xa, xb, xc = pa.update(A[s:s + 120]), pb.update(B2[s:s + 120]), pc.update(B[s:s + 120])
+        ab.update_cross(xa, xb)
+        cb.update_cross(xc, xb)
+    np.testing.assert_allclose(ab.correlation(), C2, atol=1e-10)
+    np.testing.assert_allclose(cb.correlation(), cmp.correlation_matrix(B, B2), atol=1e-10)
+    assert ab.cka() == pytest.approx(cmp.linear_cka(A, B2), rel=1e-9)
 
 
 def test_best_abs_r_takes_absolute_maximum_per_row():
@@ -108,6 +119,8 @@ def test_svcca_invertible_transform_and_noise():
     A2 = Z @ rng.normal(size=(5, 20)) + 1e-3 * rng.normal(size=(1000, 20))
     B2 = Z @ rng.normal(size=(5, 30)) + 1e-3 * rng.normal(size=(1000, 30))
     assert cmp.svcca(A2, B2, keep=0.99) > 0.99
+    m = cmp.moments(A2, B2)
+    assert cmp.svcca_from_cov(m.cov_aa(), m.cov_bb(), m.cov_ab(), 0.99) == pytest.approx(m.svcca(0.99))
     # independent populations: canonical correlations ~ sqrt(dims / N), far below 1
     assert cmp.svcca(A, rng.normal(size=(1000, 8)), keep=0.99) < 0.15
     with pytest.raises(ValueError):

@@ -37,66 +37,117 @@ _ABS_VAR_EPS = 1e-30
 # --------------------------------------------------------------------------------------------
 
 
+class Moments:
+    """Running moments of one population X (N, d): column sums, squares and (optionally) X^T X.
+
+    Sums are kept in float64 around a shift (the first batch's column means), which avoids the
+    cancellation of the naive sum-of-squares formula. One `Moments` can be shared by several
+    `CrossMoments` (the model's neurons are compared with every candidate population).
+    """
+
+    def __init__(self, d: int, full: bool = True):
+        self.d, self.full = d, full
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.s = np.zeros(d)
+        self.sq = np.zeros(d)
+        self.S = np.zeros((d, d)) if full else None
+        self._cache: dict[Any, Any] = {}  # derived results (covariance, whitener), keyed with n
+
+    def shifted(self, x: np.ndarray) -> np.ndarray:
+        """x minus this population's shift (set from the first batch seen)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"expected (n, {self.d}), got {x.shape}")
+        if self.shift is None:
+            self.shift = x.mean(0) if len(x) else np.zeros(self.d)
+        return x - self.shift
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        """Add a batch; returns it shifted (for cross-moment updates)."""
+        x = self.shifted(x)
+        self._cache.clear()
+        self.n += len(x)
+        self.s += x.sum(0)
+        self.sq += np.einsum("ij,ij->j", x, x)
+        if self.full:
+            self.S += x.T @ x
+        return x
+
+    def cov(self) -> np.ndarray:
+        """(d, d) covariance (population normalisation), cached until the next update."""
+        if "cov" not in self._cache:
+            if self.S is None:
+                raise ValueError("within-population moments were not kept (full=False)")
+            if self.n < 2:
+                raise ValueError(f"need at least 2 rows, got {self.n}")
+            mu = self.s / self.n
+            c = self.S / self.n - np.outer(mu, mu)
+            self._cache["cov"] = (c + c.T) / 2
+        return self._cache["cov"]
+
+    def whitener(self, keep: float) -> np.ndarray:
+        """Whitened principal directions holding `keep` of the variance (cached: SVCCA of one
+        population against several others needs its eigendecomposition once)."""
+        key = ("whitener", keep)
+        if key not in self._cache:
+            self._cache[key] = _principal_whitener(self.cov(), keep)
+        return self._cache[key]
+
+
 class CrossMoments:
     """Running first and second moments of two row-aligned populations A (N, p) and B (N, q).
 
-    Sums are kept in float64 around a shift (the first batch's column means), which avoids the
-    cancellation of the naive sum-of-squares formula. Everything else (correlations, CKA,
-    SVCCA) is derived from the covariance blocks, so the data are read once.
+    Everything (correlations, CKA, SVCCA) is derived from the covariance blocks, so the data are
+    read once. Pass existing `Moments` as `ma` / `mb` to share them between pairs; then feed
+    batches with `update_cross` after updating the shared Moments yourself.
     """
 
-    def __init__(self, p: int, q: int, with_within: bool = True):
+    def __init__(self, p: int, q: int, with_within: bool = True,
+                 ma: Moments | None = None, mb: Moments | None = None):
         self.p, self.q = p, q
-        self.with_within = with_within
-        self.n = 0
-        self.shift_a: np.ndarray | None = None
-        self.shift_b: np.ndarray | None = None
-        self.sa = np.zeros(p)
-        self.sb = np.zeros(q)
-        self.sqa = np.zeros(p)  # diagonal of A^T A (always kept, for variances)
-        self.sqb = np.zeros(q)
+        self.ma = ma if ma is not None else Moments(p, with_within)
+        self.mb = mb if mb is not None else Moments(q, with_within)
+        if self.ma.d != p or self.mb.d != q:
+            raise ValueError(f"shared Moments have widths {self.ma.d}, {self.mb.d}; expected {p}, {q}")
         self.sab = np.zeros((p, q))
-        self.saa = np.zeros((p, p)) if with_within else None
-        self.sbb = np.zeros((q, q)) if with_within else None
+        self.n_cross = 0
+
+    @property
+    def n(self) -> int:
+        return self.n_cross
 
     def update(self, a: np.ndarray, b: np.ndarray) -> CrossMoments:
-        a = np.asarray(a, dtype=np.float64)
-        b = np.asarray(b, dtype=np.float64)
-        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != self.p or b.shape[1] != self.q:
-            raise ValueError(f"expected (n, {self.p}) and (n, {self.q}), got {a.shape}, {b.shape}")
+        """Add a batch to A's, B's and the cross moments."""
         if len(a) != len(b):
             raise ValueError(f"A and B must be row-aligned: {len(a)} vs {len(b)} rows")
         if len(a) == 0:
             return self
-        if self.shift_a is None:
-            self.shift_a = a.mean(0)
-            self.shift_b = b.mean(0)
-        a = a - self.shift_a
-        b = b - self.shift_b
-        self.n += len(a)
-        self.sa += a.sum(0)
-        self.sb += b.sum(0)
-        self.sqa += np.einsum("ij,ij->j", a, a)
-        self.sqb += np.einsum("ij,ij->j", b, b)
-        self.sab += a.T @ b
-        if self.with_within:
-            self.saa += a.T @ a
-            self.sbb += b.T @ b
+        return self.update_cross(self.ma.update(a), self.mb.update(b))
+
+    def update_cross(self, a_shifted: np.ndarray, b_shifted: np.ndarray) -> CrossMoments:
+        """Add a batch to the cross moments only (inputs already shifted by ma / mb)."""
+        if len(a_shifted) != len(b_shifted):
+            raise ValueError(f"A and B must be row-aligned: {len(a_shifted)} vs {len(b_shifted)} rows")
+        self.sab += a_shifted.T @ b_shifted
+        self.n_cross += len(a_shifted)
         return self
 
     def _need(self) -> None:
         if self.n < 2:
             raise ValueError(f"need at least 2 rows, got {self.n}")
+        if not (self.ma.n == self.mb.n == self.n):
+            raise ValueError(f"moments saw different rows: A {self.ma.n}, B {self.mb.n}, cross {self.n}")
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         self._need()
-        return self.shift_a + self.sa / self.n, self.shift_b + self.sb / self.n
+        return self.ma.shift + self.ma.s / self.n, self.mb.shift + self.mb.s / self.n
 
     def variances(self) -> tuple[np.ndarray, np.ndarray]:
         self._need()
-        ma, mb = self.sa / self.n, self.sb / self.n
-        va = np.maximum(self.sqa / self.n - ma * ma, 0.0)
-        vb = np.maximum(self.sqb / self.n - mb * mb, 0.0)
+        ma, mb = self.ma.s / self.n, self.mb.s / self.n
+        va = np.maximum(self.ma.sq / self.n - ma * ma, 0.0)
+        vb = np.maximum(self.mb.sq / self.n - mb * mb, 0.0)
         return va, vb
 
     def dead(self) -> tuple[np.ndarray, np.ndarray]:
@@ -107,24 +158,16 @@ class CrossMoments:
 
     def cov_ab(self) -> np.ndarray:
         self._need()
-        ma, mb = self.sa / self.n, self.sb / self.n
+        ma, mb = self.ma.s / self.n, self.mb.s / self.n
         return self.sab / self.n - np.outer(ma, mb)
 
     def cov_aa(self) -> np.ndarray:
         self._need()
-        if self.saa is None:
-            raise ValueError("within-population moments were not kept (with_within=False)")
-        ma = self.sa / self.n
-        c = self.saa / self.n - np.outer(ma, ma)
-        return (c + c.T) / 2
+        return self.ma.cov()
 
     def cov_bb(self) -> np.ndarray:
         self._need()
-        if self.sbb is None:
-            raise ValueError("within-population moments were not kept (with_within=False)")
-        mb = self.sb / self.n
-        c = self.sbb / self.n - np.outer(mb, mb)
-        return (c + c.T) / 2
+        return self.mb.cov()
 
     def correlation(self) -> np.ndarray:
         """(p, q) Pearson r; 0 wherever either column is constant."""
@@ -141,7 +184,9 @@ class CrossMoments:
         return cka_from_cov(self.cov_aa(), self.cov_bb(), self.cov_ab())
 
     def svcca(self, keep: float = 0.99) -> float:
-        return svcca_from_cov(self.cov_aa(), self.cov_bb(), self.cov_ab(), keep)
+        self._need()
+        _check_keep(keep)
+        return _svcca_whitened(self.ma.whitener(keep), self.mb.whitener(keep), self.cov_ab())
 
 
 def _is_const(var: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -237,20 +282,26 @@ def _principal_whitener(c: np.ndarray, keep: float) -> np.ndarray:
     return vec[:, :k] / np.sqrt(lam[:k])
 
 
+def _check_keep(keep: float) -> None:
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+
+
+def _svcca_whitened(wa: np.ndarray, wb: np.ndarray, c_ab: np.ndarray) -> float:
+    if wa.shape[1] == 0 or wb.shape[1] == 0:
+        return 0.0
+    s = np.linalg.svd(wa.T @ c_ab @ wb, compute_uv=False)
+    return float(np.clip(s, 0.0, 1.0).mean())
+
+
 def svcca_from_cov(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray, keep: float = 0.99) -> float:
     """SVCCA from covariance blocks: PCA-reduce each side to `keep` of its variance, then CCA.
 
     In the whitened principal bases the canonical correlations are the singular values of
     W_a^T C_ab W_b; the result is their mean over min(k_a, k_b) directions.
     """
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
-    wa = _principal_whitener(c_aa, keep)
-    wb = _principal_whitener(c_bb, keep)
-    if wa.shape[1] == 0 or wb.shape[1] == 0:
-        return 0.0
-    s = np.linalg.svd(wa.T @ c_ab @ wb, compute_uv=False)
-    return float(np.clip(s, 0.0, 1.0).mean())
+    _check_keep(keep)
+    return _svcca_whitened(_principal_whitener(c_aa, keep), _principal_whitener(c_bb, keep), c_ab)
 
 
 def svcca(A: np.ndarray, B: np.ndarray, keep: float = 0.99) -> float:
