@@ -1,7 +1,8 @@
 """Stage `geometry`: feature dimensionality, polytopes and circles of the Squeezer's weights.
 
-Reads data/squeeze/squeezer.pt, data/sae/families.json and data/features/train (for the
-permuted null); params sections `geometry` and `squeezer`. Analyses the encoder rows (W_enc)
+Reads data/squeeze/squeezer.pt, data/sae/families.json and data/features/train (+
+firing_freq.npy when squeezer.importance is "frequency") for the permuted null; params
+sections `geometry` and `squeezer`. Analyses the encoder rows (W_enc)
 and decoder columns (W_dec^T) separately, and the same for two nulls: the untrained Squeezer
 (the same config and seed, i.e. its exact initial weights) and a Squeezer trained on features
 whose columns were permuted independently across rows (frequencies kept, co-occurrence gone).
@@ -22,11 +23,18 @@ import torch
 from neural_codec import geometry as geo
 from neural_codec import io
 from neural_codec.params import ParamError, check, load_section, require_inputs, to_dict
-from neural_codec.squeezer import Squeezer, SqueezerConfig, load_squeezer, train_squeezer
+from neural_codec.squeezer import (
+    Squeezer,
+    SqueezerConfig,
+    load_squeezer,
+    resolve_importance,
+    train_squeezer,
+)
 
 SQUEEZER = Path("data/squeeze/squeezer.pt")
 FAMILIES = Path("data/sae/families.json")
 TRAIN = Path("data/features/train")
+FIRING_FREQ = Path("data/features/firing_freq.npy")
 METRICS = Path("metrics/geometry.json")
 PLOT_DIR = Path("plots/geometry")
 
@@ -76,6 +84,8 @@ def main() -> dict[str, Any]:
     cfg = load_section(geo.GeometryConfig, "geometry")
     sq_cfg = load_section(SqueezerConfig, "squeezer")
     require_inputs(SQUEEZER, FAMILIES, TRAIN / "meta.json")
+    if sq_cfg.importance == "frequency":
+        require_inputs(FIRING_FREQ)
 
     model = load_squeezer(SQUEEZER)
     meta = io.read_meta(TRAIN)
@@ -96,7 +106,10 @@ def main() -> dict[str, Any]:
     permuted = geo.permute_feature_columns(train, cfg.seed)
     steps = cfg.null_steps or sq_cfg.n_steps(int(meta["n_rows"]))
     null_cfg = dataclasses.replace(sq_cfg, steps=steps, epochs=0.0)
-    null_model, curve = train_squeezer(permuted, null_cfg)
+    # importance as the squeeze stage resolves it (column permutation keeps the frequencies)
+    freq = np.load(FIRING_FREQ) if sq_cfg.importance == "frequency" else None
+    importance = resolve_importance(sq_cfg, n, freq)
+    null_model, curve = train_squeezer(permuted, null_cfg, importance, n)
     weights["permuted"] = weights_of(null_model)
 
     results = {
