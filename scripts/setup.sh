@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install the Neural Codec with everything it needs (CPU torch pinned).
+# A GPU user: create .venv and install your own torch build first; this script keeps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  # Pinned: an unpinned torch pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install --quiet torch==2.13.0
+fi
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+echo "set up: $(.venv/bin/python -c 'import torch, sae_lens, transformer_lens, dvc.version as v; print("torch", torch.__version__, "| sae-lens", sae_lens.__version__, "| dvc", v.__version__)')"

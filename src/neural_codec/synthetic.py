@@ -1,0 +1,326 @@
+"""The synthetic ground-truth source: known sparse features through a toy transformer-like layer.
+
+Why: every later stage can be checked against known answers. True features have Zipfian firing
+probabilities (SAELens `zipfian_firing_probabilities`), planted mutually exclusive families
+(SAELens `HierarchyNode` with `mutually_exclusive_children`), correlated pairs (SAELens's Gaussian
+copula via a correlation matrix) and cyclic families ("weekdays", "months"). A cyclic family holds
+one latent phase per sample: the two members nearest the phase fire, weighted by proximity, so
+neighbours co-occur and nothing else in the family does (the structure a circle encodes).
+
+The features are embedded linearly into a `d_model`-dim "residual stream" by a SAELens
+`FeatureDictionary` (a superposition with no privileged basis; this is what the SAE reads), then
+pass through `n_neurons` ReLU neurons (the "original model's neurons", a privileged basis) trained
+to reconstruct the features with importance weighting, as in Toy Models of Superposition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sae_lens.synthetic import (
+    ActivationGenerator,
+    FeatureDictionary,
+    HierarchyNode,
+    create_correlation_matrix_from_correlations,
+    hierarchy_modifier,
+    orthogonal_initializer,
+    zipfian_firing_probabilities,
+)
+from torch import nn
+
+from neural_codec.params import check
+
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = [
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+]  # fmt: skip
+
+
+@dataclass
+class SyntheticConfig:
+    """`source.synthetic` in params.yaml."""
+
+    n_features: int = 256
+    d_model: int = 64
+    n_neurons: int = 128
+    zipf_exponent: float = 1.0
+    max_prob: float = 0.08
+    min_prob: float = 0.004
+    magnitude_mean: float = 1.0
+    magnitude_std: float = 0.15
+    exclusive_families: int = 6
+    exclusive_family_size: int = 4
+    cyclic_families: list[int] = field(default_factory=lambda: [7, 12])
+    cyclic_prob: float = 0.1
+    correlated_pairs: int = 8
+    pair_correlation: float = 0.8
+    importance_decay: float = 1.0
+    resid_noise: float = 0.0
+    train_steps: int = 2000
+    train_batch_size: int = 512
+    train_pool: int = 50000
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check(self.n_features >= 2, "synthetic.n_features", self.n_features, "an integer >= 2")
+        check(self.d_model >= 2, "synthetic.d_model", self.d_model, "an integer >= 2")
+        check(self.n_neurons >= 1, "synthetic.n_neurons", self.n_neurons, "an integer >= 1")
+        check(self.zipf_exponent > 0, "synthetic.zipf_exponent", self.zipf_exponent, "a number > 0")
+        check(
+            0 < self.min_prob < self.max_prob <= 1,
+            "synthetic.max_prob",
+            (self.min_prob, self.max_prob),
+            "0 < min_prob < max_prob <= 1",
+        )
+        check(self.magnitude_mean > 0, "synthetic.magnitude_mean", self.magnitude_mean, "> 0")
+        check(self.magnitude_std >= 0, "synthetic.magnitude_std", self.magnitude_std, ">= 0")
+        check(self.exclusive_families >= 0, "synthetic.exclusive_families", self.exclusive_families, ">= 0")
+        check(
+            self.exclusive_family_size >= 2,
+            "synthetic.exclusive_family_size",
+            self.exclusive_family_size,
+            "an integer >= 2",
+        )
+        for i, size in enumerate(self.cyclic_families):
+            check(size >= 3, f"synthetic.cyclic_families[{i}]", size, "an integer >= 3")
+        check(0 < self.cyclic_prob <= 1, "synthetic.cyclic_prob", self.cyclic_prob, "in (0, 1]")
+        check(self.correlated_pairs >= 0, "synthetic.correlated_pairs", self.correlated_pairs, ">= 0")
+        check(
+            -1 < self.pair_correlation < 1,
+            "synthetic.pair_correlation",
+            self.pair_correlation,
+            "in (-1, 1)",
+        )
+        check(
+            0 < self.importance_decay <= 1,
+            "synthetic.importance_decay",
+            self.importance_decay,
+            "in (0, 1]",
+        )
+        check(self.resid_noise >= 0, "synthetic.resid_noise", self.resid_noise, ">= 0")
+        check(self.train_steps >= 1, "synthetic.train_steps", self.train_steps, ">= 1")
+        check(self.train_batch_size >= 1, "synthetic.train_batch_size", self.train_batch_size, ">= 1")
+        check(self.train_pool >= self.train_batch_size, "synthetic.train_pool", self.train_pool,
+              f">= train_batch_size ({self.train_batch_size})")
+        check(self.lr > 0, "synthetic.lr", self.lr, "a number > 0")
+        planted = (
+            self.exclusive_families * self.exclusive_family_size
+            + sum(self.cyclic_families)
+            + 2 * self.correlated_pairs
+        )
+        check(
+            planted <= self.n_features,
+            "synthetic.n_features",
+            self.n_features,
+            f">= the {planted} features the planted families and pairs use",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth: which feature belongs to which family
+# ---------------------------------------------------------------------------------------------
+
+
+def plant_families(cfg: SyntheticConfig) -> list[dict[str, Any]]:
+    """Assign feature indices to planted families: cyclic first, then exclusive, then pairs.
+
+    Returns families in the `truth.json` format (members in cyclic order for cyclic families).
+    The rest of the features are independent.
+    """
+    families: list[dict[str, Any]] = []
+    nxt = 0
+    for size in cfg.cyclic_families:
+        names = {7: WEEKDAYS, 12: MONTHS}.get(size, [f"phase{j}" for j in range(size)])
+        name = {7: "weekdays", 12: "months"}.get(size, f"cycle{size}")
+        if any(f["name"] == name for f in families):
+            name = f"{name}_{len(families)}"
+        families.append(
+            {"name": name, "kind": "cyclic", "members": list(range(nxt, nxt + size)), "labels": names}
+        )
+        nxt += size
+    for i in range(cfg.exclusive_families):
+        members = list(range(nxt, nxt + cfg.exclusive_family_size))
+        families.append(
+            {"name": f"exclusive{i}", "kind": "exclusive", "members": members,
+             "labels": [f"exclusive{i}.{j}" for j in range(len(members))]}
+        )  # fmt: skip
+        nxt += cfg.exclusive_family_size
+    for i in range(cfg.correlated_pairs):
+        families.append(
+            {"name": f"pair{i}", "kind": "correlated", "members": [nxt, nxt + 1],
+             "labels": [f"pair{i}.a", f"pair{i}.b"]}
+        )  # fmt: skip
+        nxt += 2
+    return families
+
+
+def firing_probabilities(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
+    """Zipfian probabilities, randomly permuted so families get a mix of frequencies."""
+    p = zipfian_firing_probabilities(cfg.n_features, cfg.zipf_exponent, cfg.max_prob, cfg.min_prob)
+    perm = torch.randperm(cfg.n_features, generator=torch.Generator().manual_seed(seed))
+    return p[perm]
+
+
+def importance(cfg: SyntheticConfig) -> torch.Tensor:
+    return cfg.importance_decay ** torch.arange(cfg.n_features, dtype=torch.float32)
+
+
+def _cyclic_modifier(families: list[dict[str, Any]], prob: float, cfg: SyntheticConfig):
+    """Overwrite each cyclic family: with probability `prob` a phase in [0, K) fires the two
+    members nearest it, weighted (1 - frac, frac) by proximity, times a random magnitude."""
+    cyclic = [torch.tensor(f["members"]) for f in families if f["kind"] == "cyclic"]
+
+    def modify(acts: torch.Tensor) -> torch.Tensor:
+        n = acts.shape[0]
+        for members in cyclic:
+            k = len(members)
+            acts[:, members] = 0.0
+            on = torch.rand(n) < prob
+            rows = on.nonzero(as_tuple=True)[0]
+            phase = torch.rand(len(rows)) * k
+            lo = phase.floor().long() % k
+            hi = (lo + 1) % k
+            frac = phase - phase.floor()
+            mag = (cfg.magnitude_mean + cfg.magnitude_std * torch.randn(len(rows))).clamp(min=0.1)
+            acts[rows, members[lo]] = (1 - frac) * mag
+            acts[rows, members[hi]] = frac * mag
+        return acts
+
+    return modify
+
+
+def build_generator(cfg: SyntheticConfig, seed: int) -> tuple[ActivationGenerator, list[dict[str, Any]]]:
+    """The SAELens ActivationGenerator for the true features, with every planted structure."""
+    families = plant_families(cfg)
+    probs = firing_probabilities(cfg, seed)
+    correlations = {
+        tuple(f["members"]): cfg.pair_correlation for f in families if f["kind"] == "correlated"
+    }
+    corr = (
+        create_correlation_matrix_from_correlations(cfg.n_features, correlations)
+        if correlations
+        else None
+    )
+    roots = [
+        HierarchyNode(
+            feature_index=None,
+            children=[HierarchyNode(feature_index=m) for m in f["members"]],
+            mutually_exclusive_children=True,
+            feature_id=f["name"],
+        )
+        for f in families
+        if f["kind"] == "exclusive"
+    ]
+    modifiers = [hierarchy_modifier(roots)] if roots else []
+    if any(f["kind"] == "cyclic" for f in families):
+        modifiers.append(_cyclic_modifier(families, cfg.cyclic_prob, cfg))
+    gen = ActivationGenerator(
+        cfg.n_features,
+        firing_probabilities=probs,
+        std_firing_magnitudes=cfg.magnitude_std,
+        mean_firing_magnitudes=cfg.magnitude_mean,
+        modify_activations=modifiers or None,
+        correlation_matrix=corr,
+    )
+    return gen, families
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy model: features -> residual stream (superposition) -> ReLU neurons -> features
+# ---------------------------------------------------------------------------------------------
+
+
+class ToyModel(nn.Module):
+    """x = f E (no privileged basis); h = ReLU(x W_in + b_in) (the neurons); f_hat = ReLU(h W_out + b_out)."""
+
+    def __init__(self, embedding: torch.Tensor, n_neurons: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n, d = embedding.shape
+        self.register_buffer("embedding", embedding.clone())  # fixed: the true feature directions
+        self.W_in = nn.Parameter(torch.randn(d, n_neurons, generator=g) / math.sqrt(d))
+        self.b_in = nn.Parameter(torch.zeros(n_neurons))
+        # A small read-out keeps the output ReLUs alive early on (at unit scale most die at once).
+        self.W_out = nn.Parameter(0.1 * torch.randn(n_neurons, n, generator=g) / math.sqrt(n_neurons))
+        self.b_out = nn.Parameter(torch.zeros(n))
+
+    def resid(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.embedding
+
+    def neurons(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.W_in + self.b_in)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.neurons(self.resid(f)) @ self.W_out + self.b_out)
+
+
+def make_embedding(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
+    """True feature directions: unit vectors spread apart by SAELens's orthogonalizer."""
+    fd = FeatureDictionary(
+        cfg.n_features, cfg.d_model, initializer=orthogonal_initializer(num_steps=200), seed=seed
+    )
+    return fd.feature_vectors.detach().clone()
+
+
+def train_toy_model(
+    cfg: SyntheticConfig, gen: ActivationGenerator, embedding: torch.Tensor, seed: int
+) -> tuple[ToyModel, list[dict[str, float]]]:
+    """Importance-weighted MSE reconstruction of the true features through the neurons.
+
+    Trains on a pool sampled once (sampling correlated features is the slow part), drawing
+    minibatches from it with a seeded generator.
+    """
+    torch.manual_seed(seed)
+    pool = gen.sample(cfg.train_pool)
+    g = torch.Generator().manual_seed(seed)
+    model = ToyModel(embedding, cfg.n_neurons, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train_steps)
+    imp = importance(cfg)
+    curve = []
+    log_every = max(1, cfg.train_steps // 50)
+    for step in range(cfg.train_steps):
+        f = pool[torch.randint(0, len(pool), (cfg.train_batch_size,), generator=g)]
+        loss = (imp * (model(f) - f) ** 2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == cfg.train_steps - 1:
+            curve.append({"step": step, "loss": loss.item()})
+    return model.eval(), curve
+
+
+@torch.no_grad()
+def toy_model_metrics(model: ToyModel, gen: ActivationGenerator, n: int = 8192) -> dict[str, float]:
+    f = gen.sample(n)
+    f_hat = model(f)
+    fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
+    h = model.neurons(model.resid(f))
+    return {
+        "fvu": fvu,
+        "mean_l0_true_features": float((f > 0).sum(1).float().mean()),
+        "dead_neuron_fraction": float((h.max(0).values <= 0).float().mean()),
+        "neuron_l0": float((h > 0).sum(1).float().mean()),
+    }
+
+
+def save_toy_model(path: Any, model: ToyModel, cfg: SyntheticConfig, seed: int) -> None:
+    from neural_codec.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"kind": "synthetic", "config": cfg.__dict__, "seed": seed,
+                    "state_dict": model.state_dict()}, tmp)  # fmt: skip
+
+
+def load_toy_model(path: Any) -> ToyModel:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    sd = blob["state_dict"]
+    model = ToyModel(sd["embedding"], sd["W_in"].shape[1], blob["seed"])
+    model.load_state_dict(sd)
+    return model.eval()
