@@ -58,8 +58,11 @@ OFFLINE_SAES = (
 OFFLINE_DATA = "a local .txt file, a folder of .txt files, or a datasets.save_to_disk folder"
 
 
-class LMUnavailable(RuntimeError):
-    """A model, SAE or dataset could not be loaded (typically: the hub is unreachable)."""
+class LMUnavailable(ParamError):
+    """A model, SAE or dataset could not be loaded (typically: the hub is unreachable).
+
+    A ParamError so that stage scripts print it as one line: the fix is a params.yaml change
+    to one of the offline alternatives the message names."""
 
 
 def _first_line(err: BaseException) -> str:
