@@ -67,47 +67,47 @@ class SyntheticConfig:
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        check(self.n_features >= 2, "synthetic.n_features", self.n_features, "an integer >= 2")
-        check(self.d_model >= 2, "synthetic.d_model", self.d_model, "an integer >= 2")
-        check(self.n_neurons >= 1, "synthetic.n_neurons", self.n_neurons, "an integer >= 1")
-        check(self.zipf_exponent > 0, "synthetic.zipf_exponent", self.zipf_exponent, "a number > 0")
+        check(self.n_features >= 2, "n_features", self.n_features, "an integer >= 2")
+        check(self.d_model >= 2, "d_model", self.d_model, "an integer >= 2")
+        check(self.n_neurons >= 1, "n_neurons", self.n_neurons, "an integer >= 1")
+        check(self.zipf_exponent > 0, "zipf_exponent", self.zipf_exponent, "a number > 0")
         check(
             0 < self.min_prob < self.max_prob <= 1,
-            "synthetic.max_prob",
+            "max_prob",
             (self.min_prob, self.max_prob),
             "0 < min_prob < max_prob <= 1",
         )
-        check(self.magnitude_mean > 0, "synthetic.magnitude_mean", self.magnitude_mean, "> 0")
-        check(self.magnitude_std >= 0, "synthetic.magnitude_std", self.magnitude_std, ">= 0")
-        check(self.exclusive_families >= 0, "synthetic.exclusive_families", self.exclusive_families, ">= 0")
+        check(self.magnitude_mean > 0, "magnitude_mean", self.magnitude_mean, "> 0")
+        check(self.magnitude_std >= 0, "magnitude_std", self.magnitude_std, ">= 0")
+        check(self.exclusive_families >= 0, "exclusive_families", self.exclusive_families, ">= 0")
         check(
             self.exclusive_family_size >= 2,
-            "synthetic.exclusive_family_size",
+            "exclusive_family_size",
             self.exclusive_family_size,
             "an integer >= 2",
         )
         for i, size in enumerate(self.cyclic_families):
-            check(size >= 3, f"synthetic.cyclic_families[{i}]", size, "an integer >= 3")
-        check(0 < self.cyclic_prob <= 1, "synthetic.cyclic_prob", self.cyclic_prob, "in (0, 1]")
-        check(self.correlated_pairs >= 0, "synthetic.correlated_pairs", self.correlated_pairs, ">= 0")
+            check(size >= 3, f"cyclic_families[{i}]", size, "an integer >= 3")
+        check(0 < self.cyclic_prob <= 1, "cyclic_prob", self.cyclic_prob, "in (0, 1]")
+        check(self.correlated_pairs >= 0, "correlated_pairs", self.correlated_pairs, ">= 0")
         check(
             -1 < self.pair_correlation < 1,
-            "synthetic.pair_correlation",
+            "pair_correlation",
             self.pair_correlation,
             "in (-1, 1)",
         )
         check(
             0 < self.importance_decay <= 1,
-            "synthetic.importance_decay",
+            "importance_decay",
             self.importance_decay,
             "in (0, 1]",
         )
-        check(self.resid_noise >= 0, "synthetic.resid_noise", self.resid_noise, ">= 0")
-        check(self.train_steps >= 1, "synthetic.train_steps", self.train_steps, ">= 1")
-        check(self.train_batch_size >= 1, "synthetic.train_batch_size", self.train_batch_size, ">= 1")
-        check(self.train_pool >= self.train_batch_size, "synthetic.train_pool", self.train_pool,
+        check(self.resid_noise >= 0, "resid_noise", self.resid_noise, ">= 0")
+        check(self.train_steps >= 1, "train_steps", self.train_steps, ">= 1")
+        check(self.train_batch_size >= 1, "train_batch_size", self.train_batch_size, ">= 1")
+        check(self.train_pool >= self.train_batch_size, "train_pool", self.train_pool,
               f">= train_batch_size ({self.train_batch_size})")
-        check(self.lr > 0, "synthetic.lr", self.lr, "a number > 0")
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
         planted = (
             self.exclusive_families * self.exclusive_family_size
             + sum(self.cyclic_families)
@@ -115,7 +115,7 @@ class SyntheticConfig:
         )
         check(
             planted <= self.n_features,
-            "synthetic.n_features",
+            "n_features",
             self.n_features,
             f">= the {planted} features the planted families and pairs use",
         )

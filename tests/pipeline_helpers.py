@@ -1,0 +1,67 @@
+"""Tiny configs and a stage runner shared by the stage-level and end-to-end tests."""
+
+from __future__ import annotations
+
+import copy
+import os
+import runpy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SYNTHETIC = {
+    "n_features": 64,
+    "d_model": 32,
+    "n_neurons": 32,
+    "max_prob": 0.1,
+    "min_prob": 0.01,
+    "exclusive_families": 2,
+    "exclusive_family_size": 3,
+    "cyclic_families": [7],
+    "cyclic_prob": 0.15,
+    "correlated_pairs": 2,
+    "train_steps": 300,
+    "train_batch_size": 256,
+    "train_pool": 5000,
+}
+
+TINY_PARAMS: dict[str, Any] = {
+    "source": {"kind": "synthetic", "seed": 0, "synthetic": TINY_SYNTHETIC},
+    "activations": {"n_train": 20000, "n_heldout": 4000, "batch_size": 2048, "rows_per_shard": 8192},
+    "sae": {"architecture": "topk", "d_sae": 128, "k": 3, "training_samples": 400_000,
+            "batch_size": 512, "lr": 0.003},
+    "features": {"top_k": 3, "min_value": 0.05},
+}  # fmt: skip
+
+
+def tiny_params(**overrides: dict[str, Any]) -> dict[str, Any]:
+    params = copy.deepcopy(TINY_PARAMS)
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+def write_params(workdir: Path, params: dict[str, Any]) -> None:
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_stage(workdir: Path, name: str) -> None:
+    """Run stages/<name>.py as `python stages/<name>.py` would, with `workdir` as the repo root."""
+    old = Path.cwd()
+    os.chdir(workdir)
+    try:
+        runpy.run_path(str(REPO / "stages" / f"{name}.py"), run_name="__main__")
+    finally:
+        os.chdir(old)
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the tracked project (no data, no venv) into dest for an isolated pipeline run."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "data", "__pycache__", "*.egg-info",
+                                    ".pytest_cache", "metrics", "plots", "report", "dvc.lock")  # fmt: skip
+    shutil.copytree(REPO, dest, ignore=ignore)
+    return dest

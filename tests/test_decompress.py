@@ -1,0 +1,99 @@
+"""Stages source -> activations -> sae -> features on a tiny synthetic config, checked against truth."""
+
+import json
+
+import numpy as np
+import pytest
+
+from neural_codec import io
+
+from pipeline_helpers import run_stage, tiny_params, write_params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("decompress")
+    write_params(wd, tiny_params())
+    for stage in ("source", "activations", "sae", "features"):
+        run_stage(wd, stage)
+    return wd
+
+
+def test_outputs_and_metrics_exist(workdir):
+    for p in ["data/source/model.pt", "data/source/model_seed2.pt", "data/source/truth.npz",
+              "data/activations/train/meta.json", "data/activations/neuron_readin.npy",
+              "data/sae/cfg.json", "data/sae/families.json", "data/features/firing_freq.npy",
+              "metrics/source.json", "metrics/activations.json", "metrics/sae.json",
+              "metrics/features.json"]:  # fmt: skip
+        assert (workdir / p).exists(), p
+    # No temporary leftovers from the atomic writers.
+    assert not list((workdir / "data").glob(".*tmp"))
+
+
+def test_activations_are_the_toy_model_on_true_features(workdir):
+    from neural_codec.synthetic import load_toy_model
+    import torch
+
+    model = load_toy_model(workdir / "data/source/model.pt")
+    shard = next(io.iter_shards(workdir / "data/activations/heldout"))
+    true = io.SparseFeatures(shard["true_idx"], shard["true_val"], model.embedding.shape[0])
+    x = model.resid(torch.from_numpy(true.to_dense()))
+    np.testing.assert_allclose(shard["resid"], x.numpy(), atol=1e-5)
+    np.testing.assert_allclose(shard["neurons"], model.neurons(x).detach().numpy(), atol=1e-5)
+    meta = io.read_meta(workdir / "data/activations/train")
+    assert meta["n_rows"] == 20000 and meta["n_shards"] == 3
+
+
+def test_sae_recovers_the_true_features(workdir):
+    m = json.loads((workdir / "metrics/sae.json").read_text())
+    assert m["ground_truth"]["frac_recovered"] >= 0.8
+    assert m["explained_variance"] > 0.8
+    assert m["l0"] == pytest.approx(3, abs=0.01)
+    from neural_codec.sae import load_sae
+
+    sae = load_sae(workdir / "data/sae")  # SAELens's own loader reads it
+    assert sae.cfg.d_sae == 128
+
+
+def test_families_map_to_distinct_well_matched_latents(workdir):
+    fams = json.loads((workdir / "data/sae/families.json").read_text())
+    cyc = [f for f in fams if f["kind"] == "cyclic"][0]
+    assert len(cyc["members"]) == 7 and cyc["labels"][0] == "Monday"
+    assert len(set(cyc["members"])) == 7
+    assert min(cyc["cosines"]) > 0.8
+
+
+def test_features_are_top_k_of_the_sae_and_aligned(workdir):
+    from neural_codec.sae import load_sae
+    import torch
+
+    sae = load_sae(workdir / "data/sae")
+    feats = io.load_sparse(workdir / "data/features/heldout")
+    assert len(feats) == 4000 and feats.k == 3 and feats.n_features == 128
+    x = io.load_array(workdir / "data/activations/heldout", "resid")[:200]
+    dense = sae.encode(torch.from_numpy(x)).detach().numpy()
+    dense[dense <= 0.05] = 0
+    expected = io.SparseFeatures.from_dense(dense, 3).to_dense()
+    np.testing.assert_allclose(feats[:200].to_dense(), expected, atol=1e-5)
+    freq = np.load(workdir / "data/features/firing_freq.npy")
+    train = io.load_sparse(workdir / "data/features/train")
+    np.testing.assert_allclose(freq, train.firing_frequency())
+
+
+def test_bad_params_fail_before_work_and_leave_outputs(workdir, tmp_path):
+    before = (workdir / "data/features/train/meta.json").read_text()
+    write_params(workdir, tiny_params(features={"top_k": 500}))
+    with pytest.raises(SystemExit) as exc:
+        run_stage(workdir, "features")
+    assert exc.value.code == 2
+    assert (workdir / "data/features/train/meta.json").read_text() == before
+    write_params(workdir, tiny_params())
+
+
+def test_missing_upstream_is_named(tmp_path, capsys):
+    write_params(tmp_path, tiny_params())
+    with pytest.raises(SystemExit):
+        run_stage(tmp_path, "activations")
+    err = capsys.readouterr().err
+    assert "missing upstream output data/source/model.pt" in err
+    assert not (tmp_path / "data/activations").exists()

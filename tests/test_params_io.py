@@ -1,0 +1,95 @@
+"""The shared plumbing: params validation messages, atomic outputs, shards, sparse features."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pytest
+
+from neural_codec import io
+from neural_codec.params import ParamError, check, from_dict
+
+
+@dataclass
+class Cfg:
+    M: int = 4
+    lr: float = 0.1
+    mode: Literal["a", "b"] = "a"
+    sizes: list[int] = field(default_factory=lambda: [1])
+
+    def __post_init__(self):
+        check(self.M >= 1, "M", self.M, "an integer >= 1")
+
+
+def test_valid_params_are_typed():
+    cfg = from_dict(Cfg, {"M": 3, "lr": 1, "mode": "b"}, "sq")
+    assert cfg.M == 3 and isinstance(cfg.lr, float) and cfg.mode == "b"
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"M": 0}, "sq.M = 0"),
+        ({"M": "3"}, "sq.M = '3'"),
+        ({"M": 2.5}, "an integer"),
+        ({"mode": "c"}, "one of 'a', 'b'"),
+        ({"typo": 1}, "sq.typo = 1"),
+        ({"sizes": [1, "x"]}, "sq.sizes[1]"),
+        ({"M": True}, "an integer"),
+    ],
+)
+def test_bad_params_name_key_value_and_allowed(data, needle):
+    with pytest.raises(ParamError) as err:
+        from_dict(Cfg, data, "sq")
+    assert needle in str(err.value)
+    assert "expected" in str(err.value) or "one of the keys" in str(err.value)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
+    out = tmp_path / "stage"
+    with io.atomic_dir(out) as d:
+        (d / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(out) as d:
+            (d / "a.txt").write_text("v2-half")
+            raise RuntimeError
+    assert (out / "a.txt").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]
+
+
+def test_shards_stream_in_batches_across_boundaries(tmp_path):
+    x = np.arange(1000, dtype=np.float32).reshape(250, 4)
+    w = io.ShardWriter(tmp_path / "s", rows_per_shard=64, d_model=4)
+    for i in range(0, 250, 30):
+        w.append(resid=x[i : i + 30])
+    meta = w.close()
+    assert meta == {"n_rows": 250, "n_shards": 4, "d_model": 4}
+    batches = list(io.iter_batches(tmp_path / "s", 100, ["resid"]))
+    assert [len(b["resid"]) for b in batches] == [100, 100, 50]
+    np.testing.assert_array_equal(np.concatenate([b["resid"] for b in batches]), x)
+
+
+def test_sparse_features_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    dense = rng.random((50, 20)).astype(np.float32) * (rng.random((50, 20)) < 0.15)
+    feats = io.SparseFeatures.from_dense(dense, k=20)
+    np.testing.assert_allclose(feats.to_dense(), dense)
+    np.testing.assert_allclose(feats.to_csr().toarray(), dense)
+    top2 = io.SparseFeatures.from_dense(dense, k=2)
+    assert ((top2.val > 0).sum(1) <= 2).all()
+    kept = top2.to_dense()
+    assert np.all((kept == 0) | (kept == dense))
+    np.testing.assert_allclose(kept.max(1), dense.max(1))
+    io.write_sparse(tmp_path / "f", top2, rows_per_shard=16)
+    back = io.load_sparse(tmp_path / "f")
+    np.testing.assert_array_equal(back.to_dense(), kept)
+    np.testing.assert_allclose(back.firing_frequency(), (kept > 0).mean(0))
