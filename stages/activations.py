@@ -19,7 +19,9 @@ def main() -> None:
         else:  # lm: stream the TransformerLens model's hooks into the same shard format
             from neural_codec import lm
 
-            stats = lm.extract_activations(src.lm_cfg, out, cfg)
+            # a pretrained SAE's own hook, BOS, context and model kwargs (SAELens metadata) win
+            lm_cfg = lm.config_for_sae(src.lm_cfg, params.get("sae"))
+            stats = lm.extract_activations(lm_cfg, out, cfg)
     io.write_json("metrics/activations.json", {"kind": src.kind, **stats})
 
 

@@ -50,7 +50,7 @@ def main() -> None:
         else:  # lm: labels from top-activating tokens, cyclic families from labels
             from neural_codec import lm
 
-            lm.write_labels_and_families(sae, src.lm_cfg, ACT, out)
+            metrics["lm"] = lm.write_labels_and_families(sae, src.lm_cfg, ACT, out)  # + CE-loss score
     io.write_json("metrics/sae.json", metrics)
 
 

@@ -503,6 +503,7 @@ def extract_activations(
         cfg = dataclasses.replace(cfg, dtype=act_cfg.dtype, rows_per_shard=act_cfg.rows_per_shard)
     out_dir = Path(out_dir)
     model = model if model is not None else load_model(cfg)
+    check_hooks(model, cfg)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     store = np.float16 if cfg.dtype == "float16" else np.float32
     d_model, d_mlp = model.cfg.d_model, model.cfg.d_mlp
@@ -762,17 +763,19 @@ def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
     """Fail by key if a hook does not exist in this model (e.g. blocks.8 of a 4-layer model)."""
     n_layers = model.cfg.n_layers
     for key, hook in (("sae_hook", cfg.sae_hook), ("neuron_hook", cfg.neuron_hook)):
-        layer = hook_layer(hook or "")
+        if hook is None:  # taken from the SAE later (config_for_sae)
+            continue
+        layer = hook_layer(hook)
         check(hook in model.hook_dict and (layer is None or layer < n_layers), f"source.lm.{key}", hook,
               f"a hook of {cfg.model_name} ({n_layers} layers), e.g. blocks.{n_layers - 1}.hook_resid_pre")
-    check(cfg.resolved().context_size <= model.cfg.n_ctx, "source.lm.context_size", cfg.context_size,
+    check((cfg.context_size or 0) <= model.cfg.n_ctx, "source.lm.context_size", cfg.context_size,
           f"at most the model's context {model.cfg.n_ctx}")
 
 
 def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
     """Stage `source` for lm: load the model once (so a bad name or an unreachable hub fails at
-    the first stage), check the hooks, and record the config in `out_dir/model.pt`."""
-    cfg = cfg.resolved()
+    the first stage), check the hooks, and record the config in `out_dir/model.pt`. A null
+    sae_hook / context_size / prepend_bos stays null: the activations stage fills them from the SAE."""
     model = load_model(cfg)
     check_hooks(model, cfg)
     next(iter_text(cfg))  # the dataset is reachable and non-empty
