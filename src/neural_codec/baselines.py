@@ -319,9 +319,9 @@ def fit_model_neurons(
     d = first_n.shape[1]
     scale = float(np.sqrt(np.mean(np.asarray(first_n, dtype=np.float64) ** 2))) or 1.0
     W0, b0 = ridge_readout(np.asarray(first_n, dtype=np.float64) / scale, first_f)
-    W = nn.Parameter(torch.from_numpy(W0.astype(np.float32)))
+    W_T = nn.Parameter(torch.from_numpy(np.ascontiguousarray(W0.T, dtype=np.float32)))  # (n, d) rows
     b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)))
-    opt = make_optimizer([W, b], cfg.lr, cfg.weight_decay)
+    opt = make_optimizer([W_T, b], cfg.lr, cfg.weight_decay)
     w = torch.from_numpy(np.ones(n_features, np.float32) if weights is None else np.asarray(weights, np.float32))
     log = CurveLogger(cfg.steps)
     t0, seen = time.perf_counter(), 0
@@ -330,7 +330,7 @@ def fit_model_neurons(
         neur, f = next(stream)
         h = torch.from_numpy(np.asarray(neur, dtype=np.float32)) / scale
         loss = reconstruction_loss(
-            h, W, b, torch.from_numpy(f.idx), torch.from_numpy(f.val), w, cfg.loss_sample, gen
+            h, W_T.T, b, torch.from_numpy(f.idx), torch.from_numpy(f.val), w, cfg.loss_sample, gen
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -338,7 +338,7 @@ def fit_model_neurons(
         seen += len(f)
         log.add(step, loss.item())
     sps = seen / max(time.perf_counter() - t0, 1e-9)
-    return NeuronReadoutCodec(W.detach(), b.detach(), scale, encoder_norms), log.curve, sps
+    return NeuronReadoutCodec(W_T.detach().T, b.detach(), scale, encoder_norms), log.curve, sps
 
 
 def feature_neuron_encoder_norms(sae_W_dec: np.ndarray, neuron_readin: np.ndarray, chunk: int = 4096) -> np.ndarray:

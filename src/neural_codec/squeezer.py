@@ -169,12 +169,19 @@ class Squeezer(nn.Module):
         self.W_enc = nn.Parameter(W)
         self.b_enc = nn.Parameter(torch.zeros(M))
         if not tied:
-            self._W_dec = nn.Parameter(W.T.clone().contiguous())
+            # stored transposed (n, M): row i = feature i's decoder direction, so the per-feature
+            # gathers of the sampled loss read contiguous rows; `W_dec` is the (M, n) view
+            self.W_dec_T = nn.Parameter(W.clone())
         self.b_dec = nn.Parameter(torch.zeros(n_features))
 
     @property
     def W_dec(self) -> torch.Tensor:
-        return self.W_enc.T if self.tied else self._W_dec
+        """(M, n); column i is feature i's decoder direction (a view: writes go through)."""
+        return self.W_enc.T if self.tied else self.W_dec_T.T
+
+    @property
+    def _W_dec(self) -> torch.Tensor:  # backwards-compatible alias of the (M, n) view
+        return self.W_dec
 
     def preactivations(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
         """W_enc f + b_enc for sparse f given as (B, k) index/value pairs (padding: val == 0)."""
@@ -216,11 +223,12 @@ def reconstruction_loss(
     loss_sample: int = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean over rows of sum_i w_i (f_i - ReLU(h W_dec + b_dec)_i)^2.
+    """Mean over rows of sum_i w_i (f_i - ReLU(h W_dec + b_dec)_i)^2, W_dec (M, n).
 
     loss_sample == 0: exact. loss_sample > 0: exact on each row's active outputs, plus an
     unbiased estimate of the inactive part from `loss_sample` columns drawn without replacement
-    (inclusion probability s/n, so each drawn inactive term is weighted n/s).
+    (inclusion probability s/n, so each drawn inactive term is weighted n/s). Pass W_dec as the
+    transpose of a contiguous (n, M) tensor for fast per-feature row gathers.
     """
     n = W_dec.shape[1]
     idx = idx.long()
@@ -228,14 +236,21 @@ def reconstruction_loss(
         f_hat = torch.relu(h @ W_dec + b_dec)
         err = (dense_target(idx, val, n) - f_hat) ** 2
         return (err * weights).sum(1).mean()
+    rows = W_dec.T  # (n, M)
     active = val > 0
-    # active outputs: gather their decoder columns per row, (B, k, M) x (B, M) -> (B, k)
-    W_act = W_dec.T[idx]
-    f_act = torch.relu(torch.bmm(W_act, h.unsqueeze(2)).squeeze(2) + b_dec[idx])
+    # active outputs: when the batch's B*k slots far outnumber the features (n <= B*k/8), one
+    # matmul over the distinct active columns (BLAS); otherwise a per-row gather of k decoder
+    # rows (memory B*k*M, no B*n term). Measured crossover: matmul wins while |U| < ~B*k/9.
+    if n * 8 <= idx.numel():
+        U, inv = torch.unique(idx, return_inverse=True)
+        z = torch.gather(h @ rows[U].T, 1, inv)
+    else:
+        z = torch.bmm(rows[idx], h.unsqueeze(2)).squeeze(2)
+    f_act = torch.relu(z + b_dec[idx])
     act_loss = (active * weights[idx] * (val - f_act) ** 2).sum(1)
     # inactive outputs: a shared uniform sample of columns, minus those active in the row
     cols = torch.randperm(n, generator=generator)[:loss_sample]
-    f_s = torch.relu(h @ W_dec[:, cols] + b_dec[cols])  # (B, s)
+    f_s = torch.relu(h @ rows[cols].T + b_dec[cols])  # (B, s)
     hit = ((idx.unsqueeze(2) == cols.view(1, 1, -1)) & active.unsqueeze(2)).any(1)  # (B, s)
     inact = ((~hit) * weights[cols] * f_s**2).sum(1) * (n / loss_sample)
     return (act_loss + inact).mean()
@@ -268,12 +283,15 @@ def minibatches(n_rows: int, batch_size: int, generator: torch.Generator) -> Ite
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the weight matrices only (biases are not decayed)."""
+    """AdamW with weight decay on the weight matrices only (biases are not decayed). The fused
+    kernel (~6x faster on CPU at n x M = 24,576 x 768) where this torch has it."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 @dataclass
@@ -392,7 +410,7 @@ def load_squeezer(path: str | Path) -> Squeezer:
         model.b_enc.copy_(state["b_enc"])
         model.b_dec.copy_(state["b_dec"])
         if not tied:
-            model._W_dec.copy_(state["W_dec"])
+            model.W_dec_T.copy_(state["W_dec"].T)
     model.config = state["config"]
     model.extra = state.get("extra", {})
     model.eval()
