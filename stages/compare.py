@@ -235,6 +235,14 @@ def main() -> int:
         "n_used": int(len(feats)),
         "n_permutations": cfg.n_mantel_permutations,
     }
+    if len(feats) >= 3:
+        # How much of the model's interference is simply the residual-stream geometry of the
+        # SAE's decoder directions (which any model reading that stream inherits, and the
+        # Squeezer, reading features directly, does not): a context figure for the Mantel rows.
+        res = cmp.mantel(cmp.normalized_gram(W_sae[feats]), grams["neurons"],
+                         cfg.n_mantel_permutations, cfg.seed)
+        metrics["interference_features"]["model_vs_sae_decoder_geometry_r"] = res.r
+        metrics["interference_features"]["model_vs_sae_decoder_geometry_p"] = res.p
     metrics["n_heldout_rows"] = n_act
     io.write_json(METRICS, metrics)
 

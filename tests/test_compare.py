@@ -390,6 +390,7 @@ def test_stage_end_to_end(stage_root, monkeypatch):
     assert main["hungarian_mean_r"] > floor["hungarian_mean_r"] + 0.15
     assert main["cka"] > floor["cka"] + 0.15
     assert m["interference_features"]["n_used"] <= COMPARE_PARAMS["max_features_for_mantel"]
+    assert -1 <= m["interference_features"]["model_vs_sae_decoder_geometry_r"] <= 1
     csv = (stage_root / "plots/compare/matched_r.csv").read_text().splitlines()
     assert csv[0] == "rank," + ",".join(conds)
     assert len(csv) == 1 + N_NEURONS
