@@ -17,7 +17,6 @@ Writes metrics/compare.json, plots/compare/matched_r.csv and plots/compare/corre
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +263,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ParamError as err:
-        print(f"compare: {err}", file=sys.stderr)
-        sys.exit(2)
+    from neural_codec.stage import run
+
+    run("compare", main)

@@ -7,7 +7,6 @@ plots/logic/lift.png. See neural_codec.logic for the method and its conventions.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +120,15 @@ def main() -> dict:
     return metrics
 
 
-if __name__ == "__main__":
-    try:
-        m = main()
-    except ParamError as err:
-        sys.exit(f"logic: {err}")
+def _main_and_summary() -> None:
+    m = main()
     s = m["same_sign"]
     print(f"logic: verdict={m['verdict']} (same-sign: median lift shared "
           f"{s['median_lift_shared']} vs control {s['median_lift_control']}, "
           f"Cliff's delta {s['cliffs_delta']}, p {s['p_value']})")
+
+
+if __name__ == "__main__":
+    from neural_codec.stage import run
+
+    run("logic", _main_and_summary)
