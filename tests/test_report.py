@@ -303,6 +303,10 @@ def test_every_figure_exists(rendered):
         assert f.read_bytes().startswith(PNG_MAGIC)
     assert sorted(Path(link).name for link in links) == sorted(
         p.name for p in (root / "report/figures").iterdir())
+    # this run's point of the FVU-against-M plot
+    assert (root / "report/fvu_at_m.csv").read_text().splitlines() == [
+        "M,squeezer,pca,no_superposition,random_encoder,model_neurons",
+        "16,0.01234,0.3456,0.3789,0.04567,0.6543"]
     # no temporary directory left behind by the atomic write
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
 

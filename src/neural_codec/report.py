@@ -30,6 +30,7 @@ from neural_codec import io
 STAGES = ("source", "activations", "sae", "features", "squeeze", "baselines", "geometry",
           "logic", "compare")
 BASELINES = ("pca", "no_superposition", "random_encoder", "model_neurons")
+SWEEP_COLUMNS = ("squeezer",) + BASELINES  # FVU columns of the FVU-against-M plots
 BASELINE_LABELS = {
     "pca": "PCA (linear optimum at M)",
     "no_superposition": "no superposition (top-M features)",
@@ -315,9 +316,14 @@ def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
                 m.num(f"{g}:{part}.circles.{fam}.p_value"), ")"],
             m.num(f"{g}:{part}.circles.{fam}.circular_corr"), nulls(f"circles.{fam}.circular_corr")))
         rows.append(VerdictRow(
-            h, f"circle '{fam}': wrap ratio (1 = closed circle, K-1 = open arc)",
+            h, f"circle '{fam}': fraction of cyclic neighbours adjacent in angle (1 = in order)",
+            m.num(f"{g}:{part}.circles.{fam}.neighbour_frac"),
+            nulls(f"circles.{fam}.neighbour_frac")))
+        rows.append(VerdictRow(
+            h, f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle, "
+               "K-1 = open arc)",
             m.num(f"{g}:{part}.circles.{fam}.wrap_ratio"), nulls(f"circles.{fam}.wrap_ratio"),
-            better="lower"))
+            better=""))
     return rows
 
 
@@ -836,9 +842,17 @@ def figures(r: Report) -> list[Figure]:
     return [b for s in r.sections for b in s.blocks if isinstance(b, Figure)]
 
 
+def fvu_at_m(m: Metrics) -> tuple[list[str], list[Any]]:
+    """This run's point of the FVU-against-M plot (`dvc plots diff` overlays experiments)."""
+    vals = [m.get("squeeze.json:fvu")] + [m.get(f"baselines.json:{b}.fvu") for b in BASELINES]
+    M = m.get("squeeze.json:M")
+    return ["M", *SWEEP_COLUMNS], ["" if M is None else M] + ["" if v is None else v for v in vals]
+
+
 def write_report(out_dir: str | Path, metrics_dir: str | Path = "metrics",
                  plots_dir: str | Path = "plots") -> Report:
-    """Build the report and write out_dir/{REPORT.md, index.html, figures/*.png} atomically."""
+    """Build the report and write out_dir/{REPORT.md, index.html, figures/*.png} atomically,
+    with out_dir/fvu_at_m.csv (this run's M and FVUs, for `dvc plots diff` across experiments)."""
     r = build(metrics_dir, plots_dir)
     with io.atomic_dir(out_dir) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the report is meant to be read
@@ -846,6 +860,8 @@ def write_report(out_dir: str | Path, metrics_dir: str | Path = "metrics",
         for f in figures(r):
             (tmp / "figures" / f.name).write_bytes(f.png)
         (tmp / "REPORT.md").write_text(render_markdown(r))
+        header, row = fvu_at_m(Metrics.load(metrics_dir))
+        io.write_csv(tmp / "fvu_at_m.csv", header, [row])
         (tmp / "index.html").write_text(render_html(r))
     return r
 
@@ -854,8 +870,6 @@ def write_report(out_dir: str | Path, metrics_dir: str | Path = "metrics",
 # --------------------------------------------------------------------------------------------
 # FVU against M across experiments (`dvc exp show --json`), for scripts/sweep_m.py
 # --------------------------------------------------------------------------------------------
-
-SWEEP_COLUMNS = ("squeezer",) + BASELINES
 
 
 def _walk_exp_show(entries: Any) -> Iterable[dict[str, Any]]:
