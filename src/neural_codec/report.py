@@ -684,9 +684,11 @@ def compare_section(m: Metrics, plots: Path) -> Section:
             "interference_mantel_r", "interference_mantel_p"]
     rows = [[label] + [m.num(f"compare.json:{c}.{k}") for k in keys] for c, label in conds]
     s.blocks.append(Table(["condition"] + keys, rows))
-    s.blocks.append(["Held-out rows: ", m.num("compare.json:n_heldout_rows"),
-                     "; features in the interference comparison: ",
-                     m.num("compare.json:interference_features.n_used"), "."])
+    s.blocks.append(["Held-out rows: ", m.num("compare.json:n_heldout_rows"), "."])
+    if isinstance(m.get("compare.json:interference_features"), dict):
+        s.blocks.append("Features in the interference (Mantel) comparison:")
+        s.blocks.append(kv_table(m, "compare", [k for k, _ in _scalars(m.data.get("compare"))
+                                                if k.startswith("interference_features.")]))
     _figure_or_note(s.blocks, plots / "compare/matched_r.csv", "matched_r.png",
                     "Sorted |r| of Hungarian-matched neuron pairs", matched_r_figure)
     _figure_or_note(s.blocks, plots / "compare/correlation_matrix.png", "correlation_matrix.png",
@@ -790,7 +792,9 @@ def _html_cell(cell: Cell) -> str:
 
 def _html_table(t: Table) -> str:
     head = "".join(f"<th>{_inline_md(h)}</th>" for h in t.header)
-    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
+    # in the verdict table a non-empty first cell starts a hypothesis: rule a line above it
+    body = "".join(('<tr class="start">' if t.css == "verdict" and row[0] else "<tr>")
+                   + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
                    for row in t.rows)
     return f'<table class="{t.css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -815,6 +819,7 @@ th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 .scroll { overflow-x: auto; }
 table.verdict td:nth-child(1) { max-width: 18em; font-weight: 600; }
 table.verdict td:nth-child(3) { font-size: 15px; font-weight: 700; }
+table.verdict tr.start td { border-top: 2px solid #666; }
 .num { font-variant-numeric: tabular-nums; } .na { color: #b00; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 12px; color: #555; } nav a { margin-right: 1em; }
