@@ -99,3 +99,45 @@ def test_exp_run_of_features_param_skips_extraction_and_sae(repo):
     assert not stages & {"source", "activations", "sae"}
     shown = sh(root, "dvc", "exp", "show", "--no-pager", "--md")
     assert "features.top_k" in shown or "top_k" in shown
+
+
+def test_exp_run_with_lm_source_runs_every_stage(repo, tmp_path):
+    """`dvc exp run -S source.kind=lm ...` on a tiny offline HookedTransformer, through compare."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import torch
+
+    import lm_fixtures as fx
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fx.make_model(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    root, _ = repo
+    settings = {
+        "source.kind": "lm",
+        "source.lm.model_name": f"local:{tmp_path / 'model'}",
+        "source.lm.dataset": str(tmp_path / "text"),
+        "source.lm.sae_hook": "blocks.1.hook_resid_pre",
+        "source.lm.neuron_hook": "blocks.1.mlp.hook_post",
+        "source.lm.context_size": 32,
+        "source.lm.n_tokens_train": 3000,
+        "source.lm.n_tokens_heldout": 480,
+        "sae.d_sae": 64,
+        "sae.k": 4,
+        "sae.training_samples": 20480,
+        "sae.batch_size": 256,
+        "features.top_k": 4,
+        "features.min_value": 0.0,
+        "squeezer.M": 16,
+    }
+    args = [a for k, v in settings.items() for a in ("-S", f"{k}={v}")]
+    out = sh(root, "dvc", "exp", "run", *args)
+    expected = set(STAGES) | ({"report"} if (root / "stages/report.py").exists() else set())
+    assert expected <= ran(out)
+    sae = json.loads((root / "metrics/sae.json").read_text())
+    assert "lm" in sae and "ground_truth" not in sae
+    compare = json.loads((root / "metrics/compare.json").read_text())
+    assert "squeezer_vs_model" in compare
+    assert "ceiling_model_vs_model_seed2" not in compare  # a real model has no second seed here
