@@ -22,7 +22,7 @@ import torch
 
 from neural_codec import geometry as geo
 from neural_codec import io
-from neural_codec.params import ParamError, check, load_section, require_inputs, to_dict
+from neural_codec.params import ParamError, check, load_section, require_inputs
 from neural_codec.squeezer import (
     Squeezer,
     SqueezerConfig,
@@ -126,7 +126,6 @@ def main() -> dict[str, Any]:
             "rows": len(permuted), "max_row_nnz": permuted.k, "steps": steps,
             "final_loss": curve[-1]["loss"] if curve else None,
         },
-        "params": to_dict(cfg),
     }
 
     bins = cfg.hist_bins
