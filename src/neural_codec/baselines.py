@@ -18,7 +18,7 @@ Each baseline answers "what does superposition buy?" from a different side:
   scheme and scale, seeded) and frozen, b_enc fixed at 0; only the decoder (W_dec, b_dec) is
   trained, with the Squeezer's loss. Measures how much of the Squeezer is the learned encoding.
 - `model_neurons`: the model's own neurons as the bottleneck: f_hat = ReLU(W n / s + b) trained
-  from the original neurons n (scaled by a scalar RMS s) to F, with the Squeezer's loss,
+  from the original neurons n (scaled by s, their mean row L2 norm) to F, with the Squeezer's loss,
   starting from the ridge least-squares linear readout fitted on the first batch. How
   good is the model's own codec at carrying the SAE features?
 
@@ -317,7 +317,9 @@ def fit_model_neurons(
     gen = torch.Generator().manual_seed(cfg.seed)
     first_n, first_f = next(batches)  # also fixes the input scale and the ridge start
     d = first_n.shape[1]
-    scale = float(np.sqrt(np.mean(np.asarray(first_n, dtype=np.float64) ** 2))) or 1.0
+    # scale rows to unit mean L2 norm: Adam moves every weight by ~lr, and dense neurons add
+    # those moves up coherently, so a per-neuron (RMS) scale makes steps sqrt(d) times too big
+    scale = float(np.sqrt(np.mean(np.sum(np.asarray(first_n, dtype=np.float64) ** 2, axis=1)))) or 1.0
     W0, b0 = ridge_readout(np.asarray(first_n, dtype=np.float64) / scale, first_f)
     W_T = nn.Parameter(torch.from_numpy(np.ascontiguousarray(W0.T, dtype=np.float32)))  # (n, d) rows
     b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)))
