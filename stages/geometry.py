@@ -13,7 +13,6 @@ plots/geometry/polytopes.png and plots/geometry/circles.png. See neural_codec.ge
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 
 from neural_codec import geometry as geo
 from neural_codec import io
-from neural_codec.params import ParamError, check, load_section, require_inputs
+from neural_codec.params import check, load_section, require_inputs
 from neural_codec.squeezer import (
     Squeezer,
     SqueezerConfig,
@@ -154,8 +153,6 @@ def summary(m: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        result = main()
-    except ParamError as err:
-        sys.exit(f"geometry: {err}")
-    print(summary(result))
+    from neural_codec.stage import run
+
+    run("geometry", lambda: print(summary(main())))
