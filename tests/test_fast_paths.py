@@ -1,0 +1,211 @@
+"""Correctness of the fast paths the benchmark measures, beyond tests/test_squeezer.py (which checks
+sparse == dense loss and gradients through `squeezer_loss` and the unbiasedness of the sampled loss):
+
+- the fused exact loss (`_DecoderSquaredError`) against finite differences in float64, with a
+  non-unit upstream gradient, clipped outputs, padding, and a decoder-only (no h gradient) call;
+- the sampled loss draw by draw against a brute-force reference (which columns are skipped in
+  which row), for both active-output branches;
+- the benchmark's naive implementations compute the same thing as ours (so its ratios compare
+  like with like), and its synthetic data honour the SparseFeatures contract.
+No timings are asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neural_codec.io import SparseFeatures
+from neural_codec.logic import cooccurrence
+from neural_codec.squeezer import Squeezer, _DecoderSquaredError, reconstruction_loss, squeezer_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def distinct_rows(B, n, k, seed, pad_frac=0.25):
+    """(B, k) distinct indices per row, values in [0.2, 1.5], ~pad_frac padding slots (val 0)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(B)])
+    val = torch.rand(B, k, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    val[torch.rand(B, k, generator=g) < pad_frac] = 0.0
+    return idx, val
+
+
+def brute_force_loss(h, W_dec, b_dec, idx, val, w, cols=None):
+    """Row by row, feature by feature: exact loss, or the sampled estimator for given columns."""
+    B, n = h.shape[0], W_dec.shape[1]
+    f_hat = torch.relu(h @ W_dec + b_dec)
+    total = 0.0
+    for r in range(B):
+        act = {int(i): float(v) for i, v in zip(idx[r], val[r]) if v > 0}
+        row = sum(w[i] * (v - f_hat[r, i]) ** 2 for i, v in act.items())
+        if cols is None:
+            row = row + sum(w[i] * f_hat[r, i] ** 2 for i in range(n) if i not in act)
+        else:
+            row = row + n / len(cols) * sum(w[int(c)] * f_hat[r, int(c)] ** 2 for c in cols if int(c) not in act)
+        total = total + row
+    return total / B
+
+
+# --------------------------------------------------------------------------------------------
+# Fused exact loss
+# --------------------------------------------------------------------------------------------
+
+
+def test_fused_exact_loss_gradcheck_float64():
+    B, M, n, k = 6, 4, 11, 3
+    idx, val = distinct_rows(B, n, k, seed=0)
+    g = torch.Generator().manual_seed(1)
+    h = torch.rand(B, M, generator=g, dtype=torch.float64).requires_grad_()
+    W = (torch.randn(M, n, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
+    b = (torch.randn(n, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    pre = h @ W + b
+    assert (pre < -0.05).any() and (pre > 0.05).any()  # both sides of the ReLU exercised
+    assert (val == 0).any()
+    fn = lambda h, W, b: 3.0 * _DecoderSquaredError.apply(h, W, b, idx, val, w)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, W, b), eps=1e-6, atol=1e-6)
+    ref = brute_force_loss(h, W, b, idx, val, w)
+    torch.testing.assert_close(_DecoderSquaredError.apply(h, W, b, idx, val, w), ref)
+
+
+def test_fused_exact_loss_decoder_only_and_transposed_storage():
+    """A frozen input h (the neuron-readout baseline) and W_dec passed as the (M, n) view of an
+    (n, M) parameter (the Squeezer's storage): gradients land on the parameter unchanged."""
+    B, M, n, k = 8, 5, 13, 4
+    idx, val = distinct_rows(B, n, k, seed=2)
+    g = torch.Generator().manual_seed(3)
+    h = torch.rand(B, M, generator=g, dtype=torch.float64)
+    W_T = torch.randn(n, M, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    w = torch.ones(n, dtype=torch.float64)
+    loss = reconstruction_loss(h, W_T.T, b, idx, val, w)
+    loss.backward()
+    W_ref = W_T.detach().clone().requires_grad_()
+    b_ref = b.detach().clone().requires_grad_()
+    ref = brute_force_loss(h, W_ref.T, b_ref, idx, val, w)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(W_T.grad, W_ref.grad)
+    torch.testing.assert_close(b.grad, b_ref.grad)
+    assert W_T.grad.is_contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Sampled loss, one draw at a time
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B", [5, 64])  # per-row gather (n > B*k/8) / matmul over active columns
+def test_sampled_loss_matches_brute_force_draw_by_draw(B):
+    M, n, k, s = 4, 12, 3, 5
+    idx, val = distinct_rows(B, n, k, seed=4, pad_frac=0.2)
+    g = torch.Generator().manual_seed(5)
+    h = torch.rand(B, M, generator=g, dtype=torch.float64)
+    W = torch.randn(M, n, generator=g, dtype=torch.float64)
+    b = torch.rand(n, generator=g, dtype=torch.float64) * 0.3
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    skipped_somewhere = False
+    for seed in range(6):
+        got = reconstruction_loss(h, W, b, idx, val, w, loss_sample=s, generator=torch.Generator().manual_seed(seed))
+        cols = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:s]  # the same draw
+        torch.testing.assert_close(got, brute_force_loss(h, W, b, idx, val, w, cols))
+        active_drawn = torch.isin(idx, cols) & (val > 0)
+        skipped_somewhere |= bool(active_drawn.any())
+        # padding slots whose (meaningless) index was drawn must not be skipped
+    assert skipped_somewhere  # the skip rule was exercised
+
+
+def test_sampled_loss_padding_index_is_not_skipped():
+    """Padding slots carry index 0; column 0 drawn must still count as inactive for that row."""
+    M, n, k = 3, 9, 2
+    idx = torch.tensor([[0, 4], [2, 0]])
+    val = torch.tensor([[0.0, 1.0], [0.7, 0.0]], dtype=torch.float64)  # index 0 only as padding
+    h = torch.rand(2, M, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    W = torch.rand(M, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    b = torch.full((n,), 0.2, dtype=torch.float64)
+    w = torch.ones(n, dtype=torch.float64)
+    for seed in range(20):
+        cols = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:3]
+        if 0 in cols.tolist():
+            break
+    got = reconstruction_loss(h, W, b, idx, val, w, loss_sample=3, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(got, brute_force_loss(h, W, b, idx, val, w, cols))
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark compares like with like
+# --------------------------------------------------------------------------------------------
+
+
+def test_benchmark_naive_squeezer_equals_ours(bench):
+    n, M, k, B = 60, 8, 6, 40
+    f = bench.topk_features(B, n, k, seed=0)
+    idx, val = torch.from_numpy(f.idx.astype(np.int64)), torch.from_numpy(f.val)
+    model = Squeezer(n, M, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.b_dec.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(1))
+    naive = bench.NaiveSqueezer.like(model)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(2)) + 0.5
+    ours_loss = squeezer_loss(model, idx, val, w)
+    naive_loss = bench.naive_loss(naive, idx, val, w)
+    torch.testing.assert_close(ours_loss, naive_loss)
+    ours_loss.backward()
+    naive_loss.backward()
+    torch.testing.assert_close(model.W_enc.grad, naive.enc.weight.grad.T)
+    torch.testing.assert_close(model.b_enc.grad, naive.enc.bias.grad)
+    torch.testing.assert_close(model.W_dec_T.grad, naive.dec.weight.grad)
+    torch.testing.assert_close(model.b_dec.grad, naive.dec.bias.grad)
+
+
+def test_benchmark_data_and_naive_cooccurrence(bench):
+    n, k, N = 300, 8, 2000
+    f = bench.topk_features(N, n, k, seed=1)
+    assert isinstance(f, SparseFeatures) and f.idx.dtype == np.int32 and (f.val >= 0).all()
+    for r in range(0, N, 97):  # active indices distinct within a row
+        a = f.idx[r][f.val[r] > 0]
+        assert len(np.unique(a)) == len(a) and len(a) >= 1
+    freq = np.sort(f.firing_frequency())[::-1]
+    assert freq[:10].mean() > 10 * np.median(freq)  # heavy-tailed, like a real SAE
+    pairs = bench.random_pairs(n, 500, seed=0)
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+    dense = np.asfortranarray(f.to_dense() > 0)
+    expected = cooccurrence([f], pairs).counts
+    np.testing.assert_array_equal(bench.naive_pair_counts(dense, pairs), expected)
+    gram = bench.naive_gram(f)
+    np.testing.assert_array_equal(np.rint(gram[pairs[:, 0], pairs[:, 1]]).astype(np.int64), expected)
+    assert expected.sum() > 0
+
+
+def test_benchmark_quick_sampled_section_writes_json(bench, tmp_path):
+    assert bench.main(["--quick", "--only", "sampled", "--out", str(tmp_path)]) == 0
+    r = bench.io.read_json(tmp_path / "latest_quick.json")
+    s = r["sampled"]
+    assert s["draws"] == bench.QUICK.sample_draws
+    # unbiased: averaging the draws shrinks the error against the exact loss and gradient
+    assert s["loss_rel_error_of_mean"] < s["loss_rel_std_single_draw"]
+    assert s["grad_rel_error_of_mean"] < s["grad_rel_error_single_draw_median"]
+    assert {"cpu_model", "torch_threads", "load_average_start", "load_average_end"} <= set(r["machine"])
+    assert "| benchmark |" in r["table_markdown"]
