@@ -3,7 +3,7 @@
 (a) pca: the linear optimum; (b) no_superposition: the M most important features get a neuron
 each; (c) random_encoder: a fixed random encoder with a trained decoder; (d) model_neurons: a
 ReLU readout from the original model's neurons to F (see neural_codec.baselines).
-M, importance and init come from the `squeezer` section, so a sweep over squeezer.M moves the
+M, importance, init and bias_init come from the `squeezer` section, so a sweep over squeezer.M moves the
 baselines with it; the decoders' training params come from `baselines`.
 Writes metrics/baselines.json ({method: metrics with the keys of metrics/squeeze.json}) and
 plots/baselines/fvu.csv (method,fvu).
@@ -66,7 +66,7 @@ def main() -> int:
     results = run_baselines(
         cfg.methods, train, sq.M, cfg, eval_batches, weights,
         neuron_batches=lambda: disk_batches(str(ACTIVATIONS / "train"), str(FEATURES / "train"), cfg.batch_size, cfg.seed),
-        sae_decode=sae_decode, encoder_norms=encoder_norms, init=sq.init,
+        sae_decode=sae_decode, encoder_norms=encoder_norms, init=sq.init, bias_init=sq.bias_init,
     )
     io.write_json(METRICS, results)
     io.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])

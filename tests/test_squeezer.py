@@ -154,6 +154,8 @@ def test_reconstructs_when_M_covers_the_active_features():
     assert m["fvu"] < 0.02, m
     assert m["recovery_mean"] > 0.95 and m["recovery_frac_above_0_5"] == 1.0
     assert m["n_features_firing"] == 8
+    # the 32 silent features keep their init rows (norm ~0.58 > 0.5): not counted as represented
+    assert m["features_represented"] == 8
     assert curve[-1]["loss"] < 0.1 * curve[0]["loss"]
     assert 40 <= len(curve) <= 60
     # control: half the neurons cannot carry 8 dense-ish (p = 0.3) features

@@ -216,10 +216,11 @@ def fit_no_superposition(train: SparseFeatures, M: int, weights: np.ndarray | No
 
 
 def fit_random_encoder(
-    train: SparseFeatures, M: int, cfg: BaselinesConfig, weights: np.ndarray | None = None, init: str = "xavier"
+    train: SparseFeatures, M: int, cfg: BaselinesConfig, weights: np.ndarray | None = None, init: str = "xavier",
+    bias_init: str = "zero",
 ) -> tuple[SqueezerCodec, list[dict[str, float]]]:
     scfg = cfg.decoder_config(M)
-    scfg.init = init
+    scfg.init, scfg.bias_init = init, bias_init  # as the Squeezer's (b_enc stays 0: frozen)
     w = np.ones(train.n_features, np.float32) if weights is None else weights
     model, curve = train_squeezer(train, scfg, importance=w, freeze_encoder=True)
     return SqueezerCodec(model), curve
@@ -364,6 +365,7 @@ def run_baselines(
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     encoder_norms: np.ndarray | None = None,
     init: str = "xavier",
+    bias_init: str = "zero",
 ) -> dict[str, dict[str, Any]]:
     """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream."""
     from neural_codec.squeezer import evaluate_codec
@@ -377,7 +379,7 @@ def run_baselines(
         elif m == "no_superposition":
             codec = fit_no_superposition(train, M, weights)
         elif m == "random_encoder":
-            codec, _ = fit_random_encoder(train, M, cfg, weights, init)
+            codec, _ = fit_random_encoder(train, M, cfg, weights, init, bias_init)
             extra["samples_per_s"] = codec.model.samples_per_s
         elif m == "model_neurons":
             if neuron_batches is None:

@@ -61,6 +61,11 @@ class SqueezerConfig:
     - steps: optimiser steps; epochs > 0 overrides it with ceil(epochs * N / batch_size).
     - init: "xavier" (xavier-normal W_enc, as TMS) or "orthogonal" (orthonormal columns of
       W_enc); biases start at 0.
+    - bias_init: "zero" (default; `Squeezer(...)` with the same seed reproduces the start
+      exactly) or "mean": b_dec = the train mean of F and b_enc = -mean @ W_enc, i.e. the code
+      starts centred. Needed when features are dense with large means: there the zero start
+      converges very slowly (n=30 dense features, M=5: FVU 18.8 after 3000 steps at lr 1e-2
+      vs 0.64 with "mean" at lr 3e-3, PCA 0.62). Sparse SAE features have small means.
     - seed: makes init, minibatch order and loss sampling deterministic.
     - loss_sample: 0 = exact loss over all n outputs. > 0 = unbiased sampled loss: exact on the
       active outputs of each row, plus `loss_sample` output columns drawn uniformly without
@@ -79,6 +84,7 @@ class SqueezerConfig:
     epochs: float = 0.0
     weight_decay: float = 0.0
     init: Init = "xavier"
+    bias_init: Literal["zero", "mean"] = "zero"
     seed: int = 0
     loss_sample: int = 0
 
@@ -397,6 +403,14 @@ def train_squeezer(
             raise ValueError("freeze_encoder needs an untied decoder")
         model.W_enc.requires_grad_(False)
         model.b_enc.requires_grad_(False)
+    if cfg.bias_init == "mean":
+        mu = torch.zeros(n, dtype=torch.float64).index_add_(
+            0, torch.from_numpy(train.idx.ravel().astype(np.int64)), torch.from_numpy(train.val.ravel().astype(np.float64))
+        ) / len(train)
+        with torch.no_grad():
+            model.b_dec.copy_(mu.float())
+            if not freeze_encoder:
+                model.b_enc.copy_(-(mu.float() @ model.W_enc))
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     idx_all = torch.from_numpy(train.idx.astype(np.int64))
     val_all = torch.from_numpy(train.val.astype(np.float32))
