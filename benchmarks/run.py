@@ -28,8 +28,8 @@ Sections
 - extraction: `run_with_cache(names_filter=<2 hooks>, stop_at_layer=...)` as in
   `neural_codec.lm.extract_activations` against a naive `run_with_cache` of every hook over the
   whole model; tokens/s.
-- memory: peak RSS (ru_maxrss from os.wait4) of child processes doing two Squeezer steps, ours vs
-  naive, against a child that only builds the inputs.
+- memory: peak RSS (VmHWM) of fresh child processes doing two Squeezer steps, ours vs naive,
+  against a child that only builds the inputs.
 - scaling: Squeezer step time against n (epoch time = steps x median step time) and measured
   time per epoch against N.
 """
@@ -79,8 +79,8 @@ class Sizes:
     M: int = 768
     batch: int = 1024
     loss_sample: int = 2048
-    reps: int = 5  # interleaved repetitions per timed variant (after one warm-up each)
-    sample_draws: int = 16  # sampled-loss draws for the error figures
+    reps: int = 4  # interleaved repetitions per timed variant (after one warm-up each)
+    sample_draws: int = 8  # sampled-loss draws for the error figures
     cooc_rows: int = 1_000_000
     cooc_batch: int = 65_536
     cooc_pairs: int = 1_105_920  # M * 2 signs * C(16, 2) shared pairs * (1 + 5 controls)
@@ -364,12 +364,12 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
     def stream(rows: int):
         return (feats[s:min(rows, s + sz.cooc_batch)] for s in range(0, rows, sz.cooc_batch))
 
-    # ours over all rows, untraced (timing), then traced over 1 and 2 batches (memory is per batch)
+    # ours over all rows, untraced (timing), then traced over 1 and 3 batches (memory is per batch)
     t0 = time.perf_counter()
     res = cooccurrence(stream(sz.cooc_rows), pairs)
     ours_s = time.perf_counter() - t0
     _, _, peak1 = _traced(lambda: cooccurrence(stream(sz.cooc_batch), pairs))
-    _, _, peak2 = _traced(lambda: cooccurrence(stream(2 * sz.cooc_batch), pairs))
+    _, _, peak3 = _traced(lambda: cooccurrence(stream(3 * sz.cooc_batch), pairs))
 
     # naive per-pair loop on a subset of rows and pairs, extrapolated to all rows and pairs
     sub = feats[: sz.naive_pair_rows]
@@ -398,7 +398,7 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
         "ours_s": ours_s,
         "ours_rows_per_s": sz.cooc_rows / ours_s,
         "ours_peak_traced_bytes_1_batch": peak1,
-        "ours_peak_traced_bytes_2_batches": peak2,
+        "ours_peak_traced_bytes_3_batches": peak3,
         "naive_pair_loop_s_subset": pair_loop_s,
         "naive_pair_loop_subset": {"rows": sz.naive_pair_rows, "pairs": sz.naive_pair_subset},
         "naive_pair_loop_s_extrapolated": pair_loop_s * scale_pairs,
@@ -482,7 +482,7 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
         model = HookedTransformer(gcfg).eval()
         cfg = LMSourceConfig(model_name="gpt2", dataset="unused")  # blocks.8 hooks (default)
         out["cases"].append(_extract_case("gpt2-small shape (random weights, 12 layers, d_model 768)", model,
-                                          cfg, 2, 128, 1, sz.reps))
+                                          cfg, 2, 128, 1, sz.reps + 2))
         del model
     return out
 
@@ -492,43 +492,53 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def vm_hwm() -> int:
+    """This process's peak resident set (VmHWM, bytes). Unlike ru_maxrss it is per address space,
+    so a freshly exec'd child does not inherit its (possibly large) parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(kind: str, sz: Sizes) -> None:
-    """Run in a fresh process: build the batch (and model), do two steps, print nothing."""
+    """Run in a fresh process: build the batch (and model), do two steps, print the peak RSS."""
     idx, val = make_batch(sz)
     w = torch.ones(sz.n)
-    if kind == "inputs":
-        return
-    model = Squeezer(sz.n, sz.M, generator=torch.Generator().manual_seed(0))
     if kind == "naive":
+        model = Squeezer(sz.n, sz.M, generator=torch.Generator().manual_seed(0))
         naive = NaiveSqueezer.like(model)
         del model
         opt = torch.optim.AdamW(naive.parameters(), lr=1e-4)
         for _ in range(2):
             _train_step(lambda: naive_loss(naive, idx, val, w), opt)
-        return
-    opt = make_optimizer(list(model.parameters()), 1e-4, 0.0)
-    s = sz.loss_sample if kind == "ours_sampled" else 0
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        _train_step(lambda: squeezer_loss(model, idx, val, w, s, gen), opt)
+    elif kind in ("ours_exact", "ours_sampled"):
+        model = Squeezer(sz.n, sz.M, generator=torch.Generator().manual_seed(0))
+        opt = make_optimizer(list(model.parameters()), 1e-4, 0.0)
+        s = sz.loss_sample if kind == "ours_sampled" else 0
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            _train_step(lambda: squeezer_loss(model, idx, val, w, s, gen), opt)
+    elif kind != "inputs":
+        raise ValueError(f"unknown child kind {kind!r}")
+    print(json.dumps({"kind": kind, "vm_hwm_bytes": vm_hwm()}))
 
 
 def peak_rss(kind: str, quick: bool) -> int:
-    """ru_maxrss (bytes) of a child process running `child(kind)`."""
+    """Peak RSS (bytes) of a fresh child process running `child(kind)`."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind] + (["--quick"] if quick else [])
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory child {kind!r} failed with exit code {proc.returncode}")
-    return int(usage.ru_maxrss) * 1024  # Linux: KiB
+        raise RuntimeError(f"memory child {kind!r} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["vm_hwm_bytes"])
 
 
 def bench_memory(sz: Sizes, quick: bool) -> dict[str, Any]:
     base = peak_rss("inputs", quick)
     out: dict[str, Any] = {"inputs_only_peak_rss_bytes": base,
-                           "method": "ru_maxrss of a child process (os.wait4) doing two training steps; "
-                                     "'above_inputs' subtracts a child that only imports and builds the batch"}
+                           "method": "peak RSS (VmHWM from /proc/self/status) of a fresh child process building "
+                                     "the model and doing two training steps; 'above_inputs' subtracts a child that "
+                                     "only imports and builds the batch"}
     for kind in ("ours_exact", "ours_sampled", "naive"):
         rss = peak_rss(kind, quick)
         out[kind] = {"peak_rss_bytes": rss, "above_inputs_bytes": rss - base}
@@ -661,7 +671,7 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"| co-occurrence vs dense B^T B | | {_dur(co['naive_dense_gram_s_extrapolated'])} (extrap.) | "
                      f"**{co['ratio_vs_naive_dense_gram']:.0f}x** |")
         lines.append(f"| co-occurrence peak traced memory | {_mb(co['ours_peak_traced_bytes_1_batch'])} (1 batch), "
-                     f"{_mb(co['ours_peak_traced_bytes_2_batches'])} (2 batches) | dense B^T B {_mb(co['naive_dense_gram_peak_traced_bytes'])} | |")
+                     f"{_mb(co['ours_peak_traced_bytes_3_batches'])} (3 batches) | dense B^T B {_mb(co['naive_dense_gram_peak_traced_bytes'])} | |")
     ex = r.get("extraction")
     if ex:
         for c in ex["cases"]:

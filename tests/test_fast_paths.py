@@ -209,3 +209,17 @@ def test_benchmark_quick_sampled_section_writes_json(bench, tmp_path):
     assert s["grad_rel_error_of_mean"] < s["grad_rel_error_single_draw_median"]
     assert {"cpu_model", "torch_threads", "load_average_start", "load_average_end"} <= set(r["machine"])
     assert "| benchmark |" in r["table_markdown"]
+
+
+def test_cooccurrence_memory_is_one_batch_not_the_stream(bench):
+    """Traced peak over 4 batches stays at the 1-batch peak (the previous batch's product is freed
+    before the next one is built); counts still equal a single pass."""
+    n, k = 500, 16
+    f = bench.topk_features(4 * 4000, n, k, seed=2)
+    pairs = bench.random_pairs(n, 20000, seed=1)
+    batches = lambda m: (f[s:s + 4000] for s in range(0, m * 4000, 4000))  # noqa: E731
+    one, _, peak1 = bench._traced(lambda: cooccurrence(batches(1), pairs))
+    four, _, peak4 = bench._traced(lambda: cooccurrence(batches(4), pairs))
+    assert peak4 < 1.25 * peak1, (peak1, peak4)
+    np.testing.assert_array_equal(four.counts, cooccurrence([f], pairs).counts)
+    assert four.counts.sum() > one.counts.sum() > 0

@@ -208,6 +208,8 @@ def cooccurrence(feats_iter: Iterable[SparseFeatures], pairs: np.ndarray) -> Coo
             bu = b[:, cols].tocsc()
             gram = (bu.T @ bu).tocsr()
             counts += np.rint(np.asarray(gram[la, lb]).ravel()).astype(np.int64)
+            del bu, gram  # free before the next batch is built: peak memory is one batch's
+        del b
     if marginals is None:
         marginals = np.zeros(int(pairs.max()) + 1 if len(pairs) else 0, dtype=np.int64)
     return Cooccurrence(pairs, counts, marginals, n_rows)
