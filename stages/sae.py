@@ -26,6 +26,7 @@ def main() -> None:
     src = from_dict(SourceConfig, params.get("source"), "source")
     cfg = from_dict(SAEConfig, params.get("sae"), "sae")
     require_inputs(ACT / "train" / "meta.json", ACT / "heldout" / "meta.json")
+    recovery_rows: list = []  # no ground truth for an lm source: the plot stays header-only
     with io.atomic_dir("data/sae") as out:
         if cfg.pretrained:  # lm: a SAELens registry SAE or a folder, re-saved in SAELens format
             from neural_codec import lm
@@ -45,13 +46,13 @@ def main() -> None:
                           latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae))
             metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
             hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]
-            io.write_csv("plots/sae/recovery_hist.csv", ["cosine", "true_features"],
-                         [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)])
+            recovery_rows = [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)]
         else:  # lm: labels from top-activating tokens, cyclic families from labels
             from neural_codec import lm
 
             metrics["lm"] = lm.write_labels_and_families(sae, src.lm_cfg, ACT, out)  # + CE-loss score
     io.write_json("metrics/sae.json", metrics)
+    io.write_csv("plots/sae/recovery_hist.csv", ["cosine", "true_features"], recovery_rows)
 
 
 if __name__ == "__main__":
