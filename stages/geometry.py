@@ -82,9 +82,7 @@ def check_families(families: Any, n_features: int) -> list[dict[str, Any]]:
 def main() -> dict[str, Any]:
     cfg = load_section(geo.GeometryConfig, "geometry")
     sq_cfg = load_section(SqueezerConfig, "squeezer")
-    require_inputs(SQUEEZER, FAMILIES, TRAIN / "meta.json")
-    if sq_cfg.importance == "frequency":
-        require_inputs(FIRING_FREQ)
+    require_inputs(SQUEEZER, FAMILIES, TRAIN / "meta.json", FIRING_FREQ)
 
     model = load_squeezer(SQUEEZER)
     meta = io.read_meta(TRAIN)
@@ -96,9 +94,17 @@ def main() -> dict[str, Any]:
           "(re-run the squeeze stage)")
     families = check_families(io.read_json(FAMILIES), n)
 
+    # Latents that never fire on train never get a gradient: their rows stay at the random init
+    # and would enter every statistic as random directions. Only firing latents are analysed.
+    firing_freq = np.load(FIRING_FREQ)
+    alive = (firing_freq > 0).astype(np.float64)[:, None]
+
+    def alive_weights(m: Squeezer) -> dict[str, np.ndarray]:
+        return {part: W * alive for part, W in weights_of(m).items()}
+
     weights: dict[str, dict[str, np.ndarray]] = {
-        "trained": weights_of(model),
-        "untrained": weights_of(untrained_squeezer(n, sq_cfg)),
+        "trained": alive_weights(model),
+        "untrained": alive_weights(untrained_squeezer(n, sq_cfg)),
     }
     # The permuted null: same config, column-shuffled features (first null_rows train rows).
     train = first_rows(TRAIN, min(cfg.null_rows, int(meta["n_rows"])))
@@ -106,10 +112,9 @@ def main() -> dict[str, Any]:
     steps = cfg.null_steps or sq_cfg.n_steps(int(meta["n_rows"]))
     null_cfg = dataclasses.replace(sq_cfg, steps=steps, epochs=0.0)
     # importance as the squeeze stage resolves it (column permutation keeps the frequencies)
-    freq = np.load(FIRING_FREQ) if sq_cfg.importance == "frequency" else None
-    importance = resolve_importance(sq_cfg, n, freq)
+    importance = resolve_importance(sq_cfg, n, firing_freq if sq_cfg.importance == "frequency" else None)
     null_model, curve = train_squeezer(permuted, null_cfg, importance, n)
-    weights["permuted"] = weights_of(null_model)
+    weights["permuted"] = alive_weights(null_model)
 
     results = {
         f"{kind}_{part}": geo.analyse(W, families, cfg)
@@ -121,6 +126,7 @@ def main() -> dict[str, Any]:
         "decoder": geo.public(results["trained_decoder"]),
         "null_untrained": {p: geo.public(results[f"untrained_{p}"]) for p in ("encoder", "decoder")},
         "null_permuted": {p: geo.public(results[f"permuted_{p}"]) for p in ("encoder", "decoder")},
+        "n_firing_latents_analysed": int(alive.sum()),
         "null_permuted_training": {
             "rows": len(permuted), "max_row_nnz": permuted.k, "steps": steps,
             "final_loss": curve[-1]["loss"] if curve else None,

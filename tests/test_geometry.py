@@ -239,7 +239,9 @@ def _workspace(tmp_path, geometry_params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"geometry": geometry_params, "squeezer": sq}))
     rng = np.random.default_rng(0)
     dense = (rng.random((600, n)) < 0.1) * rng.random((600, n))
-    io.write_sparse(tmp_path / "data/features/train", io.SparseFeatures.from_dense(dense, 4))
+    feats = io.SparseFeatures.from_dense(dense, 4)
+    io.write_sparse(tmp_path / "data/features/train", feats)
+    np.save(tmp_path / "data/features/firing_freq.npy", feats.firing_frequency())
     # planted weights: a pentagon in neurons 0-1, a 6-member circle in 2-5, the rest tiny
     W = 0.01 * rng.normal(size=(n, M))
     W[:5, :2] = g.ideal_polytopes()["pentagon"]
