@@ -6,11 +6,13 @@ Run from the repository root:
     python benchmarks/run.py --quick    # CI size (seconds), same code paths
 
 Prints a markdown table and writes `benchmarks/results/latest.json` (every figure, the machine,
-torch threads and load average), `benchmarks/results/scaling_*.csv` and `scaling.png`.
+torch threads and load average), `benchmarks/results/scaling_*.csv` and `scaling.png` (`--quick`:
+`latest_quick.json`, `scaling_*_quick.csv`, `scaling_quick.png`, so a CI-size run never overwrites
+the real-scale results). `--only squeezer,sampled,...` runs a subset of the sections.
 
 Why ratios: the machine may be shared, so absolute numbers are noisy. Every "ours vs naive"
 figure is measured in the same process, interleaved (ours, naive, naive, ours, ...) and reported
-as the ratio of medians. What is timed is stated next to each figure in the JSON (`method`).
+as the ratio of medians (and, beside it, of the best repetitions: the least disturbed by bursts). What is timed is stated next to each figure in the JSON (`method`).
 
 Sections
 - peak: float32 torch.mm of 2048^3, GFLOP/s (the machine's practical matmul peak).
@@ -87,7 +89,7 @@ class Sizes:
     naive_pair_subset: int = 2_000  # pairs timed by the naive per-pair loop
     naive_pair_rows: int = 8_192  # rows of the dense boolean matrix it scans
     naive_gram_rows: int = 256  # rows of the naive dense B^T B
-    extract_batches: int = 3
+    extract_batches: int = 1
     gpt2_shaped: bool = True
     scale_n: tuple[int, ...] = (2048, 4096, 8192, 16384, 24576, 32768)
     scale_N: tuple[int, ...] = (2048, 4096, 8192, 16384)
@@ -98,7 +100,7 @@ class Sizes:
 QUICK = Sizes(
     n=4096, k=32, M=128, batch=256, loss_sample=512, reps=3, sample_draws=8,
     cooc_rows=131_072, cooc_batch=32_768, cooc_pairs=50_000, naive_pair_subset=500,
-    naive_pair_rows=4096, naive_gram_rows=256, extract_batches=2, gpt2_shaped=False,
+    naive_pair_rows=4096, naive_gram_rows=256, extract_batches=1, gpt2_shaped=False,
     scale_n=(1024, 2048, 4096), scale_N=(1024, 2048, 4096), scale_reps=1, epoch_rows=100_000,
 )
 
@@ -267,6 +269,10 @@ def bench_squeezer(sz: Sizes, peak: float) -> dict[str, Any]:
     out["ratio_ours_exact_vs_naive"] = med(times["naive_dense"]) / med(times["ours_exact"])
     out["ratio_ours_sampled_vs_naive"] = med(times["naive_dense"]) / med(times["ours_sampled"])
     out["speedup_sampled_vs_exact"] = med(times["ours_exact"]) / med(times["ours_sampled"])
+    # best-of ratios: the least-disturbed repetition of each (robust to bursts on a shared machine)
+    out["ratio_ours_exact_vs_naive_best"] = min(times["naive_dense"]) / min(times["ours_exact"])
+    out["ratio_ours_sampled_vs_naive_best"] = min(times["naive_dense"]) / min(times["ours_sampled"])
+    out["speedup_sampled_vs_exact_best"] = min(times["ours_exact"]) / min(times["ours_sampled"])
     out["method"] = ("one training step (forward+backward+optimizer) on the same batch, "
                      f"{sz.reps} interleaved reps after 1 warm-up, medians; GFLOP/s counts useful FLOPs "
                      "3*(2kM+2Mn) per sample (sampled: n -> loss_sample + k)")
@@ -455,6 +461,8 @@ def _extract_case(name: str, model: Any, cfg: Any, batch: int, ctx: int, n_batch
         "ours_tokens_per_s": n_tok / med(times["ours"]),
         "naive_tokens_per_s": n_tok / med(times["naive"]),
         "ratio_ours_vs_naive": med(times["naive"]) / med(times["ours"]),
+        "ratio_ours_vs_naive_best": min(times["naive"]) / min(times["ours"]),
+        "seconds_ours": times["ours"], "seconds_naive": times["naive"],
     }
 
 
@@ -470,7 +478,7 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
     try:
         model = load_model(cfg)
         out["cases"].append(_extract_case("glassllm (real weights, 4 layers, d_model 128)", model, cfg,
-                                          8, 128, sz.extract_batches, sz.reps))
+                                          4, 128, sz.extract_batches, 2 * sz.reps))
     except Exception as err:  # glassllm not installed: say so, go on
         out["cases"].append({"model": "glassllm", "skipped": f"{type(err).__name__}: {err}"})
     if sz.gpt2_shaped:
@@ -482,7 +490,7 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
         model = HookedTransformer(gcfg).eval()
         cfg = LMSourceConfig(model_name="gpt2", dataset="unused")  # blocks.8 hooks (default)
         out["cases"].append(_extract_case("gpt2-small shape (random weights, 12 layers, d_model 768)", model,
-                                          cfg, 2, 128, 1, sz.reps + 2))
+                                          cfg, 1, 64, 1, sz.reps + 2))
         del model
     return out
 
@@ -588,15 +596,15 @@ def bench_scaling(sz: Sizes) -> dict[str, Any]:
                       "including setup, sampled loss"}
 
 
-def write_scaling(sc: dict[str, Any], out_dir: Path) -> None:
+def write_scaling(sc: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     vf, vs = sc["vs_features"], sc["vs_samples"]
-    io.write_csv(out_dir / "scaling_features.csv", vf["header"], vf["rows"])
-    io.write_csv(out_dir / "scaling_samples.csv", vs["header"], vs["rows"])
+    io.write_csv(out_dir / f"scaling_features{suffix}.csv", vf["header"], vf["rows"])
+    io.write_csv(out_dir / f"scaling_samples{suffix}.csv", vs["header"], vs["rows"])
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     nf = [r[0] for r in vf["rows"]]
     ax[0].loglog(nf, [r[4] for r in vf["rows"]], "o-", label="exact loss")
@@ -615,7 +623,7 @@ def write_scaling(sc: dict[str, Any], out_dir: Path) -> None:
     for a in ax:
         a.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with io.atomic_path(out_dir / "scaling.png") as tmp:
+    with io.atomic_path(out_dir / f"scaling{suffix}.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -644,9 +652,9 @@ def table(r: dict[str, Any]) -> str:
         s = sq["sizes"]
         lines.append(f"| Squeezer train, exact loss (n={s['n']:,}, k={s['k']}, M={s['M']}, batch {s['batch']}) | "
                      f"{sq['ours_exact']['samples_per_s']:,.0f} samples/s | {sq['naive_dense']['samples_per_s']:,.0f} samples/s | "
-                     f"**{sq['ratio_ours_exact_vs_naive']:.2f}x** |")
+                     f"**{sq['ratio_ours_exact_vs_naive']:.2f}x** (best-of {sq['ratio_ours_exact_vs_naive_best']:.2f}x) |")
         lines.append(f"| Squeezer train, sampled loss (s={s['loss_sample']}) | {sq['ours_sampled']['samples_per_s']:,.0f} samples/s | "
-                     f"{sq['naive_dense']['samples_per_s']:,.0f} samples/s | **{sq['ratio_ours_sampled_vs_naive']:.2f}x** |")
+                     f"{sq['naive_dense']['samples_per_s']:,.0f} samples/s | **{sq['ratio_ours_sampled_vs_naive']:.2f}x** (best-of {sq['ratio_ours_sampled_vs_naive_best']:.2f}x) |")
         pk = r["peak"]["gflops_median"]
         lines.append(f"| achieved GFLOP/s, exact (matmul peak {pk:.0f}) | {sq['ours_exact']['gflops']:.1f} "
                      f"({100 * sq['ours_exact']['frac_of_matmul_peak']:.0f}% of peak) | {sq['naive_dense']['gflops']:.1f} "
@@ -654,7 +662,7 @@ def table(r: dict[str, Any]) -> str:
     sa = r.get("sampled")
     if sa and sq:
         lines.append(f"| sampled vs exact loss: speed-up / loss error / grad error (1 draw; mean of {sa['draws']}) | "
-                     f"{sq['speedup_sampled_vs_exact']:.2f}x / {100 * sa['loss_rel_error_single_draw_median']:.2g}% / "
+                     f"{sq['speedup_sampled_vs_exact']:.2f}x (best-of {sq['speedup_sampled_vs_exact_best']:.2f}x) / {100 * sa['loss_rel_error_single_draw_median']:.2g}% / "
                      f"{100 * sa['grad_rel_error_single_draw_median']:.2g}% (cos {sa['grad_cosine_single_draw_median']:.3f}); "
                      f"{100 * sa['loss_rel_error_of_mean']:.2g}% / {100 * sa['grad_rel_error_of_mean']:.2g}% | | |")
     me = r.get("memory")
@@ -680,7 +688,7 @@ def table(r: dict[str, Any]) -> str:
                 continue
             lines.append(f"| activation extraction, {c['model']}, hooks to layer {c['stop_at_layer'] - 1} | "
                          f"{c['ours_tokens_per_s']:,.0f} tokens/s | {c['naive_tokens_per_s']:,.0f} tokens/s | "
-                         f"**{c['ratio_ours_vs_naive']:.2f}x** |")
+                         f"**{c['ratio_ours_vs_naive']:.2f}x** (best-of {c['ratio_ours_vs_naive_best']:.2f}x) |")
     sc = r.get("scaling")
     if sc:
         rows = sc["vs_features"]["rows"]
@@ -737,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {name}: {r[name]['section_s']:.1f} s", flush=True)
         gc.collect()
     if "scaling" in r:
-        write_scaling(r["scaling"], out_dir)
+        write_scaling(r["scaling"], out_dir, "_quick" if args.quick else "")
     r["machine"]["load_average_end"] = list(os.getloadavg())
     r["total_s"] = time.perf_counter() - t_all
     r["table_markdown"] = table(r)
