@@ -18,6 +18,7 @@ import torch
 
 from neural_codec import io
 from neural_codec.params import ParamError, from_dict, load_params
+from neural_codec.source import SourceConfig
 from neural_codec.squeezer import (
     SqueezerCodec,
     SqueezerConfig,
@@ -42,6 +43,7 @@ CURVE = Path("plots/squeeze/curve.csv")
 def main() -> int:
     params = load_params()
     cfg = from_dict(SqueezerConfig, params.get("squeezer"), "squeezer")
+    src = from_dict(SourceConfig, params.get("source"), "source")
     info = check_upstream(params, cfg, FEATURES, ACTIVATIONS, SAE_DIR)
     n = info["n_features"]
     sae_decode = load_sae_decoder(SAE_DIR)
@@ -56,6 +58,10 @@ def main() -> int:
     del train
     bs = eval_batch_size(n)
     metrics = evaluate_codec(SqueezerCodec(model), iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs), sae_decode)
+    if src.kind == "lm":  # lm: the Squeezer's reconstruction, SAE-decoded and patched into the model
+        from neural_codec import lm
+
+        metrics["lm"] = lm.squeezer_ce_scores(src.lm_cfg, SAE_DIR, model, info["k"])
 
     with io.atomic_dir(OUT) as out:
         save_squeezer(out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]})

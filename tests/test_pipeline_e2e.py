@@ -138,6 +138,10 @@ def test_exp_run_with_lm_source_runs_every_stage(repo, tmp_path):
     assert expected <= ran(out)
     sae = json.loads((root / "metrics/sae.json").read_text())
     assert "lm" in sae and "ground_truth" not in sae
+    squeeze = json.loads((root / "metrics/squeeze.json").read_text())
+    ce = squeeze["lm"]  # the Squeezer's reconstruction patched into the model
+    assert ce["ce_zero_ablation"] > ce["ce_clean"]
+    assert ce["ce_loss_score_reconstruct"] <= ce["ce_loss_score_sae"] + 0.05
     compare = json.loads((root / "metrics/compare.json").read_text())
     assert "squeezer_vs_model" in compare
     assert "ceiling_model_vs_model_seed2" not in compare  # a real model has no second seed here
