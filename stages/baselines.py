@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from neural_codec import io
-from neural_codec.baselines import BaselinesConfig, disk_batches, feature_neuron_encoder_norms, run_baselines
+from neural_codec.baselines import BaselinesConfig, disk_batches, run_baselines
 from neural_codec.params import ParamError, from_dict, load_params
 from neural_codec.squeezer import (
     SqueezerConfig,
@@ -29,7 +29,6 @@ from neural_codec.squeezer import (
 
 FEATURES = Path("data/features")
 ACTIVATIONS = Path("data/activations")
-READIN = ACTIVATIONS / "neuron_readin.npy"
 SAE_DIR = Path("data/sae")
 METRICS = Path("metrics/baselines.json")
 FVU_CSV = Path("plots/baselines/fvu.csv")
@@ -53,9 +52,6 @@ def main() -> int:
     if sae_decode.n_features != n:
         raise ParamError(f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features")
     weights = resolve_importance(sq, n, info["firing_freq"])
-    encoder_norms = None
-    if neurons and READIN.exists():
-        encoder_norms = feature_neuron_encoder_norms(sae_decode.W_dec.numpy(), np.load(READIN))
     train = io.load_sparse(FEATURES / "train")
     bs = eval_batch_size(n)
 
@@ -66,7 +62,7 @@ def main() -> int:
     results = run_baselines(
         cfg.methods, train, sq.M, cfg, eval_batches, weights,
         neuron_batches=lambda: disk_batches(str(ACTIVATIONS / "train"), str(FEATURES / "train"), cfg.batch_size, cfg.seed),
-        sae_decode=sae_decode, encoder_norms=encoder_norms, init=sq.init, bias_init=sq.bias_init,
+        sae_decode=sae_decode, init=sq.init, bias_init=sq.bias_init,
     )
     io.write_json(METRICS, results)
     io.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])

@@ -97,3 +97,17 @@ def test_missing_upstream_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing upstream output data/source/model.pt" in err
     assert not (tmp_path / "data/activations").exists()
+
+
+def test_a_nan_from_the_sae_is_an_error_not_padding(workdir, tmp_path):
+    """NaN > min_value is False: thresholding first would store a NaN latent as padding."""
+    import torch
+
+    from neural_codec.features import FeaturesConfig, encode_split
+    from neural_codec.sae import load_sae
+
+    sae = load_sae(workdir / "data/sae")
+    with torch.no_grad():
+        sae.W_enc[:, 7] = float("nan")
+    with pytest.raises(ValueError, match="non-finite feature activations"):
+        encode_split(sae, FeaturesConfig(), workdir / "data/activations/heldout", tmp_path / "out")

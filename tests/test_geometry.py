@@ -59,7 +59,7 @@ def test_pentagon_in_two_dims(pentagon_W):
     W = pentagon_W
     D = g.feature_dimensionality(W)
     np.testing.assert_allclose(D, 0.4, atol=0.02)
-    res = g.find_polytopes(W, threshold=0.25, tolerance=0.1)
+    res = g.find_polytopes(W, threshold=g.GeometryConfig().interference_threshold, tolerance=0.1)
     assert res.counts()["pentagon"] == 1
     assert sorted(res.polytopes[0].members.tolist()) == [0, 1, 2, 3, 4]
     assert res.polytopes[0].error < 0.05
@@ -101,6 +101,21 @@ def test_ideal_polytopes_have_their_fraction():
         X = X[rng.permutation(len(X))]
         res = g.find_polytopes(X, threshold=0.25)
         assert res.counts()[name] == 1, (name, res.counts())
+
+
+def test_pipeline_threshold_finds_noisy_digons_triangles_and_pentagons():
+    """At the params.yaml threshold (the dataclass default equals it, see test_params_io), a
+    triangle whose cosines scatter around -1/2 is still connected (a threshold of 1/2 cuts it)."""
+    threshold = g.GeometryConfig().interference_threshold
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    for name in ("digon", "triangle", "pentagon"):
+        V = g.ideal_polytopes()[name]
+        found = 0
+        for _ in range(10):
+            X = np.pad(V, ((0, 0), (0, 16 - V.shape[1]))) @ Q + 0.03 * rng.normal(size=(len(V), 16))
+            found += g.find_polytopes(X, threshold=threshold).counts()[name]
+        assert found == 10, (name, found)
 
 
 def test_several_polytopes_in_orthogonal_subspaces():

@@ -36,6 +36,8 @@ def test_valid_params_are_typed():
         ({"typo": 1}, "sq.typo = 1"),
         ({"sizes": [1, "x"]}, "sq.sizes[1]"),
         ({"M": True}, "an integer"),
+        ({"lr": float("inf")}, "a finite number"),
+        ({"lr": float("nan")}, "a finite number"),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(data, needle):
@@ -43,6 +45,51 @@ def test_bad_params_name_key_value_and_allowed(data, needle):
         from_dict(Cfg, data, "sq")
     assert needle in str(err.value)
     assert "expected" in str(err.value) or "one of the keys" in str(err.value)
+
+
+def test_params_yaml_spells_out_the_code_defaults():
+    """params.yaml is the documentation of every knob: each section holds every field of its
+    dataclass, at the dataclass's default (so a key left out means what params.yaml says)."""
+    import dataclasses
+    from pathlib import Path
+
+    from neural_codec.baselines import BaselinesConfig
+    from neural_codec.compare import CompareConfig
+    from neural_codec.features import FeaturesConfig
+    from neural_codec.geometry import GeometryConfig
+    from neural_codec.lm import LMSourceConfig
+    from neural_codec.logic import LogicConfig
+    from neural_codec.params import SECTIONS, load_params
+    from neural_codec.sae import SAEConfig
+    from neural_codec.source import ActivationsConfig, SourceConfig
+    from neural_codec.squeezer import SqueezerConfig
+    from neural_codec.synthetic import SyntheticConfig
+
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    assert tuple(params) == SECTIONS
+    sections = {
+        "source": (SourceConfig, params["source"]), "source.synthetic": (SyntheticConfig, params["source"]["synthetic"]),
+        "source.lm": (LMSourceConfig, params["source"]["lm"]), "activations": (ActivationsConfig, params["activations"]),
+        "sae": (SAEConfig, params["sae"]), "features": (FeaturesConfig, params["features"]),
+        "squeezer": (SqueezerConfig, params["squeezer"]), "baselines": (BaselinesConfig, params["baselines"]),
+        "geometry": (GeometryConfig, params["geometry"]), "logic": (LogicConfig, params["logic"]),
+        "compare": (CompareConfig, params["compare"]),
+    }
+    for name, (cls, data) in sections.items():
+        default, given = cls(), from_dict(cls, data, name)
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in ("synthetic", "lm"):
+                continue
+            assert f.name in data, f"params.yaml has no {name}.{f.name}"
+            assert getattr(given, f.name) == getattr(default, f.name), f"{name}.{f.name}"
+
+
+def test_unknown_section_is_refused(tmp_path):
+    from neural_codec.params import load_params
+
+    (tmp_path / "params.yaml").write_text("squeezr:\n  M: 64\n")
+    with pytest.raises(ParamError, match="squeezr = .*one of the sections source, activations"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -22,11 +22,8 @@ Each baseline answers "what does superposition buy?" from a different side:
   starting from the ridge least-squares linear readout fitted on the first batch. How
   good is the model's own codec at carrying the SAE features?
 
-`features_represented` uses each method's effective per-feature encoder row e_i and decoder
-column d_i: sqrt(||e_i|| ||d_i||) > 0.5 (PCA: e_i = d_i = V_i, i.e. the projection keeps more
-than 1/4 of e_i; no_superposition: 1 for the M kept features, 0 otherwise; model_neurons:
-||e_i|| = ||W_dec_sae[i] @ neuron_readin|| (the feature's direction in neuron pre-activation
-space), d_i = the readout column / s; None when the read-in map is not given).
+Every method is scored by the same `squeezer.evaluate_codec` (features_represented included:
+it is measured on held-out data, not read off weights, so it means the same for every method).
 """
 
 from __future__ import annotations
@@ -138,9 +135,6 @@ class PCACodec(Codec):
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.V.T + self.mu
 
-    def feature_gain(self) -> np.ndarray:
-        return self.V.norm(dim=1).numpy()
-
 
 def fit_pca(train: SparseFeatures, M: int, dense_limit: int = 4096, batch_size: int = 65536) -> PCACodec:
     """Top-M principal directions of F (centred), streaming over row batches."""
@@ -195,11 +189,6 @@ class NoSuperpositionCodec(Codec):
         f_hat[:, torch.from_numpy(self.keep)] = h[:, : len(self.keep)]
         return f_hat
 
-    def feature_gain(self) -> np.ndarray:
-        g = np.zeros(self.n)
-        g[self.keep] = 1.0
-        return g
-
 
 def fit_no_superposition(train: SparseFeatures, M: int, weights: np.ndarray | None = None) -> NoSuperpositionCodec:
     mu, var = feature_moments(train)
@@ -237,8 +226,8 @@ class NeuronReadoutCodec(Codec):
     The model's pre-activations are not stored, so a neuron counts as clipped (pre-activation
     < 0) when its activation is <= 0 (exact for ReLU neurons; for GELU, act < 0 iff pre < 0)."""
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float, encoder_norms: np.ndarray | None = None):
-        self.W, self.b, self.scale, self.encoder_norms = W, b, scale, encoder_norms
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float):
+        self.W, self.b, self.scale = W, b, scale
 
     def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.neurons is None:
@@ -248,12 +237,6 @@ class NeuronReadoutCodec(Codec):
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return torch.relu((h / self.scale) @ self.W + self.b)
-
-    def feature_gain(self) -> np.ndarray | None:
-        if self.encoder_norms is None:
-            return None
-        dec = (self.W / self.scale).norm(dim=0).numpy()
-        return np.sqrt(self.encoder_norms * dec)
 
 
 def array_batches(
@@ -312,7 +295,6 @@ def fit_model_neurons(
     n_features: int,
     cfg: BaselinesConfig,
     weights: np.ndarray | None = None,
-    encoder_norms: np.ndarray | None = None,
 ) -> tuple[NeuronReadoutCodec, list[dict[str, float]], float]:
     """Train the readout ReLU(W n / s + b) -> F; returns (codec, curve, samples/s)."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -341,17 +323,7 @@ def fit_model_neurons(
         seen += len(f)
         log.add(step, loss.item())
     sps = seen / max(time.perf_counter() - t0, 1e-9)
-    return NeuronReadoutCodec(W_T.detach().T, b.detach(), scale, encoder_norms), log.curve, sps
-
-
-def feature_neuron_encoder_norms(sae_W_dec: np.ndarray, neuron_readin: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """||W_dec_sae[i] @ readin||: the norm of each SAE feature's direction in the neurons'
-    pre-activation space (the model's own "encoder row"), computed in row chunks."""
-    R = np.asarray(neuron_readin, dtype=np.float64)
-    out = np.empty(len(sae_W_dec))
-    for s in range(0, len(sae_W_dec), chunk):
-        out[s : s + chunk] = np.linalg.norm(np.asarray(sae_W_dec[s : s + chunk], dtype=np.float64) @ R, axis=1)
-    return out
+    return NeuronReadoutCodec(W_T.detach().T, b.detach(), scale), log.curve, sps
 
 
 def run_baselines(
@@ -363,7 +335,6 @@ def run_baselines(
     weights: np.ndarray | None = None,
     neuron_batches: Callable[[], Iterator[tuple[np.ndarray, SparseFeatures]]] | None = None,
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    encoder_norms: np.ndarray | None = None,
     init: str = "xavier",
     bias_init: str = "zero",
 ) -> dict[str, dict[str, Any]]:
@@ -384,7 +355,7 @@ def run_baselines(
         elif m == "model_neurons":
             if neuron_batches is None:
                 raise ValueError("model_neurons needs the model's neurons on the train split")
-            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights, encoder_norms)
+            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights)
             extra["samples_per_s"] = sps
             extra["M"] = int(codec.W.shape[0])  # the model's width, not squeezer.M
         else:

@@ -22,10 +22,10 @@ from neural_codec.params import check
 class FeaturesConfig:
     """`features` in params.yaml."""
 
-    top_k: int = 8
+    top_k: int = 3
     # TopK SAEs always fire k latents; on rows with fewer true features the extras are
     # near-zero noise. Activations below min_value are dropped (0 keeps everything).
-    min_value: float = 0.0
+    min_value: float = 0.05
     batch_size: int = 4096
     rows_per_shard: int = 65536
 
@@ -50,11 +50,15 @@ def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict
     n = 0
     nnz = 0
     for b in io.iter_batches(act_dir, cfg.batch_size, ["resid"]):
-        f = sae.encode(torch.from_numpy(b["resid"].astype(np.float32)))
+        x = torch.from_numpy(b["resid"].astype(np.float32))
+        if not torch.isfinite(x).all():
+            raise ValueError(f"non-finite activations in {act_dir} (rows {n}..{n + len(x) - 1}): re-run activations")
+        f = sae.encode(x)
+        # checked before the threshold below, which would turn a NaN into silent padding
+        if not torch.isfinite(f).all():
+            raise ValueError(f"the SAE produced non-finite feature activations on {act_dir} (rows {n}..{n + len(x) - 1})")
         val, idx = torch.topk(f, cfg.top_k, dim=1)
         val = torch.where(val > cfg.min_value, val, torch.zeros_like(val))
-        if not torch.isfinite(val).all():
-            raise ValueError(f"the SAE produced non-finite feature activations on {act_dir}")
         idx = torch.where(val > 0, idx, torch.zeros_like(idx))
         idx_np, val_np = idx.numpy().astype(np.int32), val.numpy().astype(np.float32)
         writer.append(idx=idx_np, val=val_np)

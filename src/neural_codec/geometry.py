@@ -388,8 +388,10 @@ def family_circles(
 class GeometryConfig:
     """params.yaml section `geometry` (also the knobs of `analyse`).
 
-    - interference_threshold: edge of the interference graph when |cos(W_i, W_j)| exceeds it
-      (below 1/3 so a tetrahedron's edges count; a pentagon is connected by its 0.81 diagonals).
+    - interference_threshold: edge of the interference graph when |cos(W_i, W_j)| exceeds it.
+      Below 1/2 so a triangle's edges (cos -1/2) count; a pentagon is connected by its 0.81
+      diagonals, a digon by -1. A tetrahedron's edges (-1/3) need a threshold below 1/3, which
+      on hundreds of features in ~100 dimensions links most of them into one component.
     - min_norm_frac: a feature is "represented" (enters the histogram and the graph) when its
       norm is at least this fraction of the largest feature norm (scale-free, so the encoder's
       and decoder's ReLU rescaling symmetry does not matter).
@@ -406,7 +408,7 @@ class GeometryConfig:
     - max_plot_polytopes: polytopes drawn in plots/geometry/polytopes.png.
     """
 
-    interference_threshold: float = 0.25
+    interference_threshold: float = 0.45
     min_norm_frac: float = 0.1
     polytope_tolerance: float = 0.1
     hist_bins: int = 50

@@ -8,6 +8,7 @@ allowed (and `dvc exp run -S section.key=...` gets the same checks).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+
+#: the sections of params.yaml, one per stage that has knobs (the report stage has none)
+SECTIONS = ("source", "activations", "sae", "features", "squeezer", "baselines", "geometry", "logic", "compare")
 
 
 class ParamError(ValueError):
@@ -80,7 +85,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float:
         check(
-            isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number"
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            key, value, "a finite number",
         )
         return float(value)
     if tp is str:
@@ -125,6 +131,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     with path.open() as fh:
         data = yaml.safe_load(fh) or {}
     check(isinstance(data, dict), str(path), type(data).__name__, "a mapping of sections")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:  # a misspelt section would otherwise leave its stage silently on code defaults
+        fail(unknown[0], data[unknown[0]], "one of the sections " + ", ".join(SECTIONS))
     return data
 
 

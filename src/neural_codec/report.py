@@ -251,12 +251,14 @@ def compression_rows(m: Metrics) -> list[VerdictRow]:
                    m.num("squeeze.json:sae_explained_variance"),
                    [m.num("baselines.json:pca.sae_explained_variance", "PCA")],
                    [m.num("squeeze.json:sae_explained_variance_ceiling", "SAE on its own top-k F")]),
-        VerdictRow(h, "features represented (self-gain > 0.5)",
+        VerdictRow(h, "features represented (held-out slope of F_hat_i on F_i > 0.5)",
                    m.num("squeeze.json:features_represented"),
                    [m.num("baselines.json:pca.features_represented", "PCA"),
                     m.num("baselines.json:no_superposition.features_represented",
-                          "no superposition")],
-                   [m.num("squeeze.json:n_features", "all features")]),
+                          "no superposition"),
+                    m.num("baselines.json:random_encoder.features_represented",
+                          BASELINE_LABELS["random_encoder"])],
+                   [m.num("squeeze.json:n_features_firing", "features that fire on held-out")]),
     ]
     ce = m.first(["squeeze.json:lm.ce_loss_score_reconstruct",
                   "squeeze.json:lm.ce.ce_loss_score_reconstruct"])

@@ -26,7 +26,7 @@ class SAEConfig:
 
     architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = "topk"
     d_sae: int = 512
-    k: int = 8
+    k: int = 3
     l1_coefficient: float = 5.0
     training_samples: int = 3_000_000
     batch_size: int = 1024

@@ -37,8 +37,8 @@ Init = Literal["xavier", "orthogonal"]
 #: mean ReLU engagement below this flags a run as "linear regime" (Toy Models of Superposition:
 #: models whose ReLU almost never clips turn their biases positive and behave like PCA).
 LINEAR_REGIME_THRESHOLD = 0.05
-#: a feature counts as represented when its self-gain sqrt(||enc_i|| * ||dec_i||) exceeds this
-#: (tied weights: ||W_i|| > 0.5, the TMS convention).
+#: a feature counts as represented when its reconstruction follows it: the held-out least-squares
+#: slope of F_hat_i on F_i exceeds this (1 = carried through, 0 = replaced by a constant).
 REPRESENTED_THRESHOLD = 0.5
 
 
@@ -74,7 +74,7 @@ class SqueezerConfig:
       already counted exactly). For n ~ 25k features.
     """
 
-    M: int = 32
+    M: int = 128
     tied: bool = False
     importance: Importance = "none"
     importance_given: list[float] | None = None
@@ -492,7 +492,7 @@ class Codec:
     """What `evaluate_codec` needs from a method: codes and reconstructions per batch.
 
     `code(batch) -> (pre, h)`: pre-activations (None when the method has no ReLU) and neurons;
-    `decode(h) -> f_hat` (B, n); `feature_gain() -> (n,)` or None (see `features_represented`).
+    `decode(h) -> f_hat` (B, n).
     """
 
     relu: bool = True
@@ -502,9 +502,6 @@ class Codec:
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def feature_gain(self) -> np.ndarray | None:
-        return None
 
 
 class SqueezerCodec(Codec):
@@ -517,9 +514,6 @@ class SqueezerCodec(Codec):
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.decode(h)
-
-    def feature_gain(self) -> np.ndarray:
-        return self.model.feature_gain()
 
 
 def iter_eval_batches(
@@ -568,13 +562,18 @@ def evaluate_codec(
     - fvu: sum (F - F_hat)^2 / sum (F - mean F)^2 over all held-out entries.
     - recovery_mean, recovery_frac_above_0_5: R_i = 1 - E[(F_i - F_hat_i)^2 | F_i > 0] /
       E[F_i^2 | F_i > 0] over features that fire on held-out (`n_features_firing`).
-    - features_represented: features that fire on held-out and whose self-gain
-      sqrt(||enc_i|| ||dec_i||) > 0.5 (tied Squeezer: ||W_i|| > 0.5); None when the method has
-      no per-feature encoder. (A feature that never fires keeps its init weights, whose norm
-      is ~sqrt(2M/(n+M)) under xavier and can exceed 0.5: it is not counted.)
+    - features_represented: features that fire on held-out and whose held-out self-gain
+      g_i = Cov(F_i, F_hat_i) / Var(F_i) (the least-squares slope of F_hat_i on F_i over all rows)
+      exceeds 0.5; median_self_gain over firing features. Measured on data, so it is the same
+      for every method and does not depend on the init scale: a weight-norm criterion (TMS's
+      ||W_i|| > 0.5) counts rarely-firing, barely-trained features whose xavier rows already
+      have norm ~sqrt(2M/(n+M)) = 0.63 at n=512, M=128; a dropped feature predicted by its
+      mean has g_i = 0, a perfect copy g_i = 1.
     - dead_neurons: fraction of neurons never > 0 on held-out (linear codes: never != 0).
-    - relu_engagement: mean over neurons of the fraction of pre-activations < 0; linear_regime:
-      engagement < LINEAR_REGIME_THRESHOLD (always true for a method without a ReLU).
+    - relu_engagement: mean over live neurons of the fraction of pre-activations < 0 (dead
+      neurons, always clipped, would otherwise mask a live code that never clips);
+      linear_regime: engagement < LINEAR_REGIME_THRESHOLD (always true without a ReLU);
+      linear_neurons: fraction of live neurons whose own engagement is below that threshold.
     - sae_explained_variance: F_hat decoded by the SAE (`sae_decode`, x_hat = F_hat W_dec + b_dec)
       against the original activations `resid`: 1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2;
       sae_explained_variance_ceiling: the same for the SAE's own top-k features F (what an exact
@@ -584,6 +583,7 @@ def evaluate_codec(
     n_rows = 0
     sse = 0.0
     s1 = s2 = None  # per-feature sums of F and F^2
+    s_hat = s_cross = None  # per-feature sums of F_hat (all rows) and F * F_hat
     err_act = sq_act = cnt_act = None  # per-feature sums on rows where F_i > 0
     ever_active = neg_pre = None
     x_sse = x_sse_ceiling = 0.0
@@ -596,6 +596,7 @@ def evaluate_codec(
         if s1 is None:
             s1, s2 = np.zeros(n), np.zeros(n)
             err_act, sq_act, cnt_act = np.zeros(n), np.zeros(n), np.zeros(n)
+            s_hat, s_cross = np.zeros(n), np.zeros(n)
         idx = torch.from_numpy(feats.idx.astype(np.int64))
         val = torch.from_numpy(feats.val.astype(np.float32))
         pre, h = codec.code(batch)
@@ -612,6 +613,8 @@ def evaluate_codec(
         np.add.at(err_act, a_idx, (a_val - fh_act) ** 2)
         np.add.at(sq_act, a_idx, a_val**2)
         np.add.at(cnt_act, a_idx, 1.0)
+        np.add.at(s_cross, a_idx, a_val * fh_act)
+        s_hat += f_hat.double().sum(0).numpy()
         hn = h.numpy()
         if ever_active is None:
             ever_active = np.zeros(hn.shape[1], dtype=bool)
@@ -633,16 +636,21 @@ def evaluate_codec(
     sst = float((s2 - s1**2 / n_rows).sum())
     fired = cnt_act > 0
     R = 1.0 - err_act[fired] / np.maximum(sq_act[fired], 1e-30)
-    gain = codec.feature_gain()
-    engagement = float(neg_pre.mean() / n_rows) if codec.relu else 0.0
+    var = s2 - s1**2 / n_rows
+    gain = np.where(var > 0, (s_cross - s1 * s_hat / n_rows) / np.maximum(var, 1e-300), 0.0)
+    live = ever_active if ever_active.any() else np.ones_like(ever_active)
+    per_neuron = neg_pre[live] / n_rows if codec.relu else np.zeros(int(live.sum()))
+    engagement = float(per_neuron.mean())
     out: dict[str, Any] = {
         "fvu": sse / sst if sst > 0 else float("nan"),
         "recovery_mean": float(R.mean()) if R.size else float("nan"),
         "recovery_frac_above_0_5": float((R > 0.5).mean()) if R.size else float("nan"),
-        "features_represented": None if gain is None else int(((gain > REPRESENTED_THRESHOLD) & fired).sum()),
+        "features_represented": int(((gain > REPRESENTED_THRESHOLD) & fired).sum()),
+        "median_self_gain": float(np.median(gain[fired])) if fired.any() else float("nan"),
         "dead_neurons": float(1.0 - ever_active.mean()),
         "relu_engagement": engagement,
         "linear_regime": bool(engagement < LINEAR_REGIME_THRESHOLD),
+        "linear_neurons": float((per_neuron < LINEAR_REGIME_THRESHOLD).mean()),
         "sae_explained_variance": None,
         "sae_explained_variance_ceiling": None,
         "n_features_firing": int(fired.sum()),
