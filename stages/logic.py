@@ -29,20 +29,31 @@ METRICS = Path("metrics/logic.json")
 PLOT_DIR = Path("plots/logic")
 
 
-def load_w_enc(path: Path) -> np.ndarray:
-    """W_enc (n_features, M) from the squeezer checkpoint (`save_squeezer` dict: key "W_enc")."""
+def _squeezer_array(path: Path, name: str) -> np.ndarray | None:
+    """One weight of the squeezer checkpoint (`save_squeezer` dict, a state_dict or a module)."""
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=False)
-    for holder in (obj, obj.get("state_dict", {}) if isinstance(obj, dict) else {}):
-        if isinstance(holder, dict) and "W_enc" in holder:
-            w = holder["W_enc"]
-            return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(
-                np.float64
-            )
-    if hasattr(obj, "W_enc"):  # a whole module was saved
-        return obj.W_enc.detach().cpu().numpy().astype(np.float64)
-    raise ParamError(f"{path} holds no 'W_enc': re-run the squeeze stage")
+    holders = [obj, obj.get("state_dict", {})] if isinstance(obj, dict) else [obj.__dict__.get("_parameters", {})]
+    for holder in holders:
+        if isinstance(holder, dict) and name in holder:
+            w = holder[name]
+            return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(np.float64)
+    return None
+
+
+def load_w_enc(path: Path) -> np.ndarray:
+    """W_enc (n_features, M) from the squeezer checkpoint."""
+    w = _squeezer_array(path, "W_enc")
+    if w is None:
+        raise ParamError(f"{path} holds no 'W_enc': re-run the squeeze stage")
+    return w
+
+
+def resting_output(path: Path, M: int) -> np.ndarray:
+    """ReLU(b_enc): each synthetic neuron's output when no feature is active (0 without b_enc)."""
+    b = _squeezer_array(path, "b_enc")
+    return np.zeros(M) if b is None else np.maximum(b.reshape(M), 0.0)
 
 
 def neuron_mass(neurons: np.ndarray, batch: int) -> np.ndarray:
@@ -106,7 +117,8 @@ def main() -> dict:
     )
     reqs = truth_table_requests(members, w_enc, neuron_mass(neurons, cfg.batch_size),
                                 cfg.n_truth_table_neurons, cfg.n_truth_table_pairs)
-    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs)
+    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs,
+                          rest=resting_output(SQUEEZER, w_enc.shape[1]))
     for t in tables:
         t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
         t["weight_b"] = float(w_enc[t["feature_b"], t["neuron"]])

@@ -177,6 +177,12 @@ def test_truth_tables_hand_example():
     assert t[1]["p_fire_both"] == 1.0 and t[1]["fires_a_only"] == 0 and t[1]["fires_neither"] == 0
     with pytest.raises(ValueError):
         truth_tables([feats], h[:5], [(0, 0, 1)])
+    # a neuron with a positive bias is > 0 everywhere: it fires when it rises above its rest
+    t = truth_tables([feats], h + 0.7, [(1, 0, 1), (0, 0, 1)], rest=np.array([0.7, 0.7]))
+    assert t[0]["p_fire_b_only"] == 1.0 and t[0]["p_fire_neither"] == pytest.approx(1 / 3)
+    assert t[1]["p_fire_both"] == 1.0 and t[1]["fires_a_only"] == 0 and t[1]["fires_neither"] == 0
+    assert t[1]["mean_h_both"] == pytest.approx(2.7) and t[1]["mean_h_neither"] == pytest.approx(0.7)
+    assert truth_tables([feats], h + 0.7, [(0, 0, 1)])[0]["p_fire_neither"] == 1.0  # h > 0 says nothing
 
 
 def test_compare_lifts_effect_size_sign():

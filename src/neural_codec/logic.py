@@ -349,18 +349,25 @@ CELLS = ("neither", "a_only", "b_only", "both")
 
 
 def truth_tables(
-    feats_iter: Iterable[SparseFeatures], neurons: np.ndarray, requests: Sequence[tuple[int, int, int]]
+    feats_iter: Iterable[SparseFeatures], neurons: np.ndarray, requests: Sequence[tuple[int, int, int]],
+    rest: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """For each (neuron, a, b): rows and neuron firings (h > 0) in the four cells of (A, B).
+    """For each (neuron, a, b): rows, firings and mean activation in the four cells of (A, B).
 
     A = feature a active, B = feature b active (other features may be active too). `neurons`
     (N, M) is row-aligned with the stream (a memmap is fine: it is read batch by batch).
+    A neuron fires when it is above its resting output `rest` (M,), its activation on an input
+    with no feature active (Squeezer: ReLU(b_enc); default 0). With a positive bias a neuron is
+    > 0 on almost every row, so "h > 0" would say nothing about A and B.
     """
     reqs = np.asarray(requests, dtype=np.int64).reshape(-1, 3)
     feat_cols, inv = np.unique(reqs[:, 1:].ravel(), return_inverse=True)
     ia, ib = inv.reshape(-1, 2).T
     rows = np.zeros((len(reqs), 4), dtype=np.int64)
     fires = np.zeros((len(reqs), 4), dtype=np.int64)
+    h_sum = np.zeros((len(reqs), 4))
+    rest_r = np.zeros(len(reqs)) if rest is None else np.asarray(rest, dtype=np.float64)[reqs[:, 0]]
+    above = rest_r + 1e-6 * np.maximum(1.0, np.abs(rest_r))  # float32 round-off is not firing
     offset = 0
     for feats in feats_iter:
         nb = len(feats)
@@ -371,21 +378,25 @@ def truth_tables(
         if not len(reqs):
             continue
         act = (_binary_csr(feats)[:, feat_cols].toarray() > 0)  # (nb, U): small
-        on = h[:, reqs[:, 0]] > 0  # (nb, R)
+        hr = h[:, reqs[:, 0]]  # (nb, R)
+        on = hr > above
         cell = act[:, ia].astype(np.int64) + 2 * act[:, ib].astype(np.int64)  # 0..3
         for c in range(4):
             m = cell == c
             rows[:, c] += m.sum(axis=0)
             fires[:, c] += (m & on).sum(axis=0)
+            h_sum[:, c] += np.where(m, hr, 0.0).sum(axis=0)
     if offset != len(neurons):
         raise ValueError(f"neurons has {len(neurons)} rows but the features stream had {offset}")
     out = []
     for r, (j, a, b) in enumerate(reqs):
-        table: dict[str, Any] = {"neuron": int(j), "feature_a": int(a), "feature_b": int(b)}
+        table: dict[str, Any] = {"neuron": int(j), "feature_a": int(a), "feature_b": int(b),
+                                 "rest": float(rest_r[r])}
         for c, name in enumerate(CELLS):
             table[f"n_{name}"] = int(rows[r, c])
             table[f"fires_{name}"] = int(fires[r, c])
             table[f"p_fire_{name}"] = fires[r, c] / rows[r, c] if rows[r, c] else None
+            table[f"mean_h_{name}"] = h_sum[r, c] / rows[r, c] if rows[r, c] else None
         out.append(table)
     return out
 
