@@ -35,7 +35,8 @@ def main() -> None:
         else:
             train_sae(cfg, ACT / "train").save_inference_model(out)
         sae = load_sae(out)  # what downstream stages will see
-        metrics = {"architecture": cfg.architecture, **sae_quality(sae, ACT / "heldout")}
+        # the loaded SAE's own architecture (a pretrained SAE need not be the sae.architecture param)
+        metrics = {"architecture": sae.cfg.architecture(), **sae_quality(sae, ACT / "heldout")}
         if src.kind == "synthetic":
             truth = np.load("data/source/truth.npz")
             rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)

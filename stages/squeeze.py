@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from neural_codec import io
+from neural_codec.features import FeaturesConfig
 from neural_codec.params import ParamError, from_dict, load_params
 from neural_codec.source import SourceConfig
 from neural_codec.squeezer import (
@@ -61,7 +62,8 @@ def main() -> int:
     if src.kind == "lm":  # lm: the Squeezer's reconstruction, SAE-decoded and patched into the model
         from neural_codec import lm
 
-        metrics["lm"] = lm.squeezer_ce_scores(src.lm_cfg, SAE_DIR, model, info["k"])
+        feats_cfg = from_dict(FeaturesConfig, params.get("features"), "features")
+        metrics["lm"] = lm.squeezer_ce_scores(src.lm_cfg, SAE_DIR, model, info["k"], feats_cfg.min_value)
 
     with io.atomic_dir(OUT) as out:
         save_squeezer(out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]})

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august",
-          "september", "october", "november", "december"]
+# capitalised, as in real text (lower-case "may" and "march" are not months)
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
 NOUNS = ["market", "school", "river", "garden", "office", "station", "library", "kitchen"]
 PEOPLE = ["we", "they", "she", "he", "i", "you"]
 VERBS = ["went", "walked", "came", "ran", "drove"]

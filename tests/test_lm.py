@@ -15,6 +15,7 @@ import lm_fixtures as fx  # noqa: E402
 
 from neural_codec import io, lm  # noqa: E402
 from neural_codec.params import ParamError, from_dict  # noqa: E402
+from neural_codec.source import ActivationsConfig  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -36,10 +37,9 @@ def world(tmp_path_factory, one_thread):
         model_name=f"local:{root / 'model'}", dataset=str(root / "text"),
         sae_hook="blocks.1.hook_resid_pre", neuron_hook="blocks.1.mlp.hook_post",
         context_size=32, n_tokens_train=3000, n_tokens_heldout=480, batch_size=8,
-        rows_per_shard=500,
     )
     model = lm.load_model(cfg)
-    figures = lm.extract_activations(cfg, root / "acts", model=model)
+    figures = lm.extract_activations(cfg, root / "acts", ActivationsConfig(rows_per_shard=500), model=model)
     return root, cfg, model, figures
 
 
@@ -48,8 +48,10 @@ def test_config_validation_names_key_value_and_allowed():
         from_dict(lm.LMSourceConfig, {"neuron_hook": "blocks.8.hook_mlp_out"}, "source.lm")
     with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'resid8'"):
         from_dict(lm.LMSourceConfig, {"sae_hook": "resid8"}, "source.lm")
-    with pytest.raises(ParamError, match=r"source\.lm\.dtype = 'bfloat16'"):
-        from_dict(lm.LMSourceConfig, {"dtype": "bfloat16"}, "source.lm")
+    with pytest.raises(ParamError, match=r"activations\.dtype = 'bfloat16'"):
+        from_dict(ActivationsConfig, {"dtype": "bfloat16"}, "activations")
+    with pytest.raises(ParamError, match=r"source\.lm\.dtype = 'float16'.*one of the keys"):
+        from_dict(lm.LMSourceConfig, {"dtype": "float16"}, "source.lm")  # storage is activations.dtype
     with pytest.raises(ParamError, match=r"source\.lm\.context_size = 1\b"):
         from_dict(lm.LMSourceConfig, {"context_size": 1}, "source.lm")
     cfg = from_dict(lm.LMSourceConfig, {"sae_hook": "blocks.3.hook_resid_post",
@@ -115,9 +117,9 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
     docs = [d for d in (root / "text" / "part0.txt").read_text().split("\n\n") if d.strip()]
     docs += [d for d in (root / "text" / "part1.txt").read_text().split("\n\n") if d.strip()]
     datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "ds"))
-    cfg16 = dataclasses.replace(cfg, dataset=str(tmp_path / "ds"), text_column="body", dtype="float16",
+    cfg16 = dataclasses.replace(cfg, dataset=str(tmp_path / "ds"), text_column="body",
                                 n_tokens_train=640, n_tokens_heldout=64)
-    lm.extract_activations(cfg16, tmp_path / "acts", model=model)
+    lm.extract_activations(cfg16, tmp_path / "acts", ActivationsConfig(dtype="float16"), model=model)
     r16 = io.load_array(tmp_path / "acts/train", "resid")
     assert r16.dtype == np.float16
     r32 = io.load_array(root / "acts/train", "resid")[: len(r16)]
@@ -222,7 +224,7 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
     assert [f["name"] for f in fams] == ["weekdays"]  # no month latents planted
     assert fams[0]["kind"] == "cyclic"
     assert fams[0]["members"] == [planted[d] for d in fx.WEEKDAYS]  # cyclic order, one per day
-    assert fams[0]["labels"] == fx.WEEKDAYS
+    assert fams[0]["labels"] == [d.lower() for d in fx.WEEKDAYS]
 
     # controls: a random SAE, and the planted labels with their tokens shuffled across latents
     rand = fx.random_sae(tmp_path / "rand", 32, 64, cfg0.sae_hook, seed=1)
@@ -285,3 +287,9 @@ def test_glassllm_real_weights_match_its_own_forward():
     got = model(torch.tensor([ids])).detach().numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
     assert model.cfg.d_mlp == 341 and model.cfg.gated_mlp
+
+
+def test_month_and_day_names_must_be_capitalised():
+    assert lm._matches(" May", "may") and lm._matches("March", "march") and lm._matches(" Mondays", "monday")
+    assert not lm._matches(" may", "may") and not lm._matches("march", "march")  # the modal, the verb
+    assert lm._matches(" Sept", "september") and not lm._matches(" sept", "september")

@@ -20,6 +20,7 @@ Local model folder (`model_name: local:<dir>` or a path to the folder), see `sav
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -99,9 +100,7 @@ class LMSourceConfig:
     n_tokens_heldout: int = 50_000
     heldout_every: int = 10
     batch_size: int = 8
-    dtype: Literal["float32", "float16"] = "float32"
     exclude_special_tokens: bool = True
-    rows_per_shard: int = 65536
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -118,7 +117,6 @@ class LMSourceConfig:
         check(self.heldout_every >= 2, "heldout_every", self.heldout_every,
               "an integer >= 2 (every n-th context window goes to heldout)")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.rows_per_shard >= 1, "rows_per_shard", self.rows_per_shard, "an integer >= 1")
         check(bool(self.text_column), "text_column", self.text_column, "a column name")
         check(self.device == "cpu" or self.device.startswith(("cuda", "mps")), "device", self.device,
               "cpu, cuda, cuda:N or mps")
@@ -509,27 +507,28 @@ def extract_activations(
 
     Writes `out_dir/{train,heldout}/shard_*.npz + meta.json` and `out_dir/neuron_readin.npy`.
     Only the two hooks are cached and the forward pass stops after the last needed block, so
-    memory is one batch of activations. `act_cfg` (the `activations` params section), if given,
-    sets the storage `dtype` and `rows_per_shard`; token counts come from `source.lm`.
-    Returns throughput figures.
+    memory is one batch of activations. `act_cfg` (the `activations` params section) sets the
+    storage `dtype` and `rows_per_shard` (as for the synthetic source; None: its defaults);
+    token counts come from `source.lm`. Returns throughput figures.
     """
+    from neural_codec.source import ActivationsConfig
+
     cfg = cfg.resolved()
-    if act_cfg is not None:
-        cfg = dataclasses.replace(cfg, dtype=act_cfg.dtype, rows_per_shard=act_cfg.rows_per_shard)
+    act_cfg = act_cfg if act_cfg is not None else ActivationsConfig()
     out_dir = Path(out_dir)
     model = model if model is not None else load_model(cfg)
     check_hooks(model, cfg)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
-    store = np.float16 if cfg.dtype == "float16" else np.float32
+    store = np.float16 if act_cfg.dtype == "float16" else np.float32
     d_model, d_mlp = model.cfg.d_model, model.cfg.d_mlp
     figures: dict[str, Any] = {"model_name": cfg.model_name, "sae_hook": cfg.sae_hook,
                                "neuron_hook": cfg.neuron_hook, "stop_at_layer": cfg.stop_at_layer}
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "heldout"):
         writer = io.ShardWriter(
-            out_dir / split, cfg.rows_per_shard, d_model=d_model, n_neurons=d_mlp,
+            out_dir / split, act_cfg.rows_per_shard, d_model=d_model, n_neurons=d_mlp,
             model_name=cfg.model_name, sae_hook=cfg.sae_hook, neuron_hook=cfg.neuron_hook,
-            context_size=cfg.context_size, prepend_bos=cfg.prepend_bos, dtype=cfg.dtype,
+            context_size=cfg.context_size, prepend_bos=cfg.prepend_bos, dtype=act_cfg.dtype,
             special_token_ids=special.tolist(), exclude_special_tokens=cfg.exclude_special_tokens,
         )
         n_tok = 0
@@ -667,8 +666,10 @@ CYCLIC_FAMILIES = {"weekdays": WEEKDAYS, "months": MONTHS}
 
 
 def _matches(token: str, member: str) -> bool:
+    """Capitalised, as English writes day and month names: lower-case "may" and "march" are
+    the verb and the modal, not the months."""
     t = token.strip().strip(".,;:!?'\"")
-    if t.lower() in (member, member + "s", member + "'s"):
+    if t[:1].isupper() and t.lower() in (member, member + "s", member + "'s"):
         return True
     return t in _ABBREV.get(member, [])
 
@@ -826,26 +827,32 @@ def write_labels_and_families(
     families = find_cyclic_families(labels)
     io.write_json(out_dir / "latent_labels.json", labels)
     io.write_json(out_dir / "families.json", families)
-    ce = ce_scores(model, sae, cfg, n_batches=ce_batches)
+    ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
+    sae.to("cpu")
     return {"ce": ce, "families": {f["name"]: len(f["members"]) for f in families},
             "labelled_latents": sum(1 for lab in labels if lab["top_tokens"])}
 
 
-def squeezer_reconstruct_fn(squeezer: Any, top_k: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """features -> top-k sparsified features -> Squeezer -> features (for `ce_scores`), i.e. the
-    same top-k the `features` stage stores, so the CE score is the Squeezer's on its real input."""
+def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `features` stage's sparsification: the top-k latents, those <= min_value zeroed."""
+    val, idx = torch.topk(f.float(), min(top_k, f.shape[-1]), dim=-1)
+    return idx, torch.where(val > min_value, val, torch.zeros_like(val))
+
+
+def squeezer_reconstruct_fn(squeezer: Any, top_k: int, min_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """features -> sparsified as the `features` stage stores them -> Squeezer -> features (for
+    `ce_scores`), so the CE score is the Squeezer's on its real input."""
 
     @torch.no_grad()
     def fn(f: torch.Tensor) -> torch.Tensor:
-        val, idx = torch.topk(f.float(), min(top_k, f.shape[-1]), dim=-1)
-        val = torch.clamp(val, min=0)
-        return squeezer(idx, val)
+        return squeezer(*sparsify(f, top_k, min_value))
 
     return fn
 
 
 def squeezer_ce_scores(
-    cfg: LMSourceConfig, sae_dir: str | Path, squeezer: Any, top_k: int, n_batches: int = 8
+    cfg: LMSourceConfig, sae_dir: str | Path, squeezer: Any, top_k: int, min_value: float = 0.0,
+    n_batches: int = 8,
 ) -> dict[str, float]:
     """CE-loss score of the Squeezer's reconstruction decoded by the SAE decoder (and, for
     reference, the SAE's own and the top-k-only reconstruction), on held-out windows."""
@@ -854,11 +861,13 @@ def squeezer_ce_scores(
     sae = SAE.load_from_disk(str(sae_dir), device=cfg.device)
     cfg = honour_sae_settings(cfg, sae_settings(sae))
     model = load_model(cfg)
-    out = ce_scores(model, sae, cfg, reconstruct_fn=squeezer_reconstruct_fn(squeezer, top_k), n_batches=n_batches)
+    squeezer = copy.deepcopy(squeezer).to(cfg.device)  # trained on the CPU; the caller keeps it there
+    fn = squeezer_reconstruct_fn(squeezer, top_k, min_value)
+    out = ce_scores(model, sae, cfg, reconstruct_fn=fn, n_batches=n_batches)
 
     def topk_only(f: torch.Tensor) -> torch.Tensor:
-        val, idx = torch.topk(f, min(top_k, f.shape[-1]), dim=-1)
-        return torch.zeros_like(f).scatter_(-1, idx, torch.clamp(val, min=0))
+        idx, val = sparsify(f, top_k, min_value)
+        return torch.zeros_like(f).scatter_(-1, idx, val.to(f.dtype))
 
     tk = ce_scores(model, sae, cfg, reconstruct_fn=topk_only, n_batches=n_batches)
     out["ce_topk"] = tk["ce_reconstruct"]
