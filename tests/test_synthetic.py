@@ -73,3 +73,23 @@ def test_planted_structure_must_fit():
         from_dict(SyntheticConfig, {"n_features": 10}, "source.synthetic")
     with pytest.raises(ParamError, match=r"cyclic_families\[0\] = 2"):
         from_dict(SyntheticConfig, {"cyclic_families": [2]}, "source.synthetic")
+
+
+def test_planted_pairs_are_frequent_enough_to_measure():
+    """Exclusive and correlated members take the frequent end of the Zipf curve (a permutation:
+    the total firing mass, hence the true L0, is unchanged), so in the default 200k rows every
+    planted exclusive pair expects >= 5 co-occurrences under independence."""
+    from neural_codec.synthetic import firing_probabilities, plant_families
+
+    cfg = SyntheticConfig()
+    fams = plant_families(cfg)
+    p = firing_probabilities(cfg, 0, fams).numpy()
+    uniform = firing_probabilities(cfg, 0).numpy()
+    assert p.sum() == pytest.approx(uniform.sum()) and sorted(p) == pytest.approx(sorted(uniform))
+    planted = [m for f in fams if f["kind"] in ("exclusive", "correlated") for m in f["members"]]
+    rest = np.setdiff1d(np.arange(cfg.n_features), planted + [m for f in fams if f["kind"] == "cyclic" for m in f["members"]])
+    assert p[planted].min() >= p[rest].max()
+    for f in fams:
+        if f["kind"] == "exclusive":
+            q = p[f["members"]]
+            assert (np.outer(q, q)[np.triu_indices(len(q), 1)] * 200_000).min() >= 5

@@ -50,7 +50,7 @@ class SourceConfig:
 class ActivationsConfig:
     """`activations` in params.yaml: how many samples to cache, in what shards."""
 
-    n_train: int = 100_000
+    n_train: int = 200_000
     n_heldout: int = 10_000
     batch_size: int = 4096
     rows_per_shard: int = 65536

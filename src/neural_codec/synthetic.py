@@ -159,11 +159,25 @@ def plant_families(cfg: SyntheticConfig) -> list[dict[str, Any]]:
     return families
 
 
-def firing_probabilities(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
-    """Zipfian probabilities, randomly permuted so families get a mix of frequencies."""
+def firing_probabilities(cfg: SyntheticConfig, seed: int, families: list[dict[str, Any]] | None = None) -> torch.Tensor:
+    """Zipfian probabilities in random order, except that the members of exclusive families and
+    correlated pairs draw (in random order) from the frequent end of the curve.
+
+    Why: a planted exclusion or correlation is only measurable when the pair's expected
+    co-occurrence under independence, p_a p_b N, is several counts; at the curve's typical
+    p ~ 0.005 it is 2.5 in 100k rows, and `logic` (rightly) drops such pairs. Cyclic members'
+    probabilities are set by `cyclic_prob` instead."""
     p = zipfian_firing_probabilities(cfg.n_features, cfg.zipf_exponent, cfg.max_prob, cfg.min_prob)
-    perm = torch.randperm(cfg.n_features, generator=torch.Generator().manual_seed(seed))
-    return p[perm]
+    p = torch.sort(p, descending=True).values
+    gen = torch.Generator().manual_seed(seed)
+    planted = [m for f in (families or []) if f["kind"] in ("exclusive", "correlated") for m in f["members"]]
+    others = sorted(set(range(cfg.n_features)) - set(planted))
+    order = torch.tensor(planted + others, dtype=torch.long)
+    ranks = torch.cat([torch.randperm(len(planted), generator=gen),
+                       len(planted) + torch.randperm(len(others), generator=gen)])
+    out = torch.empty_like(p)
+    out[order] = p[ranks]
+    return out
 
 
 def importance(cfg: SyntheticConfig) -> torch.Tensor:
@@ -197,7 +211,7 @@ def _cyclic_modifier(families: list[dict[str, Any]], prob: float, cfg: Synthetic
 def build_generator(cfg: SyntheticConfig, seed: int) -> tuple[ActivationGenerator, list[dict[str, Any]]]:
     """The SAELens ActivationGenerator for the true features, with every planted structure."""
     families = plant_families(cfg)
-    probs = firing_probabilities(cfg, seed)
+    probs = firing_probabilities(cfg, seed, families)
     correlations = {
         tuple(f["members"]): cfg.pair_correlation for f in families if f["kind"] == "correlated"
     }
