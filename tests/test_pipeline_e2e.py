@@ -1,7 +1,9 @@
 """The real `dvc repro` in a temporary git repo, on tiny params: the pipeline as researchers run it.
 
-Checks: every stage's outputs and metrics exist; a second `dvc repro` runs nothing; and
-`dvc exp run -S features.top_k=...` re-runs `features` and what follows, never the extraction or SAE.
+Checks: every stage's outputs and metrics exist; a second `dvc repro` runs nothing;
+`dvc exp run -S features.top_k=...` re-runs `features` and what follows, never the extraction or
+SAE; `dvc exp run -S squeezer.M=...` re-runs only the Squeezer and what follows, and `dvc metrics
+diff` / `dvc plots show` work on the result; an lm-source experiment runs every stage.
 """
 
 import json
@@ -95,10 +97,42 @@ def test_exp_run_of_features_param_skips_extraction_and_sae(repo):
     sh(root, "git", "commit", "-qm", "lock")
     out = sh(root, "dvc", "exp", "run", "-S", "features.top_k=2")
     stages = ran(out)
-    assert {"features", "squeeze", "logic"} <= stages
+    assert set(STAGES[3:]) | {"report"} <= stages
     assert not stages & {"source", "activations", "sae"}
     shown = sh(root, "dvc", "exp", "show", "--no-pager", "--md")
     assert "features.top_k" in shown or "top_k" in shown
+
+
+def test_exp_run_of_squeezer_M_reruns_only_the_squeezer_and_what_follows(repo):
+    """The sweep researchers run (`dvc exp run -S squeezer.M=...`): never the extraction, the
+    SAE or the features; `dvc metrics diff` then shows the change and `dvc plots show` renders
+    every plot declared in dvc.yaml."""
+    root, _ = repo
+    out = sh(root, "dvc", "exp", "run", "-S", "squeezer.M=8")
+    stages = ran(out)
+    assert set(STAGES[4:]) | {"report"} <= stages
+    assert not stages & {"source", "activations", "sae", "features"}
+    assert json.loads((root / "metrics/squeeze.json").read_text())["M"] == 8
+    diff = sh(root, "dvc", "metrics", "diff", "--md")
+    assert "metrics/squeeze.json" in diff and "| M " in diff and "fvu" in diff
+    sh(root, "dvc", "plots", "show", "-o", "rendered")
+    html = (root / "rendered" / "index.html").read_text()
+    import yaml
+
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())
+    titles = [t for p in declared["plots"] for t in p]  # top-level plots: keyed by their title
+    for stage in declared["stages"].values():
+        for plot in stage.get("plots", []):
+            for path, opts in plot.items():
+                if path.endswith(".png"):
+                    assert "static/workspace_" + path.replace("/", "_") in html, path
+                else:
+                    titles.append(opts["title"])
+    for title in titles:
+        assert json.dumps(title)[1:-1] in html, title
+    # horizontal bars: the value on x, the category on y (swapped, the bars render as nonsense)
+    assert '"x": {"field": "fvu", "type": "quantitative"' in html
+    assert '"y": {"field": "method", "type": "nominal"' in html
 
 
 def test_exp_run_with_lm_source_runs_every_stage(repo, tmp_path):
