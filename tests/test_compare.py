@@ -421,3 +421,17 @@ def test_stage_rejects_bad_params_before_work(stage_root, monkeypatch, tmp_path)
     (root / "data/squeeze/squeezer.pt").unlink()
     with pytest.raises(ParamError, match="squeezer.pt"):
         _run_stage(root, monkeypatch)
+
+
+def test_spectrum_summary_flags_one_dominant_shared_component():
+    """Neurons that all rise with one common signal: top PC share near 1, effective rank near 1;
+    independent neurons: share 1/d, effective rank d."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=(20000, 1))
+    shared = common @ np.ones((1, 8)) * 3 + 0.3 * rng.normal(size=(20000, 8))
+    s = cmp.spectrum_summary(np.cov(shared, rowvar=False), "a")
+    assert s["top_pc_share_a"] > 0.95 and s["effective_rank_a"] < 1.2
+    i = cmp.spectrum_summary(np.cov(rng.normal(size=(20000, 8)), rowvar=False), "b")
+    assert i["top_pc_share_b"] < 0.2 and i["effective_rank_b"] > 7.5
+    m = cmp.compare_populations(cmp.moments(shared, rng.normal(size=(20000, 8)))).metrics
+    assert m["top_pc_share_a"] > 0.95 and m["effective_rank_b"] > 7.5

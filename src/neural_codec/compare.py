@@ -474,8 +474,24 @@ def compare_populations(m: CrossMoments, svcca_keep: float = 0.99, r_threshold: 
         "n_neurons_b": int(m.q),
         "n_dead_a": int(dead_a.sum()),
         "n_dead_b": int(dead_b.sum()),
+        **spectrum_summary(m.cov_aa(), "a"),
+        **spectrum_summary(m.cov_bb(), "b"),
     }
     return NeuronComparison(metrics, C, match)
+
+
+def spectrum_summary(cov: np.ndarray, side: str) -> dict[str, float]:
+    """How concentrated a population's variance is: the top principal component's share and the
+    participation ratio (sum lambda)^2 / sum lambda^2 (its effective number of dimensions).
+
+    Why: linear CKA weighs directions by variance, so one shared component (e.g. every neuron
+    rising with the number of active features) dominates it; read CKA beside these."""
+    lam = np.clip(np.linalg.eigvalsh(np.asarray(cov, dtype=np.float64)), 0.0, None)
+    total = float(lam.sum())
+    if total <= 0:
+        return {f"top_pc_share_{side}": float("nan"), f"effective_rank_{side}": 0.0}
+    return {f"top_pc_share_{side}": float(lam.max() / total),
+            f"effective_rank_{side}": float(total**2 / float((lam**2).sum()))}
 
 
 def matched_order(C: np.ndarray, match: Matching) -> tuple[np.ndarray, np.ndarray]:

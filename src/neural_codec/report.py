@@ -683,9 +683,13 @@ def compare_section(m: Metrics, plots: Path) -> Section:
              ("ceiling_squeezer_vs_seed2", "ceiling: Squeezer vs Squeezer seed 2"),
              ("ceiling_model_vs_model_seed2", "ceiling: model vs model seed 2")]
     keys = ["hungarian_mean_r", "mean_best_abs_r", "frac_matched_above_0_5", "cka", "svcca",
-            "interference_mantel_r", "interference_mantel_p"]
+            "interference_mantel_r", "interference_mantel_p", "top_pc_share_a", "effective_rank_a",
+            "top_pc_share_b", "effective_rank_b"]
     rows = [[label] + [m.num(f"compare.json:{c}.{k}") for k in keys] for c, label in conds]
     s.blocks.append(Table(["condition"] + keys, rows))
+    s.blocks.append("Linear CKA weighs directions by variance: read it beside each population's "
+                    "top principal component share and effective rank (participation ratio); "
+                    "a = the first population named, b = the second.")
     s.blocks.append(["Held-out rows: ", m.num("compare.json:n_heldout_rows"), "."])
     if isinstance(m.get("compare.json:interference_features"), dict):
         s.blocks.append("Features in the interference (Mantel) comparison:")
