@@ -137,7 +137,6 @@ def main() -> int:
     import torch
 
     from neural_codec.squeezer import (
-        REPRESENTED_THRESHOLD,
         load_squeezer,
         neuron_activations,
         resolve_importance,
@@ -210,7 +209,9 @@ def main() -> int:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
     loadings = cmp.model_feature_loadings(W_sae, readin)
     alive = np.load(FIRING_FREQ) > 0
-    represented = main_sq.feature_gain() > REPRESENTED_THRESHOLD
+    # a weight criterion (no held-out gains here): the Squeezer's rows for the feature have
+    # sqrt(||enc_i|| ||dec_i||) > 0.5; not `features_represented` of metrics/squeeze.json
+    represented = main_sq.feature_gain() > 0.5
     loaded = np.linalg.norm(loadings, axis=1) > 0
     feats = cmp.select_features([alive, represented, loaded], cfg.max_features_for_mantel, cfg.seed)
     grams = {name: cmp.squeezer_feature_gram(w, feats) for name, w in weights.items()}

@@ -29,31 +29,27 @@ METRICS = Path("metrics/logic.json")
 PLOT_DIR = Path("plots/logic")
 
 
-def _squeezer_array(path: Path, name: str) -> np.ndarray | None:
-    """One weight of the squeezer checkpoint (`save_squeezer` dict, a state_dict or a module)."""
+def load_encoder(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """W_enc (n_features, M) and each neuron's resting output ReLU(b_enc) (M,), its activation
+    when no feature is active (0 without b_enc), from one read of the squeezer checkpoint
+    (`save_squeezer` dict, a state_dict or a module)."""
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=False)
     holders = [obj, obj.get("state_dict", {})] if isinstance(obj, dict) else [obj.__dict__.get("_parameters", {})]
-    for holder in holders:
-        if isinstance(holder, dict) and name in holder:
-            w = holder[name]
-            return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(np.float64)
-    return None
 
+    def array(name: str) -> np.ndarray | None:
+        for holder in holders:
+            if isinstance(holder, dict) and name in holder:
+                w = holder[name]
+                return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(np.float64)
+        return None
 
-def load_w_enc(path: Path) -> np.ndarray:
-    """W_enc (n_features, M) from the squeezer checkpoint."""
-    w = _squeezer_array(path, "W_enc")
-    if w is None:
+    w_enc, b_enc = array("W_enc"), array("b_enc")
+    if w_enc is None:
         raise ParamError(f"{path} holds no 'W_enc': re-run the squeeze stage")
-    return w
-
-
-def resting_output(path: Path, M: int) -> np.ndarray:
-    """ReLU(b_enc): each synthetic neuron's output when no feature is active (0 without b_enc)."""
-    b = _squeezer_array(path, "b_enc")
-    return np.zeros(M) if b is None else np.maximum(b.reshape(M), 0.0)
+    M = w_enc.shape[1]
+    return w_enc, np.zeros(M) if b_enc is None else np.maximum(b_enc.reshape(M), 0.0)
 
 
 def neuron_mass(neurons: np.ndarray, batch: int) -> np.ndarray:
@@ -103,7 +99,7 @@ def main() -> dict:
     split_dir = FEATURES / cfg.cooccurrence_split
     require_inputs(SQUEEZER, HELDOUT_NEURONS, FEATURES / "train", FEATURES / "heldout", FAMILIES)
 
-    w_enc = load_w_enc(SQUEEZER)
+    w_enc, rest = load_encoder(SQUEEZER)
     neurons = np.load(HELDOUT_NEURONS, mmap_mode="r")
     held_meta = io.read_meta(FEATURES / "heldout")
     check(neurons.shape == (held_meta["n_rows"], w_enc.shape[1]), str(HELDOUT_NEURONS),
@@ -117,8 +113,7 @@ def main() -> dict:
     )
     reqs = truth_table_requests(members, w_enc, neuron_mass(neurons, cfg.batch_size),
                                 cfg.n_truth_table_neurons, cfg.n_truth_table_pairs)
-    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs,
-                          rest=resting_output(SQUEEZER, w_enc.shape[1]))
+    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs, rest=rest)
     for t in tables:
         t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
         t["weight_b"] = float(w_enc[t["feature_b"], t["neuron"]])

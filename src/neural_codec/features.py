@@ -36,6 +36,13 @@ class FeaturesConfig:
         check(self.rows_per_shard >= 1, "features.rows_per_shard", self.rows_per_shard, ">= 1")
 
 
+def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx, val) of the top-k latents per row, those <= min_value zeroed: what this stage stores,
+    and what `lm` feeds the Squeezer when scoring it inside the model."""
+    val, idx = torch.topk(f.float(), min(top_k, f.shape[-1]), dim=-1)
+    return idx, torch.where(val > min_value, val, torch.zeros_like(val))
+
+
 def validate_against_sae(cfg: FeaturesConfig, d_sae: int) -> None:
     check(cfg.top_k <= d_sae, "features.top_k", cfg.top_k,
           f"<= the SAE's number of latents ({d_sae})")  # fmt: skip
@@ -57,8 +64,7 @@ def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict
         # checked before the threshold below, which would turn a NaN into silent padding
         if not torch.isfinite(f).all():
             raise ValueError(f"the SAE produced non-finite feature activations on {act_dir} (rows {n}..{n + len(x) - 1})")
-        val, idx = torch.topk(f, cfg.top_k, dim=1)
-        val = torch.where(val > cfg.min_value, val, torch.zeros_like(val))
+        idx, val = sparsify(f, cfg.top_k, cfg.min_value)
         idx = torch.where(val > 0, idx, torch.zeros_like(idx))
         idx_np, val_np = idx.numpy().astype(np.int32), val.numpy().astype(np.float32)
         writer.append(idx=idx_np, val=val_np)

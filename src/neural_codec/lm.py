@@ -37,6 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from neural_codec import io
+from neural_codec.features import sparsify
 from neural_codec.params import ParamError, check
 
 log = logging.getLogger(__name__)
@@ -831,12 +832,6 @@ def write_labels_and_families(
     sae.to("cpu")
     return {"ce": ce, "families": {f["name"]: len(f["members"]) for f in families},
             "labelled_latents": sum(1 for lab in labels if lab["top_tokens"])}
-
-
-def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `features` stage's sparsification: the top-k latents, those <= min_value zeroed."""
-    val, idx = torch.topk(f.float(), min(top_k, f.shape[-1]), dim=-1)
-    return idx, torch.where(val > min_value, val, torch.zeros_like(val))
 
 
 def squeezer_reconstruct_fn(squeezer: Any, top_k: int, min_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
