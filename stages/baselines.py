@@ -50,7 +50,9 @@ def main() -> int:
                     )
     sae_decode = load_sae_decoder(SAE_DIR)
     if sae_decode.n_features != n:
-        raise ParamError(f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features")
+        raise ParamError(
+            f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features"
+        )
     weights = resolve_importance(sq, n, info["firing_freq"])
     train = io.load_sparse(FEATURES / "train")
     bs = eval_batch_size(n)
@@ -60,9 +62,18 @@ def main() -> int:
         return iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs, keys)
 
     results = run_baselines(
-        cfg.methods, train, sq.M, cfg, eval_batches, weights,
-        neuron_batches=lambda: disk_batches(str(ACTIVATIONS / "train"), str(FEATURES / "train"), cfg.batch_size, cfg.seed),
-        sae_decode=sae_decode, init=sq.init, bias_init=sq.bias_init,
+        cfg.methods,
+        train,
+        sq.M,
+        cfg,
+        eval_batches,
+        weights,
+        neuron_batches=lambda: disk_batches(
+            str(ACTIVATIONS / "train"), str(FEATURES / "train"), cfg.batch_size, cfg.seed
+        ),
+        sae_decode=sae_decode,
+        init=sq.init,
+        bias_init=sq.bias_init,
     )
     io.write_json(METRICS, results)
     io.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])

@@ -94,8 +94,7 @@ def stream_moments(
     width.update({k: first[k].shape[1] for k in act_keys})
     used = sorted({x for pair in pairs.values() for x in pair})
     pop = {k: cmp.Moments(width[k]) for k in used}  # shared: each population's X^T X once
-    mom = {name: cmp.CrossMoments(width[a], width[b], ma=pop[a], mb=pop[b])
-           for name, (a, b) in pairs.items()}
+    mom = {name: cmp.CrossMoments(width[a], width[b], ma=pop[a], mb=pop[b]) for name, (a, b) in pairs.items()}
     start = 0
     for batch in io.iter_batches(ACTIVATIONS / "heldout", batch_size, act_keys):
         n = len(batch[act_keys[0]])
@@ -117,14 +116,21 @@ def plot_matrices(path: Path, panels: list[tuple[str, cmp.NeuronComparison]], ma
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
-    for ax, (name, comp) in zip(axes[0], panels):
+    for ax, (name, comp) in zip(axes[0], panels, strict=False):
         ro, co = cmp.matched_order(comp.corr, comp.matching)
         k = min(max_n, len(comp.matching.rows))
-        im = ax.imshow(comp.corr[np.ix_(ro[:k], co[:k])], cmap="RdBu_r", vmin=-1, vmax=1,
-                       interpolation="nearest", aspect="auto")
+        im = ax.imshow(
+            comp.corr[np.ix_(ro[:k], co[:k])],
+            cmap="RdBu_r",
+            vmin=-1,
+            vmax=1,
+            interpolation="nearest",
+            aspect="auto",
+        )
         m = comp.metrics
-        ax.set_title(f"{name}\nHungarian mean |r| = {m['hungarian_mean_r']:.3f}, "
-                     f"CKA = {m['cka']:.3f}", fontsize=9)
+        ax.set_title(
+            f"{name}\nHungarian mean |r| = {m['hungarian_mean_r']:.3f}, CKA = {m['cka']:.3f}", fontsize=9
+        )
         ax.set_xlabel(f"model neuron (matched order, first {k})")
         ax.set_ylabel(f"synthetic neuron (by matched |r|, first {k})")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Pearson r")
@@ -134,7 +140,6 @@ def plot_matrices(path: Path, panels: list[tuple[str, cmp.NeuronComparison]], ma
 
 
 def main() -> int:
-    import torch
 
     from neural_codec.squeezer import (
         load_squeezer,
@@ -144,8 +149,16 @@ def main() -> int:
     )
 
     cfg = load_section(cmp.CompareConfig, "compare")
-    require_inputs(SQUEEZER, HELDOUT_NEURONS, ACTIVATIONS / "heldout", READIN, SAE_DIR,
-                   FEATURES / "train", FEATURES / "heldout", FIRING_FREQ)
+    require_inputs(
+        SQUEEZER,
+        HELDOUT_NEURONS,
+        ACTIVATIONS / "heldout",
+        READIN,
+        SAE_DIR,
+        FEATURES / "train",
+        FEATURES / "heldout",
+        FIRING_FREQ,
+    )
 
     main_sq = load_squeezer(SQUEEZER)
     sq_cfg = squeezer_config(main_sq)
@@ -154,8 +167,10 @@ def main() -> int:
     h_main = np.load(HELDOUT_NEURONS, mmap_mode="r")
     n_act = int(io.read_meta(ACTIVATIONS / "heldout")["n_rows"])
     if not (len(heldout) == len(h_main) == n_act):
-        raise ParamError(f"held-out rows differ: features {len(heldout)}, squeezer neurons "
-                         f"{len(h_main)}, activations {n_act}; re-run `dvc repro`")
+        raise ParamError(
+            f"held-out rows differ: features {len(heldout)}, squeezer neurons "
+            f"{len(h_main)}, activations {n_act}; re-run `dvc repro`"
+        )
     if heldout.n_features != n_features:
         raise ParamError(f"features have {heldout.n_features} latents, the Squeezer {n_features}")
     keys = activation_keys(ACTIVATIONS / "heldout")
@@ -175,8 +190,9 @@ def main() -> int:
         imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
         if cfg.floor_shuffled:
             shuffled = cmp.shuffle_feature_columns(train, cfg.seed)
-            sh, _ = train_squeezer(shuffled, cmp.retrain_config(sq_cfg, steps=cfg.retrain_steps), imp,
-                                   n_features)
+            sh, _ = train_squeezer(
+                shuffled, cmp.retrain_config(sq_cfg, steps=cfg.retrain_steps), imp, n_features
+            )
             arrays["shuffled"] = neuron_activations(sh, heldout, cfg.batch_size)
             weights["shuffled"] = sh.W_enc.detach().numpy()
             del shuffled
@@ -223,7 +239,8 @@ def main() -> int:
     for name, (a, b) in conditions.items():
         if len(feats) >= 3 and a in grams and b in grams:
             comps[name].metrics.update(
-                cmp.interference(grams[a], grams[b], cfg.n_mantel_permutations, cfg.seed))
+                cmp.interference(grams[a], grams[b], cfg.n_mantel_permutations, cfg.seed)
+            )
         else:
             comps[name].metrics.update({"interference_mantel_r": None, "interference_mantel_p": None})
 
@@ -239,8 +256,9 @@ def main() -> int:
         # How much of the model's interference is simply the residual-stream geometry of the
         # SAE's decoder directions (which any model reading that stream inherits, and the
         # Squeezer, reading features directly, does not): a context figure for the Mantel rows.
-        res = cmp.mantel(cmp.normalized_gram(W_sae[feats]), grams["neurons"],
-                         cfg.n_mantel_permutations, cfg.seed)
+        res = cmp.mantel(
+            cmp.normalized_gram(W_sae[feats]), grams["neurons"], cfg.n_mantel_permutations, cfg.seed
+        )
         metrics["interference_features"]["model_vs_sae_decoder_geometry_r"] = res.r
         metrics["interference_features"]["model_vs_sae_decoder_geometry_p"] = res.p
     metrics["n_heldout_rows"] = n_act
@@ -249,17 +267,20 @@ def main() -> int:
     names = list(comps)
     sorted_r = {n: np.sort(comps[n].matching.abs_r)[::-1] for n in names}
     n_rows = max(len(v) for v in sorted_r.values())
-    rows = [[i] + [float(sorted_r[n][i]) if i < len(sorted_r[n]) else "" for n in names]
-            for i in range(n_rows)]
+    rows = [
+        [i] + [float(sorted_r[n][i]) if i < len(sorted_r[n]) else "" for n in names] for i in range(n_rows)
+    ]
     io.write_csv(PLOT_DIR / "matched_r.csv", ["rank"] + names, rows)
     panels = [(n, comps[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in comps]
     plot_matrices(PLOT_DIR / "correlation_matrix.png", panels, cfg.plot_max_neurons)
 
     for name in names:
         m = metrics[name]
-        print(f"{name:34s} hungarian |r| {m['hungarian_mean_r']:.3f}  best |r| "
-              f"{m['mean_best_abs_r']:.3f}  CKA {m['cka']:.3f}  SVCCA {m['svcca']:.3f}  "
-              f"Mantel r {m['interference_mantel_r'] if m['interference_mantel_r'] is None else round(m['interference_mantel_r'], 3)}")
+        print(
+            f"{name:34s} hungarian |r| {m['hungarian_mean_r']:.3f}  best |r| "
+            f"{m['mean_best_abs_r']:.3f}  CKA {m['cka']:.3f}  SVCCA {m['svcca']:.3f}  "
+            f"Mantel r {m['interference_mantel_r'] if m['interference_mantel_r'] is None else round(m['interference_mantel_r'], 3)}"
+        )
     return 0
 
 

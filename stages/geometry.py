@@ -71,11 +71,19 @@ def first_rows(directory: Path, n_rows: int) -> io.SparseFeatures:
 def check_families(families: Any, n_features: int) -> list[dict[str, Any]]:
     check(isinstance(families, list), str(FAMILIES), type(families).__name__, "a JSON list of families")
     for f in families:
-        check(isinstance(f, dict) and "members" in f and "kind" in f, str(FAMILIES), f,
-              'objects with "name", "kind" and "members"')
+        check(
+            isinstance(f, dict) and "members" in f and "kind" in f,
+            str(FAMILIES),
+            f,
+            'objects with "name", "kind" and "members"',
+        )
         bad = [m for m in f["members"] if not (isinstance(m, int) and 0 <= m < n_features)]
-        check(not bad, f"{FAMILIES}: family {f.get('name')!r} members", bad,
-              f"latent indices in [0, {n_features})")
+        check(
+            not bad,
+            f"{FAMILIES}: family {f.get('name')!r} members",
+            bad,
+            f"latent indices in [0, {n_features})",
+        )
     return families
 
 
@@ -87,11 +95,18 @@ def main() -> dict[str, Any]:
     model = load_squeezer(SQUEEZER)
     meta = io.read_meta(TRAIN)
     n = int(meta["n_features"])
-    check(model.n_features == n, f"{SQUEEZER} n_features", model.n_features,
-          f"n_features = {n} of {TRAIN} (re-run the squeeze stage)")
-    check(model.M == sq_cfg.M and model.tied == sq_cfg.tied, f"{SQUEEZER} (M, tied)",
-          (model.M, model.tied), f"squeezer.M, squeezer.tied = {(sq_cfg.M, sq_cfg.tied)} "
-          "(re-run the squeeze stage)")
+    check(
+        model.n_features == n,
+        f"{SQUEEZER} n_features",
+        model.n_features,
+        f"n_features = {n} of {TRAIN} (re-run the squeeze stage)",
+    )
+    check(
+        model.M == sq_cfg.M and model.tied == sq_cfg.tied,
+        f"{SQUEEZER} (M, tied)",
+        (model.M, model.tied),
+        f"squeezer.M, squeezer.tied = {(sq_cfg.M, sq_cfg.tied)} (re-run the squeeze stage)",
+    )
     families = check_families(io.read_json(FAMILIES), n)
 
     # Latents that never fire on train never get a gradient: their rows stay at the random init
@@ -128,7 +143,9 @@ def main() -> dict[str, Any]:
         "null_permuted": {p: geo.public(results[f"permuted_{p}"]) for p in ("encoder", "decoder")},
         "n_firing_latents_analysed": int(alive.sum()),
         "null_permuted_training": {
-            "rows": len(permuted), "max_row_nnz": permuted.k, "steps": steps,
+            "rows": len(permuted),
+            "max_row_nnz": permuted.k,
+            "steps": steps,
             "final_loss": curve[-1]["loss"] if curve else None,
         },
     }

@@ -36,13 +36,17 @@ def load_encoder(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=False)
-    holders = [obj, obj.get("state_dict", {})] if isinstance(obj, dict) else [obj.__dict__.get("_parameters", {})]
+    holders = (
+        [obj, obj.get("state_dict", {})] if isinstance(obj, dict) else [obj.__dict__.get("_parameters", {})]
+    )
 
     def array(name: str) -> np.ndarray | None:
         for holder in holders:
             if isinstance(holder, dict) and name in holder:
                 w = holder[name]
-                return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(np.float64)
+                return (w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)).astype(
+                    np.float64
+                )
         return None
 
     w_enc, b_enc = array("W_enc"), array("b_enc")
@@ -55,7 +59,7 @@ def load_encoder(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def neuron_mass(neurons: np.ndarray, batch: int) -> np.ndarray:
     mass = np.zeros(neurons.shape[1], dtype=np.float64)
     for s in range(0, len(neurons), batch):
-        mass += np.maximum(np.asarray(neurons[s:s + batch], dtype=np.float64), 0).sum(axis=0)
+        mass += np.maximum(np.asarray(neurons[s : s + batch], dtype=np.float64), 0).sum(axis=0)
     return mass
 
 
@@ -68,20 +72,26 @@ def plot_lifts(path: Path, lifts: dict[str, np.ndarray], metrics: dict) -> None:
     from neural_codec.logic import LIFT_BIN_EDGES
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
-    for ax, g in zip(axes, ("same_sign", "opposite_sign")):
+    for ax, g in zip(axes, ("same_sign", "opposite_sign"), strict=False):
         for kind, color in (("shared", "C3"), ("control", "C0")):
             x = lifts[f"{kind}_{g}"]
             if len(x):
-                lx = np.clip(np.log2(np.maximum(x, 1e-300)), LIFT_BIN_EDGES[0],
-                             LIFT_BIN_EDGES[-1] - 1e-9)
-                ax.hist(lx, bins=LIFT_BIN_EDGES, density=True, histtype="step", color=color,
-                        label=f"{kind} (n={len(x)})")
+                lx = np.clip(np.log2(np.maximum(x, 1e-300)), LIFT_BIN_EDGES[0], LIFT_BIN_EDGES[-1] - 1e-9)
+                ax.hist(
+                    lx,
+                    bins=LIFT_BIN_EDGES,
+                    density=True,
+                    histtype="step",
+                    color=color,
+                    label=f"{kind} (n={len(x)})",
+                )
         ax.axvline(0.0, color="k", lw=0.8, ls=":")
         m = metrics[g]
         d = m["cliffs_delta"]
-        ax.set_title(f"{g}: {m['verdict']}\n"
-                     f"Cliff's delta={d:.3f}, p={m['p_value']:.2g}" if d is not None else g,
-                     fontsize=9)
+        ax.set_title(
+            f"{g}: {m['verdict']}\nCliff's delta={d:.3f}, p={m['p_value']:.2g}" if d is not None else g,
+            fontsize=9,
+        )
         ax.set_xlabel("log2 lift = log2 P(i,j)/(P(i)P(j))  (clipped to [-6, 6])")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -102,17 +112,28 @@ def main() -> dict:
     w_enc, rest = load_encoder(SQUEEZER)
     neurons = np.load(HELDOUT_NEURONS, mmap_mode="r")
     held_meta = io.read_meta(FEATURES / "heldout")
-    check(neurons.shape == (held_meta["n_rows"], w_enc.shape[1]), str(HELDOUT_NEURONS),
-          neurons.shape, f"shape ({held_meta['n_rows']}, {w_enc.shape[1]}) (held-out rows, M)")
-    check(int(held_meta["n_features"]) == w_enc.shape[0], "squeezer W_enc rows", w_enc.shape[0],
-          f"n_features = {held_meta['n_features']} of {FEATURES}")
+    check(
+        neurons.shape == (held_meta["n_rows"], w_enc.shape[1]),
+        str(HELDOUT_NEURONS),
+        neurons.shape,
+        f"shape ({held_meta['n_rows']}, {w_enc.shape[1]}) (held-out rows, M)",
+    )
+    check(
+        int(held_meta["n_features"]) == w_enc.shape[0],
+        "squeezer W_enc rows",
+        w_enc.shape[0],
+        f"n_features = {held_meta['n_features']} of {FEATURES}",
+    )
     families = io.read_json(FAMILIES)
 
-    result, members = analyze(
-        w_enc, lambda: io.iter_sparse(split_dir, cfg.batch_size), cfg, families
+    result, members = analyze(w_enc, lambda: io.iter_sparse(split_dir, cfg.batch_size), cfg, families)
+    reqs = truth_table_requests(
+        members,
+        w_enc,
+        neuron_mass(neurons, cfg.batch_size),
+        cfg.n_truth_table_neurons,
+        cfg.n_truth_table_pairs,
     )
-    reqs = truth_table_requests(members, w_enc, neuron_mass(neurons, cfg.batch_size),
-                                cfg.n_truth_table_neurons, cfg.n_truth_table_pairs)
     tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs, rest=rest)
     for t in tables:
         t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
@@ -130,9 +151,11 @@ def main() -> dict:
 def _main_and_summary() -> None:
     m = main()
     s = m["same_sign"]
-    print(f"logic: verdict={m['verdict']} (same-sign: median lift shared "
-          f"{s['median_lift_shared']} vs control {s['median_lift_control']}, "
-          f"Cliff's delta {s['cliffs_delta']}, p {s['p_value']})")
+    print(
+        f"logic: verdict={m['verdict']} (same-sign: median lift shared "
+        f"{s['median_lift_shared']} vs control {s['median_lift_control']}, "
+        f"Cliff's delta {s['cliffs_delta']}, p {s['p_value']})"
+    )
 
 
 if __name__ == "__main__":

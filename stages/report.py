@@ -24,8 +24,9 @@ def main() -> None:
         raise ParamError(f"missing upstream output {METRICS}/: run `dvc repro` from the repository root")
     for stage in STAGES:
         if not (METRICS / f"{stage}.json").exists():
-            print(f"report: warning: {METRICS / stage}.json not found; its numbers show as n/a",
-                  file=sys.stderr)
+            print(
+                f"report: warning: {METRICS / stage}.json not found; its numbers show as n/a", file=sys.stderr
+            )
     r = write_report(OUT, METRICS, PLOTS)
     print(summary(r))
 

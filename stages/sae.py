@@ -41,10 +41,14 @@ def main() -> None:
             truth = np.load("data/source/truth.npz")
             rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)
             families = io.read_json("data/source/truth.json")["families"]
-            io.write_json(out / "families.json",
-                          families_in_latent_space(families, rec["best_latent"], rec["best_cosine"]))
-            io.write_json(out / "latent_labels.json",
-                          latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae))
+            io.write_json(
+                out / "families.json",
+                families_in_latent_space(families, rec["best_latent"], rec["best_cosine"]),
+            )
+            io.write_json(
+                out / "latent_labels.json",
+                latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae),
+            )
             metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
             hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]
             recovery_rows = [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)]

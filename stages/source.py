@@ -1,7 +1,5 @@
 """Stage `source`: plant ground-truth features and train the toy model (or prepare an LM source)."""
 
-from pathlib import Path
-
 from neural_codec import io
 from neural_codec.params import from_dict, load_params
 from neural_codec.source import SourceConfig, build_synthetic_source
@@ -19,7 +17,9 @@ def main() -> None:
             result = lm.prepare_source(cfg.lm_cfg, out)
     io.write_json("metrics/source.json", result["metrics"])
     # Always written (a DVC output); an lm source trains nothing here, so it is header-only.
-    io.write_csv("plots/source/toy_model_curve.csv", ["step", "loss", "loss_seed2"], result.get("curve") or [])
+    io.write_csv(
+        "plots/source/toy_model_curve.csv", ["step", "loss", "loss_seed2"], result.get("curve") or []
+    )
 
 
 if __name__ == "__main__":

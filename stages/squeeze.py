@@ -49,7 +49,9 @@ def main() -> int:
     n = info["n_features"]
     sae_decode = load_sae_decoder(SAE_DIR)
     if sae_decode.n_features != n:
-        raise ParamError(f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features")
+        raise ParamError(
+            f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features"
+        )
     weights = resolve_importance(cfg, n, info["firing_freq"])
     train = io.load_sparse(FEATURES / "train")
 
@@ -58,7 +60,9 @@ def main() -> int:
     train_seconds = time.perf_counter() - t0
     del train
     bs = eval_batch_size(n)
-    metrics = evaluate_codec(SqueezerCodec(model), iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs), sae_decode)
+    metrics = evaluate_codec(
+        SqueezerCodec(model), iter_eval_batches(FEATURES / "heldout", ACTIVATIONS / "heldout", bs), sae_decode
+    )
     if src.kind == "lm":  # lm: the Squeezer's reconstruction, SAE-decoded and patched into the model
         from neural_codec import lm
 
@@ -66,9 +70,13 @@ def main() -> int:
         metrics["lm"] = lm.squeezer_ce_scores(src.lm_cfg, SAE_DIR, model, info["k"], feats_cfg.min_value)
 
     with io.atomic_dir(OUT) as out:
-        save_squeezer(out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]})
+        save_squeezer(
+            out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]}
+        )
         # held-out neurons streamed into a .npy memmap: memory bounded by a batch
-        h = np.lib.format.open_memmap(out / "heldout_neurons.npy", mode="w+", dtype=np.float32, shape=(info["n_heldout"], cfg.M))
+        h = np.lib.format.open_memmap(
+            out / "heldout_neurons.npy", mode="w+", dtype=np.float32, shape=(info["n_heldout"], cfg.M)
+        )
         row = 0
         with torch.no_grad():
             for b in io.iter_sparse(FEATURES / "heldout", bs):

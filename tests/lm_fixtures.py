@@ -12,8 +12,20 @@ import torch
 
 # capitalised, as in real text (lower-case "may" and "march" are not months)
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 NOUNS = ["market", "school", "river", "garden", "office", "station", "library", "kitchen"]
 PEOPLE = ["we", "they", "she", "he", "i", "you"]
 VERBS = ["went", "walked", "came", "ran", "drove"]
@@ -22,8 +34,16 @@ PAD = "<|pad|>"
 UNK = "<|unk|>"
 
 MODEL_KWARGS = dict(
-    n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=32, act_fn="gelu",
-    normalization_type="LN", seed=0, default_prepend_bos=True,
+    n_layers=2,
+    d_model=32,
+    d_head=8,
+    n_heads=4,
+    d_mlp=64,
+    n_ctx=32,
+    act_fn="gelu",
+    normalization_type="LN",
+    seed=0,
+    default_prepend_bos=True,
 )
 
 
@@ -59,8 +79,9 @@ def make_tokenizer(text_dir: Path, out: Path):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordLevelTrainer(special_tokens=[BOS, PAD, UNK])
     tok.train([str(p) for p in sorted(text_dir.glob("*.txt"))], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD,
-                                   unk_token=UNK, add_bos_token=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD, unk_token=UNK, add_bos_token=True
+    )
     fast.save_pretrained(str(out))
     return AutoTokenizer.from_pretrained(str(out))
 
@@ -99,15 +120,19 @@ def random_sae(path: Path, d_in: int, d_sae: int, hook: str, context_size: int =
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(seed)
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(
-        hook_name=hook, model_name="tiny", prepend_bos=True, context_size=context_size))
+    cfg = StandardSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        metadata=SAEMetadata(hook_name=hook, model_name="tiny", prepend_bos=True, context_size=context_size),
+    )
     sae = StandardSAE(cfg)
     sae.save_model(path)
     return sae
 
 
-def planted_weekday_sae(path: Path, resid: np.ndarray, tokens: np.ndarray, tokenizer, hook: str,
-                        n_decoys: int = 9, seed: int = 0):
+def planted_weekday_sae(
+    path: Path, resid: np.ndarray, tokens: np.ndarray, tokenizer, hook: str, n_decoys: int = 9, seed: int = 0
+):
     """An SAE whose latents fire on one token each (an LDA direction, so top examples are that token): the 7 weekdays (shuffled latent order)
     plus decoy latents on other words and silent latents. Returns (sae, {weekday: latent})."""
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -123,19 +148,23 @@ def planted_weekday_sae(path: Path, resid: np.ndarray, tokens: np.ndarray, token
     prec = np.linalg.inv(np.cov(x.T) + 1e-3 * np.eye(x.shape[1]))  # LDA direction: cov^-1 (mu_on - mu_off)
     W = np.zeros((x.shape[1], d_sae))
     b = np.full(d_sae, -1e4)
-    for w, j in zip(words, slots):
+    for w, j in zip(words, slots, strict=False):
         on = tokens == vocab[w]
         d = prec @ (x[on].mean(0) - x[~on].mean(0))
         s = x @ d
         lo, hi = s[~on].mean(), s[on].mean()
         W[:, j] = d / (hi - lo)
         b[j] = -(lo + hi) / 2 / (hi - lo)  # fires (mostly) on its word; top examples are its word
-    cfg = StandardSAEConfig(d_in=x.shape[1], d_sae=d_sae, apply_b_dec_to_input=False, metadata=SAEMetadata(
-        hook_name=hook, model_name="tiny", prepend_bos=True, context_size=32))
+    cfg = StandardSAEConfig(
+        d_in=x.shape[1],
+        d_sae=d_sae,
+        apply_b_dec_to_input=False,
+        metadata=SAEMetadata(hook_name=hook, model_name="tiny", prepend_bos=True, context_size=32),
+    )
     sae = StandardSAE(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(torch.as_tensor(W, dtype=torch.float32))
         sae.b_enc.copy_(torch.as_tensor(b, dtype=torch.float32))
         sae.b_dec.zero_()
     sae.save_model(path)
-    return sae, {w: int(j) for w, j in zip(words, slots)}
+    return sae, {w: int(j) for w, j in zip(words, slots, strict=False)}

@@ -5,16 +5,11 @@ model-neuron readout finds a codec that is there and not one that is not, and th
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_squeezer import (  # noqa: E402
+from test_squeezer import (
     METRIC_KEYS,
     N_FEAT,
     N_NEURONS,
@@ -24,8 +19,8 @@ from test_squeezer import (  # noqa: E402
     write_world,
 )
 
-from neural_codec import io  # noqa: E402
-from neural_codec.baselines import (  # noqa: E402
+from neural_codec import io
+from neural_codec.baselines import (
     BaselinesConfig,
     array_batches,
     feature_moments,
@@ -34,8 +29,14 @@ from neural_codec.baselines import (  # noqa: E402
     fit_pca,
     fit_random_encoder,
 )
-from neural_codec.params import ParamError, from_dict  # noqa: E402
-from neural_codec.squeezer import SqueezerCodec, SqueezerConfig, batches_from_arrays, evaluate_codec, train_squeezer  # noqa: E402
+from neural_codec.params import ParamError, from_dict
+from neural_codec.squeezer import (
+    SqueezerCodec,
+    SqueezerConfig,
+    batches_from_arrays,
+    evaluate_codec,
+    train_squeezer,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -177,7 +178,9 @@ def test_stage_end_to_end(world, monkeypatch):
     for method, r in m.items():
         assert METRIC_KEYS <= set(r), method
         assert r["n_features"] == N_FEAT
-    assert all(m[k]["M"] == STAGE_PARAMS["squeezer"]["M"] for k in ("pca", "no_superposition", "random_encoder"))
+    assert all(
+        m[k]["M"] == STAGE_PARAMS["squeezer"]["M"] for k in ("pca", "no_superposition", "random_encoder")
+    )
     assert m["model_neurons"]["M"] == N_NEURONS
     assert m["no_superposition"]["features_represented"] == STAGE_PARAMS["squeezer"]["M"]
     assert m["model_neurons"]["features_represented"] > 0

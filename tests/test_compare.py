@@ -44,7 +44,7 @@ def test_correlation_matrix_equals_corrcoef_streaming_and_dead_columns():
     ab = cmp.CrossMoments(7, 5, ma=pa, mb=pb)
     cb = cmp.CrossMoments(5, 5, ma=pc, mb=pb)
     for s in range(0, 500, 120):
-        xa, xb, xc = pa.update(A[s:s + 120]), pb.update(B2[s:s + 120]), pc.update(B[s:s + 120])
+        xa, xb, xc = pa.update(A[s : s + 120]), pb.update(B2[s : s + 120]), pc.update(B[s : s + 120])
         ab.update_cross(xa, xb)
         cb.update_cross(xc, xb)
     np.testing.assert_allclose(ab.correlation(), C2, atol=1e-10)
@@ -67,7 +67,7 @@ def test_hungarian_finds_planted_permutation_rectangular():
     C = cmp.correlation_matrix(A, B)
     match = cmp.hungarian_match(C)
     assert len(match.rows) == p
-    found = dict(zip(match.rows.tolist(), match.cols.tolist()))
+    found = dict(zip(match.rows.tolist(), match.cols.tolist(), strict=False))
     assert found == {i: int(perm[i]) for i in range(p)}
     assert np.all(np.diff(match.abs_r) <= 0)  # sorted best first
     assert np.all(np.sign(match.r) == sign[match.rows])
@@ -271,8 +271,9 @@ def make_toy_world():
     from sae_lens.synthetic import ActivationGenerator
 
     torch.manual_seed(0)
-    gen = ActivationGenerator(N_TRUE, firing_probabilities=0.3, std_firing_magnitudes=0.2,
-                              mean_firing_magnitudes=1.0)
+    gen = ActivationGenerator(
+        N_TRUE, firing_probabilities=0.3, std_firing_magnitudes=0.2, mean_firing_magnitudes=1.0
+    )
     importance = torch.tensor(0.7 ** np.arange(N_TRUE), dtype=torch.float32)
     E = torch.randn(N_TRUE, D_MODEL, generator=torch.Generator().manual_seed(1))
     E = E / E.norm(dim=1, keepdim=True)
@@ -281,11 +282,15 @@ def make_toy_world():
     torch.manual_seed(2)
     f_train, f_held = gen.sample(8192), gen.sample(3000)
     return {
-        "E": E.numpy(), "importance": importance.numpy(), "toy": toy, "toy2": toy2,
+        "E": E.numpy(),
+        "importance": importance.numpy(),
+        "toy": toy,
+        "toy2": toy2,
         "train": SparseFeatures.from_dense(f_train.numpy(), k=N_TRUE),
         "heldout": SparseFeatures.from_dense(f_held.numpy(), k=N_TRUE),
         "resid_held": (f_held @ E).numpy(),
-        "neurons": toy.neurons_np(f_held), "neurons_seed2": toy2.neurons_np(f_held),
+        "neurons": toy.neurons_np(f_held),
+        "neurons_seed2": toy2.neurons_np(f_held),
     }
 
 
@@ -295,16 +300,28 @@ def test_ground_truth_squeezer_matches_toy_neurons_above_floor(toy_world):
     from neural_codec.squeezer import SqueezerConfig, neuron_activations, train_squeezer
 
     w = toy_world
-    cfg = SqueezerConfig(M=N_NEURONS, importance="given", importance_given=w["importance"].tolist(),
-                         lr=1e-2, batch_size=256, steps=400, seed=0)
+    cfg = SqueezerConfig(
+        M=N_NEURONS,
+        importance="given",
+        importance_given=w["importance"].tolist(),
+        lr=1e-2,
+        batch_size=256,
+        steps=400,
+        seed=0,
+    )
     sq, _ = train_squeezer(w["train"], cfg)
     H = w["neurons"]
     trained = cmp.compare_populations(cmp.moments(neuron_activations(sq, w["heldout"]), H)).metrics
     untrained = cmp.compare_populations(
-        cmp.moments(neuron_activations(cmp.untrained_squeezer(N_TRUE, cfg), w["heldout"]), H)).metrics
+        cmp.moments(neuron_activations(cmp.untrained_squeezer(N_TRUE, cfg), w["heldout"]), H)
+    ).metrics
     ceiling = cmp.compare_populations(cmp.moments(w["neurons_seed2"], H)).metrics
-    print({k: (round(trained[k], 3), round(untrained[k], 3), round(ceiling[k], 3))
-           for k in ("hungarian_mean_r", "mean_best_abs_r", "cka", "svcca")})
+    print(
+        {
+            k: (round(trained[k], 3), round(untrained[k], 3), round(ceiling[k], 3))
+            for k in ("hungarian_mean_r", "mean_best_abs_r", "cka", "svcca")
+        }
+    )
     assert trained["hungarian_mean_r"] > untrained["hungarian_mean_r"] + 0.15
     assert trained["mean_best_abs_r"] > untrained["mean_best_abs_r"] + 0.15
     assert trained["cka"] > untrained["cka"] + 0.15
@@ -316,8 +333,13 @@ def test_ground_truth_squeezer_matches_toy_neurons_above_floor(toy_world):
 # ------------------------------------------------------------------------------------------
 
 COMPARE_PARAMS = {
-    "n_mantel_permutations": 49, "max_features_for_mantel": 12, "svcca_keep": 0.99, "seed": 0,
-    "retrain_steps": 200, "batch_size": 700, "plot_max_neurons": 6,
+    "n_mantel_permutations": 49,
+    "max_features_for_mantel": 12,
+    "svcca_keep": 0.99,
+    "seed": 0,
+    "retrain_steps": 200,
+    "batch_size": 700,
+    "plot_max_neurons": 6,
 }
 
 
@@ -331,8 +353,9 @@ def _write_world(root, w) -> None:
 
     data = root / "data"
     n_held = len(w["heldout"])
-    wr = io.ShardWriter(data / "activations/heldout", rows_per_shard=1000, d_model=D_MODEL,
-                        n_neurons=N_NEURONS)
+    wr = io.ShardWriter(
+        data / "activations/heldout", rows_per_shard=1000, d_model=D_MODEL, n_neurons=N_NEURONS
+    )
     wr.append(resid=w["resid_held"], neurons=w["neurons"], neurons_seed2=w["neurons_seed2"])
     wr.close()
     np.save(data / "activations/neuron_readin.npy", w["toy"].W_in.detach().numpy())
@@ -345,8 +368,15 @@ def _write_world(root, w) -> None:
     io.write_sparse(data / "features/train", w["train"], rows_per_shard=4096)
     io.write_sparse(data / "features/heldout", w["heldout"], rows_per_shard=1000)
     np.save(data / "features/firing_freq.npy", w["train"].firing_frequency())
-    cfg = SqueezerConfig(M=N_NEURONS, importance="given", importance_given=w["importance"].tolist(),
-                         lr=1e-2, batch_size=256, steps=400, seed=0)
+    cfg = SqueezerConfig(
+        M=N_NEURONS,
+        importance="given",
+        importance_given=w["importance"].tolist(),
+        lr=1e-2,
+        batch_size=256,
+        steps=400,
+        seed=0,
+    )
     sq, _ = train_squeezer(w["train"], cfg)
     save_squeezer(data / "squeeze/squeezer.pt", sq, cfg)
     np.save(data / "squeeze/heldout_neurons.npy", neuron_activations(sq, w["heldout"]))
@@ -378,11 +408,23 @@ def test_stage_end_to_end(stage_root, monkeypatch):
 
     assert _run_stage(stage_root, monkeypatch) == 0
     m = read_json(stage_root / "metrics/compare.json")
-    keys = {"mean_best_abs_r", "hungarian_mean_r", "frac_matched_above_0_5", "cka", "svcca",
-            "interference_mantel_r", "interference_mantel_p"}
-    conds = ["squeezer_vs_model", "floor_untrained", "floor_shuffled",
-             "ceiling_squeezer_seed2_vs_model", "ceiling_squeezer_vs_seed2",
-             "ceiling_model_vs_model_seed2"]
+    keys = {
+        "mean_best_abs_r",
+        "hungarian_mean_r",
+        "frac_matched_above_0_5",
+        "cka",
+        "svcca",
+        "interference_mantel_r",
+        "interference_mantel_p",
+    }
+    conds = [
+        "squeezer_vs_model",
+        "floor_untrained",
+        "floor_shuffled",
+        "ceiling_squeezer_seed2_vs_model",
+        "ceiling_squeezer_vs_seed2",
+        "ceiling_model_vs_model_seed2",
+    ]
     for c in conds:
         assert keys <= set(m[c]), c
         assert 0 <= m[c]["hungarian_mean_r"] <= 1 and 0 <= m[c]["interference_mantel_p"] <= 1
@@ -396,7 +438,7 @@ def test_stage_end_to_end(stage_root, monkeypatch):
     assert len(csv) == 1 + N_NEURONS
     first = [float(v) for v in csv[1].split(",")[1:]]
     last = [float(v) for v in csv[-1].split(",")[1:]]
-    assert all(a >= b for a, b in zip(first, last))  # sorted best first
+    assert all(a >= b for a, b in zip(first, last, strict=False))  # sorted best first
     png = (stage_root / "plots/compare/correlation_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -411,8 +453,12 @@ def test_stage_rejects_bad_params_before_work(stage_root, monkeypatch, tmp_path)
     root = tmp_path / "bad"
     shutil.copytree(stage_root, root)
     shutil.rmtree(root / "metrics", ignore_errors=True)
-    for key, value in [("svcca_keep", 1.5), ("n_mantel_permutations", 0), ("retrain_steps", -3),
-                       ("bogus", 1)]:
+    for key, value in [
+        ("svcca_keep", 1.5),
+        ("n_mantel_permutations", 0),
+        ("retrain_steps", -3),
+        ("bogus", 1),
+    ]:
         (root / "params.yaml").write_text(yaml.safe_dump({"compare": {**COMPARE_PARAMS, key: value}}))
         with pytest.raises(ParamError, match=f"compare.{key}"):
             _run_stage(root, monkeypatch)

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from pipeline_helpers import run_stage, tiny_params, write_params
 
 from neural_codec import io
-
-from pipeline_helpers import run_stage, tiny_params, write_params
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,9 @@ def test_outputs_and_metrics_exist(workdir):
 
 
 def test_activations_are_the_toy_model_on_true_features(workdir):
-    from neural_codec.synthetic import load_toy_model
     import torch
+
+    from neural_codec.synthetic import load_toy_model
 
     model = load_toy_model(workdir / "data/source/model.pt")
     shard = next(io.iter_shards(workdir / "data/activations/heldout"))
@@ -64,8 +64,9 @@ def test_families_map_to_distinct_well_matched_latents(workdir):
 
 
 def test_features_are_top_k_of_the_sae_and_aligned(workdir):
-    from neural_codec.sae import load_sae
     import torch
+
+    from neural_codec.sae import load_sae
 
     sae = load_sae(workdir / "data/sae")
     feats = io.load_sparse(workdir / "data/features/heldout")

@@ -59,12 +59,14 @@ def brute_force_loss(h, W_dec, b_dec, idx, val, w, cols=None):
     f_hat = torch.relu(h @ W_dec + b_dec)
     total = 0.0
     for r in range(B):
-        act = {int(i): float(v) for i, v in zip(idx[r], val[r]) if v > 0}
+        act = {int(i): float(v) for i, v in zip(idx[r], val[r], strict=False) if v > 0}
         row = sum(w[i] * (v - f_hat[r, i]) ** 2 for i, v in act.items())
         if cols is None:
             row = row + sum(w[i] * f_hat[r, i] ** 2 for i in range(n) if i not in act)
         else:
-            row = row + n / len(cols) * sum(w[int(c)] * f_hat[r, int(c)] ** 2 for c in cols if int(c) not in act)
+            row = row + n / len(cols) * sum(
+                w[int(c)] * f_hat[r, int(c)] ** 2 for c in cols if int(c) not in act
+            )
         total = total + row
     return total / B
 
@@ -129,7 +131,9 @@ def test_sampled_loss_matches_brute_force_draw_by_draw(B):
     w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
     skipped_somewhere = False
     for seed in range(6):
-        got = reconstruction_loss(h, W, b, idx, val, w, loss_sample=s, generator=torch.Generator().manual_seed(seed))
+        got = reconstruction_loss(
+            h, W, b, idx, val, w, loss_sample=s, generator=torch.Generator().manual_seed(seed)
+        )
         cols = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:s]  # the same draw
         torch.testing.assert_close(got, brute_force_loss(h, W, b, idx, val, w, cols))
         active_drawn = torch.isin(idx, cols) & (val > 0)
@@ -140,7 +144,7 @@ def test_sampled_loss_matches_brute_force_draw_by_draw(B):
 
 def test_sampled_loss_padding_index_is_not_skipped():
     """Padding slots carry index 0; column 0 drawn must still count as inactive for that row."""
-    M, n, k = 3, 9, 2
+    M, n = 3, 9
     idx = torch.tensor([[0, 4], [2, 0]])
     val = torch.tensor([[0.0, 1.0], [0.7, 0.0]], dtype=torch.float64)  # index 0 only as padding
     h = torch.rand(2, M, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -151,7 +155,9 @@ def test_sampled_loss_padding_index_is_not_skipped():
         cols = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:3]
         if 0 in cols.tolist():
             break
-    got = reconstruction_loss(h, W, b, idx, val, w, loss_sample=3, generator=torch.Generator().manual_seed(seed))
+    got = reconstruction_loss(
+        h, W, b, idx, val, w, loss_sample=3, generator=torch.Generator().manual_seed(seed)
+    )
     torch.testing.assert_close(got, brute_force_loss(h, W, b, idx, val, w, cols))
 
 
@@ -220,7 +226,7 @@ def test_cooccurrence_memory_is_one_batch_not_the_stream(bench):
     n, k = 500, 16
     f = bench.topk_features(4 * 4000, n, k, seed=2)
     pairs = bench.random_pairs(n, 20000, seed=1)
-    batches = lambda m: (f[s:s + 4000] for s in range(0, m * 4000, 4000))  # noqa: E731
+    batches = lambda m: (f[s : s + 4000] for s in range(0, m * 4000, 4000))  # noqa: E731
     one, _, peak1 = bench._traced(lambda: cooccurrence(batches(1), pairs))
     four, _, peak4 = bench._traced(lambda: cooccurrence(batches(4), pairs))
     assert peak4 < 1.25 * peak1, (peak1, peak4)

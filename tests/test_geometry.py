@@ -132,8 +132,13 @@ def test_several_polytopes_in_orthogonal_subspaces():
     W = np.concatenate([W, np.zeros((3, dim))])  # unrepresented features are ignored
     counts = g.find_polytopes(W).counts()
     assert counts == {
-        "digon": 1, "triangle": 1, "tetrahedron": 1, "pentagon": 1,
-        "square_antiprism": 0, "other": 0, "isolated": 1,
+        "digon": 1,
+        "triangle": 1,
+        "tetrahedron": 1,
+        "pentagon": 1,
+        "square_antiprism": 0,
+        "other": 0,
+        "isolated": 1,
     }
 
 
@@ -274,8 +279,10 @@ def _workspace(tmp_path, geometry_params):
         model.W_enc.copy_(torch.tensor(W, dtype=torch.float32))
         model._W_dec.copy_(torch.tensor(W.T, dtype=torch.float32))
     save_squeezer(tmp_path / "data/squeeze/squeezer.pt", model, cfg)
-    fams = [{"name": "weekdays", "kind": "cyclic", "members": circle, "labels": list("MTWRFS")},
-            {"name": "ex", "kind": "exclusive", "members": [1, 2]}]
+    fams = [
+        {"name": "weekdays", "kind": "cyclic", "members": circle, "labels": list("MTWRFS")},
+        {"name": "ex", "kind": "exclusive", "members": [1, 2]},
+    ]
     io.write_json(tmp_path / "data/sae/families.json", fams)
 
 

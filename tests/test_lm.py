@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
+import lm_fixtures as fx
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import lm_fixtures as fx  # noqa: E402
-
-from neural_codec import io, lm  # noqa: E402
-from neural_codec.params import ParamError, from_dict  # noqa: E402
-from neural_codec.source import ActivationsConfig  # noqa: E402
+from neural_codec import io, lm
+from neural_codec.params import ParamError, from_dict
+from neural_codec.source import ActivationsConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -34,9 +30,14 @@ def world(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("lm")
     fx.make_model(root)
     cfg = lm.LMSourceConfig(
-        model_name=f"local:{root / 'model'}", dataset=str(root / "text"),
-        sae_hook="blocks.1.hook_resid_pre", neuron_hook="blocks.1.mlp.hook_post",
-        context_size=32, n_tokens_train=3000, n_tokens_heldout=480, batch_size=8,
+        model_name=f"local:{root / 'model'}",
+        dataset=str(root / "text"),
+        sae_hook="blocks.1.hook_resid_pre",
+        neuron_hook="blocks.1.mlp.hook_post",
+        context_size=32,
+        n_tokens_train=3000,
+        n_tokens_heldout=480,
+        batch_size=8,
     )
     model = lm.load_model(cfg)
     figures = lm.extract_activations(cfg, root / "acts", ActivationsConfig(rows_per_shard=500), model=model)
@@ -44,7 +45,9 @@ def world(tmp_path_factory, one_thread):
 
 
 def test_config_validation_names_key_value_and_allowed():
-    with pytest.raises(ParamError, match=r"source\.lm\.neuron_hook = 'blocks\.8\.hook_mlp_out'.*blocks\.L\.mlp\.hook_post"):
+    with pytest.raises(
+        ParamError, match=r"source\.lm\.neuron_hook = 'blocks\.8\.hook_mlp_out'.*blocks\.L\.mlp\.hook_post"
+    ):
         from_dict(lm.LMSourceConfig, {"neuron_hook": "blocks.8.hook_mlp_out"}, "source.lm")
     with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'resid8'"):
         from_dict(lm.LMSourceConfig, {"sae_hook": "resid8"}, "source.lm")
@@ -54,16 +57,24 @@ def test_config_validation_names_key_value_and_allowed():
         from_dict(lm.LMSourceConfig, {"dtype": "float16"}, "source.lm")  # storage is activations.dtype
     with pytest.raises(ParamError, match=r"source\.lm\.context_size = 1\b"):
         from_dict(lm.LMSourceConfig, {"context_size": 1}, "source.lm")
-    cfg = from_dict(lm.LMSourceConfig, {"sae_hook": "blocks.3.hook_resid_post",
-                                        "neuron_hook": "blocks.5.mlp.hook_post"}, "source.lm")
+    cfg = from_dict(
+        lm.LMSourceConfig,
+        {"sae_hook": "blocks.3.hook_resid_post", "neuron_hook": "blocks.5.mlp.hook_post"},
+        "source.lm",
+    )
     assert cfg.stop_at_layer == 6 and cfg.neuron_layer == 5
 
 
 def test_sae_settings_are_honoured():
-    cfg = lm.LMSourceConfig(sae_hook=None, context_size=None, prepend_bos=None,
-                            model_from_pretrained_kwargs={"dtype": "float32"})
-    s = {"hook_name": "blocks.8.hook_resid_pre", "context_size": 128, "prepend_bos": True,
-         "model_from_pretrained_kwargs": {"center_writing_weights": True}}
+    cfg = lm.LMSourceConfig(
+        sae_hook=None, context_size=None, prepend_bos=None, model_from_pretrained_kwargs={"dtype": "float32"}
+    )
+    s = {
+        "hook_name": "blocks.8.hook_resid_pre",
+        "context_size": 128,
+        "prepend_bos": True,
+        "model_from_pretrained_kwargs": {"center_writing_weights": True},
+    }
     out = lm.honour_sae_settings(cfg, s)
     assert (out.sae_hook, out.context_size, out.prepend_bos) == ("blocks.8.hook_resid_pre", 128, True)
     assert out.model_from_pretrained_kwargs == {"center_writing_weights": True, "dtype": "float32"}
@@ -117,8 +128,9 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
     docs = [d for d in (root / "text" / "part0.txt").read_text().split("\n\n") if d.strip()]
     docs += [d for d in (root / "text" / "part1.txt").read_text().split("\n\n") if d.strip()]
     datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "ds"))
-    cfg16 = dataclasses.replace(cfg, dataset=str(tmp_path / "ds"), text_column="body",
-                                n_tokens_train=640, n_tokens_heldout=64)
+    cfg16 = dataclasses.replace(
+        cfg, dataset=str(tmp_path / "ds"), text_column="body", n_tokens_train=640, n_tokens_heldout=64
+    )
     lm.extract_activations(cfg16, tmp_path / "acts", ActivationsConfig(dtype="float16"), model=model)
     r16 = io.load_array(tmp_path / "acts/train", "resid")
     assert r16.dtype == np.float16
@@ -134,7 +146,9 @@ def test_load_sae_from_disk_and_errors(world, tmp_path, monkeypatch):
     assert lm.sae_settings(back)["hook_name"] == cfg.sae_hook
     with pytest.raises(lm.LMUnavailable, match="not a SAELens SAE folder"):
         lm.load_sae(path=tmp_path)
-    with pytest.raises(ParamError, match="pretrained_sae_id = 'blocks.99.hook_resid_pre'.*blocks.0.hook_resid_pre"):
+    with pytest.raises(
+        ParamError, match="pretrained_sae_id = 'blocks.99.hook_resid_pre'.*blocks.0.hook_resid_pre"
+    ):
         lm.load_sae("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
     import huggingface_hub.constants
 
@@ -176,7 +190,9 @@ def test_ce_scores(world, tmp_path):
     with torch.no_grad():
         sae.b_dec.zero_()
     s = lm.ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=torch.zeros_like)
-    assert s["ce_clean"] == pytest.approx(perfect["ce_clean"]) and s["ce_zero_ablation"] == pytest.approx(perfect["ce_zero_ablation"])
+    assert s["ce_clean"] == pytest.approx(perfect["ce_clean"]) and s["ce_zero_ablation"] == pytest.approx(
+        perfect["ce_zero_ablation"]
+    )
     # decoding all-zero features with b_dec = 0 is exactly zero ablation
     assert s["ce_reconstruct"] == pytest.approx(s["ce_zero_ablation"], abs=1e-5)
     assert s["ce_loss_score_reconstruct"] == pytest.approx(0.0, abs=1e-5)
@@ -231,7 +247,9 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
     assert lm.find_cyclic_families(lm.feature_labels(rand, acts, model.tokenizer)) == []
     rng = np.random.default_rng(0)
     all_tokens = [t for lab in labels for t in lab["top_tokens"]]
-    shuffled = [dict(lab, top_tokens=[all_tokens[i] for i in rng.choice(len(all_tokens), 5)]) for lab in labels]
+    shuffled = [
+        dict(lab, top_tokens=[all_tokens[i] for i in rng.choice(len(all_tokens), 5)]) for lab in labels
+    ]
     fam = lm.find_cyclic_families(shuffled)
     assert not fam or fam[0]["members"] != fams[0]["members"]
 
@@ -248,7 +266,10 @@ def test_stage_entry_points(world, tmp_path):
     with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'blocks\.5\.hook_resid_pre'"):
         lm.prepare_source(dataclasses.replace(cfg, sae_hook="blocks.5.hook_resid_pre"), tmp_path)
     sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
-    assert lm.config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook == cfg.sae_hook
+    assert (
+        lm.config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook
+        == cfg.sae_hook
+    )
     m = lm.write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
     assert 0 < m["labelled_latents"] <= 64 and np.isfinite(m["ce"]["ce_loss_score_sae"])
     assert len(io.read_json(tmp_path / "out" / "latent_labels.json")) == 64

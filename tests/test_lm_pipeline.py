@@ -8,18 +8,15 @@ import io as io_
 import os
 import runpy
 import subprocess
-import sys
 import traceback
 from pathlib import Path
 
+import lm_fixtures as fx
 import numpy as np
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-import lm_fixtures as fx  # noqa: E402
-
-from neural_codec import io  # noqa: E402
+from neural_codec import io
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["source", "activations", "sae", "features"]
@@ -49,15 +46,36 @@ def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def params(root: Path) -> dict:
     return {
-        "source": {"kind": "lm", "seed": 0, "lm": {
-            "model_name": f"local:{root / 'model'}", "dataset": str(root / "text"),
-            "sae_hook": "blocks.1.hook_resid_pre", "neuron_hook": "blocks.1.mlp.hook_post",
-            "context_size": 32, "n_tokens_train": 3000, "n_tokens_heldout": 480, "batch_size": 8,
-        }},
-        "activations": {"n_train": 3000, "n_heldout": 480, "batch_size": 256, "rows_per_shard": 1000,
-                        "dtype": "float32"},
-        "sae": {"architecture": "topk", "d_sae": 64, "k": 4, "training_samples": 20480,
-                "batch_size": 256, "lr": 0.003, "seed": 0},
+        "source": {
+            "kind": "lm",
+            "seed": 0,
+            "lm": {
+                "model_name": f"local:{root / 'model'}",
+                "dataset": str(root / "text"),
+                "sae_hook": "blocks.1.hook_resid_pre",
+                "neuron_hook": "blocks.1.mlp.hook_post",
+                "context_size": 32,
+                "n_tokens_train": 3000,
+                "n_tokens_heldout": 480,
+                "batch_size": 8,
+            },
+        },
+        "activations": {
+            "n_train": 3000,
+            "n_heldout": 480,
+            "batch_size": 256,
+            "rows_per_shard": 1000,
+            "dtype": "float32",
+        },
+        "sae": {
+            "architecture": "topk",
+            "d_sae": 64,
+            "k": 4,
+            "training_samples": 20480,
+            "batch_size": 256,
+            "lr": 0.003,
+            "seed": 0,
+        },
         "features": {"top_k": 4, "batch_size": 256, "rows_per_shard": 1000},
     }
 

@@ -70,16 +70,19 @@ def planted_w(groups: list[list[int]], seed: int = 0) -> np.ndarray:
 EXCLUSIVE_GROUPS = [list(range(f * FAM_SIZE, (f + 1) * FAM_SIZE)) for f in range(N_FAM)]
 INDEPENDENT_GROUPS = [list(range(20 + 4 * g, 24 + 4 * g)) for g in range(5)]
 CORRELATED_GROUPS = [[20 + 2 * p, 21 + 2 * p] for p in range(N_INDEP // 2)]
-FAMILIES = [{"name": f"fam{f}", "kind": "exclusive", "members": g, "true_members": g}
-            for f, g in enumerate(EXCLUSIVE_GROUPS)]
+FAMILIES = [
+    {"name": f"fam{f}", "kind": "exclusive", "members": g, "true_members": g}
+    for f, g in enumerate(EXCLUSIVE_GROUPS)
+]
 
 CFG = dict(n_control_per_pair=5, n_freq_bins=2, min_expected=5.0, seed=0, top_per_neuron=8)
 
 
 def run(groups, feats, families=FAMILIES, batch=4096):
     cfg = LogicConfig(**CFG)
-    res, _ = analyze(planted_w(groups), lambda: (feats[s:s + batch] for s in range(0, len(feats), batch)),
-                     cfg, families)
+    res, _ = analyze(
+        planted_w(groups), lambda: (feats[s : s + batch] for s in range(0, len(feats), batch)), cfg, families
+    )
     return res.metrics
 
 
@@ -136,7 +139,7 @@ def test_sparse_cooccurrence_matches_dense_reference():
     pick = rng.choice(len(i), 60, replace=False)
     pairs = np.stack([i[pick], j[pick]], axis=1)
     full = cooccurrence([feats], pairs)
-    streamed = cooccurrence((feats[s:s + 64] for s in range(0, 700, 64)), pairs)
+    streamed = cooccurrence((feats[s : s + 64] for s in range(0, 700, 64)), pairs)
     np.testing.assert_array_equal(full.counts, ref[pairs[:, 0], pairs[:, 1]])
     np.testing.assert_array_equal(streamed.counts, full.counts)
     np.testing.assert_array_equal(streamed.marginals, b.sum(axis=0))
@@ -144,8 +147,9 @@ def test_sparse_cooccurrence_matches_dense_reference():
     st = pair_stats(full.counts, b.sum(0)[pairs[:, 0]], b.sum(0)[pairs[:, 1]], 700, pseudo_count=0)
     phi_ref = [np.corrcoef(b[:, p], b[:, q])[0, 1] for p, q in pairs]
     np.testing.assert_allclose(st["phi"], phi_ref, atol=1e-12)
-    np.testing.assert_allclose(st["lift"], ref[pairs[:, 0], pairs[:, 1]] * 700
-                               / (b.sum(0)[pairs[:, 0]] * b.sum(0)[pairs[:, 1]]))
+    np.testing.assert_allclose(
+        st["lift"], ref[pairs[:, 0], pairs[:, 1]] * 700 / (b.sum(0)[pairs[:, 0]] * b.sum(0)[pairs[:, 1]])
+    )
 
 
 def test_members_and_sign_groups():
@@ -170,7 +174,7 @@ def test_truth_tables_hand_example():
     h = np.zeros((8, 2))
     h[[0, 2, 5], 1] = 1.0  # neuron 1 fires on one A-only row, the B-only row, one neither row
     h[[3, 4], 0] = 2.0  # neuron 0 fires only on both
-    t = truth_tables((feats[s:s + 3] for s in range(0, 8, 3)), h, [(1, 0, 1), (0, 0, 1)])
+    t = truth_tables((feats[s : s + 3] for s in range(0, 8, 3)), h, [(1, 0, 1), (0, 0, 1)])
     assert (t[0]["n_a_only"], t[0]["n_b_only"], t[0]["n_both"], t[0]["n_neither"]) == (2, 1, 2, 3)
     assert t[0]["p_fire_a_only"] == 0.5 and t[0]["p_fire_b_only"] == 1.0
     assert t[0]["p_fire_both"] == 0.0 and t[0]["p_fire_neither"] == pytest.approx(1 / 3)
@@ -211,11 +215,12 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     h = np.maximum(held.to_dense() @ w - 0.3, 0).astype(np.float32)
     (tmp_path / "data/squeeze").mkdir(parents=True)
     np.save(tmp_path / "data/squeeze/heldout_neurons.npy", h)
-    torch.save({"W_enc": torch.tensor(w, dtype=torch.float32), "config": {"M": w.shape[1]}},
-               tmp_path / "data/squeeze/squeezer.pt")
+    torch.save(
+        {"W_enc": torch.tensor(w, dtype=torch.float32), "config": {"M": w.shape[1]}},
+        tmp_path / "data/squeeze/squeezer.pt",
+    )
     io.write_json(tmp_path / "data/sae/families.json", FAMILIES)
-    params = {"logic": {**CFG, "batch_size": 5000, "n_truth_table_neurons": 3,
-                        "n_truth_table_pairs": 2}}
+    params = {"logic": {**CFG, "batch_size": 5000, "n_truth_table_neurons": 3, "n_truth_table_pairs": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("logic_stage", REPO / "stages/logic.py")

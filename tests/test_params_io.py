@@ -68,11 +68,16 @@ def test_params_yaml_spells_out_the_code_defaults():
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     assert tuple(params) == SECTIONS
     sections = {
-        "source": (SourceConfig, params["source"]), "source.synthetic": (SyntheticConfig, params["source"]["synthetic"]),
-        "source.lm": (LMSourceConfig, params["source"]["lm"]), "activations": (ActivationsConfig, params["activations"]),
-        "sae": (SAEConfig, params["sae"]), "features": (FeaturesConfig, params["features"]),
-        "squeezer": (SqueezerConfig, params["squeezer"]), "baselines": (BaselinesConfig, params["baselines"]),
-        "geometry": (GeometryConfig, params["geometry"]), "logic": (LogicConfig, params["logic"]),
+        "source": (SourceConfig, params["source"]),
+        "source.synthetic": (SyntheticConfig, params["source"]["synthetic"]),
+        "source.lm": (LMSourceConfig, params["source"]["lm"]),
+        "activations": (ActivationsConfig, params["activations"]),
+        "sae": (SAEConfig, params["sae"]),
+        "features": (FeaturesConfig, params["features"]),
+        "squeezer": (SqueezerConfig, params["squeezer"]),
+        "baselines": (BaselinesConfig, params["baselines"]),
+        "geometry": (GeometryConfig, params["geometry"]),
+        "logic": (LogicConfig, params["logic"]),
         "compare": (CompareConfig, params["compare"]),
     }
     for name, (cls, data) in sections.items():

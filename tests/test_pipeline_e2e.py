@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import copy_repo, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -43,7 +42,9 @@ def _env() -> dict[str, str]:
 def sh(cwd: Path, *args: str) -> str:
     proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc.stdout + proc.stderr
 
 
@@ -137,10 +138,8 @@ def test_exp_run_of_squeezer_M_reruns_only_the_squeezer_and_what_follows(repo):
 
 def test_exp_run_with_lm_source_runs_every_stage(repo, tmp_path):
     """`dvc exp run -S source.kind=lm ...` on a tiny offline HookedTransformer, through compare."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import torch
-
     import lm_fixtures as fx
+    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,17 +14,14 @@ import copy
 import json
 import math
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_helpers import run_stage
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_helpers import run_stage  # noqa: E402
-
-from neural_codec import report  # noqa: E402
+from neural_codec import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,113 +32,254 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def codec(fvu: float, ev: float, represented: int, extra: float) -> dict:
-    return {"fvu": fvu, "recovery_mean": 0.5 + extra, "recovery_frac_above_0_5": 0.4 + extra,
-            "features_represented": represented, "dead_neurons": 0.0, "relu_engagement": extra,
-            "linear_regime": extra == 0.0, "sae_explained_variance": ev,
-            "sae_explained_variance_ceiling": 0.9613, "n_features_firing": 60,
-            "n_heldout_rows": 4000, "M": 16, "n_features": 64}
+    return {
+        "fvu": fvu,
+        "recovery_mean": 0.5 + extra,
+        "recovery_frac_above_0_5": 0.4 + extra,
+        "features_represented": represented,
+        "dead_neurons": 0.0,
+        "relu_engagement": extra,
+        "linear_regime": extra == 0.0,
+        "sae_explained_variance": ev,
+        "sae_explained_variance_ceiling": 0.9613,
+        "n_features_firing": 60,
+        "n_heldout_rows": 4000,
+        "M": 16,
+        "n_features": 64,
+    }
 
 
 def geo(d_star: float, n_lines: int, digons: int, corr: float, wrap: float) -> dict:
     return {
-        "n_features": 64, "M": 16, "D_star": d_star, "D_star_represented": d_star * 1.1,
-        "frac_features_represented": 0.9, "mean_D": 0.4321, "median_D": 0.3987,
-        "lines": {"1": {"count": 3, "flank_count": 2, "expected": 1.0, "enrichment": 3.0,
-                        "p_value": 0.2, "is_line": False},
-                  "1/2": {"count": 9 * n_lines, "flank_count": 1, "expected": 0.5,
-                          "enrichment": 18.0, "p_value": 1.3e-7, "is_line": n_lines > 0}},
+        "n_features": 64,
+        "M": 16,
+        "D_star": d_star,
+        "D_star_represented": d_star * 1.1,
+        "frac_features_represented": 0.9,
+        "mean_D": 0.4321,
+        "median_D": 0.3987,
+        "lines": {
+            "1": {
+                "count": 3,
+                "flank_count": 2,
+                "expected": 1.0,
+                "enrichment": 3.0,
+                "p_value": 0.2,
+                "is_line": False,
+            },
+            "1/2": {
+                "count": 9 * n_lines,
+                "flank_count": 1,
+                "expected": 0.5,
+                "enrichment": 18.0,
+                "p_value": 1.3e-7,
+                "is_line": n_lines > 0,
+            },
+        },
         "n_lines": n_lines,
-        "polytopes": {"digon": digons, "triangle": 1, "tetrahedron": 0, "pentagon": 2,
-                      "square_antiprism": 0, "other": 3, "isolated": 17},
-        "polytope_mean_error": {"digon": 0.01}, "n_components": 7, "largest_component": 5,
-        "circles": {"weekdays": {"circular_corr": corr, "neighbour_frac": 0.857,
-                                 "wrap_ratio": wrap, "p_value": 0.002, "pc2_var_frac": 0.71,
-                                 "n_members": 7}},
+        "polytopes": {
+            "digon": digons,
+            "triangle": 1,
+            "tetrahedron": 0,
+            "pentagon": 2,
+            "square_antiprism": 0,
+            "other": 3,
+            "isolated": 17,
+        },
+        "polytope_mean_error": {"digon": 0.01},
+        "n_components": 7,
+        "largest_component": 5,
+        "circles": {
+            "weekdays": {
+                "circular_corr": corr,
+                "neighbour_frac": 0.857,
+                "wrap_ratio": wrap,
+                "p_value": 0.002,
+                "pc2_var_frac": 0.71,
+                "n_members": 7,
+            }
+        },
     }
 
 
 def cmp_block(r: float, cka: float, mantel: float | None) -> dict:
-    return {"mean_best_abs_r": r + 0.05, "hungarian_mean_r": r, "hungarian_mean_signed_r": r - 0.1,
-            "frac_matched_above_0_5": r / 2, "cka": cka, "svcca": cka - 0.03, "n_neurons_a": 16,
-            "n_neurons_b": 32, "n_dead_a": 0, "n_dead_b": 1, "interference_mantel_r": mantel,
-            "interference_mantel_p": None if mantel is None else 0.001}
+    return {
+        "mean_best_abs_r": r + 0.05,
+        "hungarian_mean_r": r,
+        "hungarian_mean_signed_r": r - 0.1,
+        "frac_matched_above_0_5": r / 2,
+        "cka": cka,
+        "svcca": cka - 0.03,
+        "n_neurons_a": 16,
+        "n_neurons_b": 32,
+        "n_dead_a": 0,
+        "n_dead_b": 1,
+        "interference_mantel_r": mantel,
+        "interference_mantel_p": None if mantel is None else 0.001,
+    }
 
 
 def logic_group(median_shared: float, verdict: str, p: float, delta: float) -> dict:
-    return {"n_shared": 41, "n_control": 205, "median_lift_shared": median_shared,
-            "median_lift_control": 0.9876, "mean_log2_lift_shared": -0.7,
-            "mean_log2_lift_control": -0.1, "frac_lift_below_1_shared": 0.8,
-            "frac_lift_below_1_control": 0.55, "mannwhitney_u": 1234.5, "p_value": p,
-            "cliffs_delta": delta, "verdict": verdict, "n_pairs": 300, "n_pairs_multi_neuron": 4,
-            "n_dropped_low_expected": 12, "n_control_sampled": 1500,
-            "n_control_dropped_low_expected": 80, "median_phi_shared": -0.01,
-            "median_phi_control": 0.0, "phi_p_value": 0.03, "phi_cliffs_delta": -0.2,
-            "frac_never_cooccur_shared": 0.3, "frac_never_cooccur_control": 0.1}
+    return {
+        "n_shared": 41,
+        "n_control": 205,
+        "median_lift_shared": median_shared,
+        "median_lift_control": 0.9876,
+        "mean_log2_lift_shared": -0.7,
+        "mean_log2_lift_control": -0.1,
+        "frac_lift_below_1_shared": 0.8,
+        "frac_lift_below_1_control": 0.55,
+        "mannwhitney_u": 1234.5,
+        "p_value": p,
+        "cliffs_delta": delta,
+        "verdict": verdict,
+        "n_pairs": 300,
+        "n_pairs_multi_neuron": 4,
+        "n_dropped_low_expected": 12,
+        "n_control_sampled": 1500,
+        "n_control_dropped_low_expected": 80,
+        "median_phi_shared": -0.01,
+        "median_phi_control": 0.0,
+        "phi_p_value": 0.03,
+        "phi_cliffs_delta": -0.2,
+        "frac_never_cooccur_shared": 0.3,
+        "frac_never_cooccur_control": 0.1,
+    }
 
 
 METRICS = {
-    "source": {"kind": "synthetic", "n_true_features": 64, "d_model": 32, "n_neurons": 32,
-               "toy_model": {"fvu": 0.4012, "mean_l0_true_features": 1.7, "dead_neuron_fraction": 0.0,
-                             "neuron_l0": 27.3},
-               "toy_model_seed2": {"fvu": 0.3888, "mean_l0_true_features": 1.7,
-                                   "dead_neuron_fraction": 0.0, "neuron_l0": 26.9},
-               "planted": {"cyclic": 1, "exclusive": 2, "correlated": 2}},
-    "activations": {"kind": "synthetic", "train": {"rows": 20000, "mean_true_l0": 1.72,
-                                                   "rows_truncated_true_top_k": 0},
-                    "heldout": {"rows": 4000, "mean_true_l0": 1.71, "rows_truncated_true_top_k": 0}},
-    "sae": {"architecture": "topk", "l0": 3.0, "explained_variance": 0.9377,
-            "dead_latent_fraction": 0.0625, "d_sae": 128,
-            "ground_truth": {"mean_best_cosine": 0.9912, "frac_recovered": 0.984375, "threshold": 0.9}},
-    "features": {"top_k": 3, "n_features": 128, "alive_features": 101, "max_firing_freq": 0.11,
-                 "train": {"rows": 20000, "mean_l0": 2.2}, "heldout": {"rows": 4000, "mean_l0": 2.21}},
-    "squeeze": {**codec(0.01234, 0.9456, 64, 0.0712), "k": 3, "tied": False, "importance": "none",
-                "samples_per_s": 5.0e4, "train_seconds": 3.2, "final_loss": 0.0041},
-    "baselines": {"pca": codec(0.3456, 0.7123, 20, 0.0),
-                  "no_superposition": codec(0.3789, 0.6012, 16, 0.0),
-                  "random_encoder": codec(0.04567, 0.9011, 64, 0.39),
-                  "model_neurons": codec(0.6543, 0.3654, 40, 0.115)},
-    "geometry": {"encoder": geo(0.2345, 1, 4, 0.9812, 1.234),
-                 "decoder": geo(0.2222, 0, 3, 0.9711, 1.111),
-                 "null_untrained": {"encoder": geo(0.5123, 0, 0, 0.4321, 4.567),
-                                    "decoder": geo(0.5012, 0, 0, 0.3999, 4.444)},
-                 "null_permuted": {"encoder": geo(0.2456, 0, 1, 0.6543, 3.21),
-                                   "decoder": geo(0.2411, 0, 2, 0.6111, 3.33)},
-                 "null_permuted_training": {"rows": 5000, "max_row_nnz": 9, "steps": 300,
-                                            "final_loss": 0.02},
-                 "params": {"interference_threshold": 0.25, "fractions": ["1", "1/2"]}},
-    "logic": {"n_features": 128, "n_neurons": 16, "n_rows": 20000, "split": "train",
-              "same_sign": logic_group(0.4567, "anticorrelated_share", 3.2e-6, -0.4123),
-              "opposite_sign": logic_group(0.8765, "no_difference", 0.4321, -0.0456),
-              "verdict": "anticorrelated_share", "verdict_opposite_sign": "no_difference",
-              "families": {"cyclic": {"n_pairs": 21, "lift_all_pairs": {"n": 21, "median": 0.1,
-                                                                        "mean": 2.0},
-                                      "same_sign": {"n_sharing": 3, "frac_sharing": 0.1429,
-                                                    "frac_sharing_chance": 0.05,
-                                                    "enrichment": 2.86,
-                                                    "lift_sharing_pairs": {"n": 3, "median": 1.7,
-                                                                           "mean": 5.0},
-                                                    "frac_lift_below_1_sharing": 0.33},
-                                      "opposite_sign": {"n_sharing": 0, "frac_sharing": 0.0,
-                                                        "frac_sharing_chance": 0.04,
-                                                        "enrichment": 0.0,
-                                                        "lift_sharing_pairs": {"n": 0, "median": None,
-                                                                               "mean": None},
-                                                        "frac_lift_below_1_sharing": None}}},
-              "truth_tables": [{"neuron": 5, "feature_a": 12, "feature_b": 40, "n_neither": 3900,
-                                "fires_neither": 3700, "p_fire_neither": 0.9487, "n_a_only": 50,
-                                "fires_a_only": 49, "p_fire_a_only": 0.98, "n_b_only": 50,
-                                "fires_b_only": 45, "p_fire_b_only": 0.9, "n_both": 0,
-                                "fires_both": 0, "p_fire_both": None, "weight_a": 0.41,
-                                "weight_b": 0.33}]},
-    "compare": {"squeezer_vs_model": cmp_block(0.5432, 0.3123, 0.2109),
-                "floor_untrained": cmp_block(0.1234, 0.0812, 0.0123),
-                "floor_shuffled": cmp_block(0.2345, 0.4012, 0.0456),  # CKA floor above the Squeezer
-                "ceiling_squeezer_seed2_vs_model": cmp_block(0.5301, 0.3012, 0.1987),
-                "ceiling_squeezer_vs_seed2": cmp_block(0.8765, 0.9123, 0.8111),
-                "ceiling_model_vs_model_seed2": cmp_block(0.7654, 0.8012, 0.6543),
-                "interference_features": {"n_alive": 101, "n_represented": 90, "n_used": 90,
-                                          "n_permutations": 99},
-                "n_heldout_rows": 4000},
+    "source": {
+        "kind": "synthetic",
+        "n_true_features": 64,
+        "d_model": 32,
+        "n_neurons": 32,
+        "toy_model": {
+            "fvu": 0.4012,
+            "mean_l0_true_features": 1.7,
+            "dead_neuron_fraction": 0.0,
+            "neuron_l0": 27.3,
+        },
+        "toy_model_seed2": {
+            "fvu": 0.3888,
+            "mean_l0_true_features": 1.7,
+            "dead_neuron_fraction": 0.0,
+            "neuron_l0": 26.9,
+        },
+        "planted": {"cyclic": 1, "exclusive": 2, "correlated": 2},
+    },
+    "activations": {
+        "kind": "synthetic",
+        "train": {"rows": 20000, "mean_true_l0": 1.72, "rows_truncated_true_top_k": 0},
+        "heldout": {"rows": 4000, "mean_true_l0": 1.71, "rows_truncated_true_top_k": 0},
+    },
+    "sae": {
+        "architecture": "topk",
+        "l0": 3.0,
+        "explained_variance": 0.9377,
+        "dead_latent_fraction": 0.0625,
+        "d_sae": 128,
+        "ground_truth": {"mean_best_cosine": 0.9912, "frac_recovered": 0.984375, "threshold": 0.9},
+    },
+    "features": {
+        "top_k": 3,
+        "n_features": 128,
+        "alive_features": 101,
+        "max_firing_freq": 0.11,
+        "train": {"rows": 20000, "mean_l0": 2.2},
+        "heldout": {"rows": 4000, "mean_l0": 2.21},
+    },
+    "squeeze": {
+        **codec(0.01234, 0.9456, 64, 0.0712),
+        "k": 3,
+        "tied": False,
+        "importance": "none",
+        "samples_per_s": 5.0e4,
+        "train_seconds": 3.2,
+        "final_loss": 0.0041,
+    },
+    "baselines": {
+        "pca": codec(0.3456, 0.7123, 20, 0.0),
+        "no_superposition": codec(0.3789, 0.6012, 16, 0.0),
+        "random_encoder": codec(0.04567, 0.9011, 64, 0.39),
+        "model_neurons": codec(0.6543, 0.3654, 40, 0.115),
+    },
+    "geometry": {
+        "encoder": geo(0.2345, 1, 4, 0.9812, 1.234),
+        "decoder": geo(0.2222, 0, 3, 0.9711, 1.111),
+        "null_untrained": {
+            "encoder": geo(0.5123, 0, 0, 0.4321, 4.567),
+            "decoder": geo(0.5012, 0, 0, 0.3999, 4.444),
+        },
+        "null_permuted": {
+            "encoder": geo(0.2456, 0, 1, 0.6543, 3.21),
+            "decoder": geo(0.2411, 0, 2, 0.6111, 3.33),
+        },
+        "null_permuted_training": {"rows": 5000, "max_row_nnz": 9, "steps": 300, "final_loss": 0.02},
+        "params": {"interference_threshold": 0.25, "fractions": ["1", "1/2"]},
+    },
+    "logic": {
+        "n_features": 128,
+        "n_neurons": 16,
+        "n_rows": 20000,
+        "split": "train",
+        "same_sign": logic_group(0.4567, "anticorrelated_share", 3.2e-6, -0.4123),
+        "opposite_sign": logic_group(0.8765, "no_difference", 0.4321, -0.0456),
+        "verdict": "anticorrelated_share",
+        "verdict_opposite_sign": "no_difference",
+        "families": {
+            "cyclic": {
+                "n_pairs": 21,
+                "lift_all_pairs": {"n": 21, "median": 0.1, "mean": 2.0},
+                "same_sign": {
+                    "n_sharing": 3,
+                    "frac_sharing": 0.1429,
+                    "frac_sharing_chance": 0.05,
+                    "enrichment": 2.86,
+                    "lift_sharing_pairs": {"n": 3, "median": 1.7, "mean": 5.0},
+                    "frac_lift_below_1_sharing": 0.33,
+                },
+                "opposite_sign": {
+                    "n_sharing": 0,
+                    "frac_sharing": 0.0,
+                    "frac_sharing_chance": 0.04,
+                    "enrichment": 0.0,
+                    "lift_sharing_pairs": {"n": 0, "median": None, "mean": None},
+                    "frac_lift_below_1_sharing": None,
+                },
+            }
+        },
+        "truth_tables": [
+            {
+                "neuron": 5,
+                "feature_a": 12,
+                "feature_b": 40,
+                "n_neither": 3900,
+                "fires_neither": 3700,
+                "p_fire_neither": 0.9487,
+                "n_a_only": 50,
+                "fires_a_only": 49,
+                "p_fire_a_only": 0.98,
+                "n_b_only": 50,
+                "fires_b_only": 45,
+                "p_fire_b_only": 0.9,
+                "n_both": 0,
+                "fires_both": 0,
+                "p_fire_both": None,
+                "weight_a": 0.41,
+                "weight_b": 0.33,
+            }
+        ],
+    },
+    "compare": {
+        "squeezer_vs_model": cmp_block(0.5432, 0.3123, 0.2109),
+        "floor_untrained": cmp_block(0.1234, 0.0812, 0.0123),
+        "floor_shuffled": cmp_block(0.2345, 0.4012, 0.0456),  # CKA floor above the Squeezer
+        "ceiling_squeezer_seed2_vs_model": cmp_block(0.5301, 0.3012, 0.1987),
+        "ceiling_squeezer_vs_seed2": cmp_block(0.8765, 0.9123, 0.8111),
+        "ceiling_model_vs_model_seed2": cmp_block(0.7654, 0.8012, 0.6543),
+        "interference_features": {"n_alive": 101, "n_represented": 90, "n_used": 90, "n_permutations": 99},
+        "n_heldout_rows": 4000,
+    },
 }
 
 
@@ -163,8 +301,13 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
 
 
-PNG_PLOTS = ["geometry/dimensionality_hist.png", "geometry/polytopes.png", "geometry/circles.png",
-             "logic/lift.png", "compare/correlation_matrix.png"]
+PNG_PLOTS = [
+    "geometry/dimensionality_hist.png",
+    "geometry/polytopes.png",
+    "geometry/circles.png",
+    "logic/lift.png",
+    "compare/correlation_matrix.png",
+]
 
 
 def make_tree(root: Path, metrics: dict = METRICS) -> Path:
@@ -173,16 +316,28 @@ def make_tree(root: Path, metrics: dict = METRICS) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(data, indent=2))
     plots = root / "plots"
-    write_csv(plots / "source/toy_model_curve.csv", ["step", "loss", "loss_seed2"],
-              [[s, 1.0 / (1 + s), 1.1 / (1 + s)] for s in range(0, 300, 50)])
-    write_csv(plots / "sae/recovery_hist.csv", ["cosine", "true_features"],
-              [[round(0.05 * i + 0.025, 3), i * (i > 15)] for i in range(20)])
+    write_csv(
+        plots / "source/toy_model_curve.csv",
+        ["step", "loss", "loss_seed2"],
+        [[s, 1.0 / (1 + s), 1.1 / (1 + s)] for s in range(0, 300, 50)],
+    )
+    write_csv(
+        plots / "sae/recovery_hist.csv",
+        ["cosine", "true_features"],
+        [[round(0.05 * i + 0.025, 3), i * (i > 15)] for i in range(20)],
+    )
     write_csv(plots / "squeeze/curve.csv", ["step", "loss"], [[s, 0.3 / s] for s in range(60, 600, 60)])
-    write_csv(plots / "baselines/fvu.csv", ["method", "fvu"],
-              [[b, metrics["baselines"][b]["fvu"]] for b in report.BASELINES])
+    write_csv(
+        plots / "baselines/fvu.csv",
+        ["method", "fvu"],
+        [[b, metrics["baselines"][b]["fvu"]] for b in report.BASELINES],
+    )
     names = [k for k in METRICS["compare"] if k.startswith(("squeezer_", "floor_", "ceiling_"))]
-    write_csv(plots / "compare/matched_r.csv", ["rank"] + names,
-              [[i] + [0.9 - 0.05 * i] * len(names) for i in range(16)])
+    write_csv(
+        plots / "compare/matched_r.csv",
+        ["rank"] + names,
+        [[i] + [0.9 - 0.05 * i] * len(names) for i in range(16)],
+    )
     for i, p in enumerate(PNG_PLOTS):
         tiny_png(plots / p, i)
     return root
@@ -302,11 +457,13 @@ def test_every_figure_exists(rendered):
         assert f.exists(), link
         assert f.read_bytes().startswith(PNG_MAGIC)
     assert sorted(Path(link).name for link in links) == sorted(
-        p.name for p in (root / "report/figures").iterdir())
+        p.name for p in (root / "report/figures").iterdir()
+    )
     # this run's point of the FVU-against-M plot
     assert (root / "report/fvu_at_m.csv").read_text().splitlines() == [
         "M,squeezer,pca,no_superposition,random_encoder,model_neurons",
-        "16,0.01234,0.3456,0.3789,0.04567,0.6543"]
+        "16,0.01234,0.3456,0.3789,0.04567,0.6543",
+    ]
     # no temporary directory left behind by the atomic write
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
 
@@ -331,23 +488,35 @@ def verdict_row(page: Page, first_cite: str) -> list[str]:
 def test_verdict_rows_cite_the_right_metrics(rendered):
     _, page, md = rendered
     fvu = verdict_row(page, "squeeze.json:fvu")
-    assert fvu[1:4] == ["baselines.json:pca.fvu", "baselines.json:no_superposition.fvu",
-                        "baselines.json:random_encoder.fvu"]
+    assert fvu[1:4] == [
+        "baselines.json:pca.fvu",
+        "baselines.json:no_superposition.fvu",
+        "baselines.json:random_encoder.fvu",
+    ]
     ev = verdict_row(page, "squeeze.json:sae_explained_variance")
-    assert ev[1:3] == ["baselines.json:pca.sae_explained_variance",
-                       "squeeze.json:sae_explained_variance_ceiling"]
+    assert ev[1:3] == [
+        "baselines.json:pca.sae_explained_variance",
+        "squeeze.json:sae_explained_variance_ceiling",
+    ]
     cka = verdict_row(page, "compare.json:squeezer_vs_model.cka")
-    assert cka[1:5] == ["compare.json:floor_untrained.cka", "compare.json:floor_shuffled.cka",
-                        "compare.json:ceiling_squeezer_vs_seed2.cka",
-                        "compare.json:ceiling_model_vs_model_seed2.cka"]
-    corr = [r for r in page.verdict_rows
-            if any(c == "geometry.json:encoder.circles.weekdays.circular_corr" for c, _ in r)][0]
+    assert cka[1:5] == [
+        "compare.json:floor_untrained.cka",
+        "compare.json:floor_shuffled.cka",
+        "compare.json:ceiling_squeezer_vs_seed2.cka",
+        "compare.json:ceiling_model_vs_model_seed2.cka",
+    ]
+    corr = [
+        r
+        for r in page.verdict_rows
+        if any(c == "geometry.json:encoder.circles.weekdays.circular_corr" for c, _ in r)
+    ][0]
     cites = [c for c, _ in corr]
     at = cites.index("geometry.json:encoder.circles.weekdays.circular_corr")
     assert cites[at - 1] == "geometry.json:encoder.circles.weekdays.p_value"  # in the measure
-    assert cites[at + 1: at + 3] == [
+    assert cites[at + 1 : at + 3] == [
         "geometry.json:null_untrained.encoder.circles.weekdays.circular_corr",
-        "geometry.json:null_permuted.encoder.circles.weekdays.circular_corr"]
+        "geometry.json:null_permuted.encoder.circles.weekdays.circular_corr",
+    ]
     logic = [r for r in page.verdict_rows if ("logic.json:same_sign.verdict", "anticorrelated_share") in r]
     assert logic and ("logic.json:same_sign.p_value", "3.2e-06") in logic[0]
     # outcomes follow the numbers: FVU 0.0123 < 0.0457 (random encoder, the best floor) holds;
@@ -362,7 +531,7 @@ def test_markdown_verdict_matches_html(rendered):
     table = md.split("## Verdict", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(page.verdict_rows)
-    for line, spans in zip(rows, page.verdict_rows):
+    for line, spans in zip(rows, page.verdict_rows, strict=False):
         pos = 0
         for _, text in spans:
             pos = line.find(text, pos)
@@ -374,9 +543,17 @@ def test_missing_metrics_show_na_and_stage_is_deterministic(tmp_path, rendered):
     metrics = copy.deepcopy(METRICS)
     del metrics["compare"]
     del metrics["geometry"]["encoder"]["circles"]
-    metrics["sae"]["lm"] = {"ce": {"ce_clean": 3.21, "ce_zero_ablation": 7.65, "ce_sae": 3.54,
-                                   "ce_loss_score_sae": 0.9257, "n_tokens": 2048},
-                            "families": {"weekdays": 7}, "labelled_latents": 100}
+    metrics["sae"]["lm"] = {
+        "ce": {
+            "ce_clean": 3.21,
+            "ce_zero_ablation": 7.65,
+            "ce_sae": 3.54,
+            "ce_loss_score_sae": 0.9257,
+            "n_tokens": 2048,
+        },
+        "families": {"weekdays": 7},
+        "labelled_latents": 100,
+    }
     root, page, md = render(tmp_path, metrics)
     for cite, text in page.spans:
         assert text == expected_text(resolve(metrics, cite)), cite

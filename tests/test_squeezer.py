@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from neural_codec import io  # noqa: E402
-from neural_codec.io import SparseFeatures  # noqa: E402
-from neural_codec.params import ParamError, from_dict  # noqa: E402
-from neural_codec.squeezer import (  # noqa: E402
+from neural_codec import io
+from neural_codec.io import SparseFeatures
+from neural_codec.params import ParamError, from_dict
+from neural_codec.squeezer import (
     Codec,
     Squeezer,
     SqueezerCodec,
@@ -48,7 +45,9 @@ def synthetic_features(n, p, N, seed, mean=0.5, std=0.29, k=None) -> SparseFeatu
     from sae_lens.synthetic import ActivationGenerator
 
     torch.manual_seed(seed)
-    gen = ActivationGenerator(n, firing_probabilities=p, mean_firing_magnitudes=mean, std_firing_magnitudes=std)
+    gen = ActivationGenerator(
+        n, firing_probabilities=p, mean_firing_magnitudes=mean, std_firing_magnitudes=std
+    )
     return SparseFeatures.from_dense(gen.sample(N).numpy(), k or n)
 
 
@@ -86,7 +85,9 @@ def test_embedding_bag_encode_and_exact_loss_match_dense(tied):
     dense = torch.from_numpy(f.to_dense())
     idx, val = torch.from_numpy(f.idx), torch.from_numpy(f.val)
     torch.testing.assert_close(model.encode(idx, val), torch.relu(dense @ model.W_enc + model.b_enc))
-    torch.testing.assert_close(model(idx, val), torch.relu(torch.relu(dense @ model.W_enc + model.b_enc) @ model.W_dec + model.b_dec))
+    torch.testing.assert_close(
+        model(idx, val), torch.relu(torch.relu(dense @ model.W_enc + model.b_enc) @ model.W_dec + model.b_dec)
+    )
 
     w = torch.rand(n, generator=g) + 0.5
     sparse_loss = squeezer_loss(model, idx, val, w)
@@ -94,7 +95,7 @@ def test_embedding_bag_encode_and_exact_loss_match_dense(tied):
     ref_loss = dense_reference_loss(model, dense, w)
     ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
     torch.testing.assert_close(sparse_loss, ref_loss)
-    for a, b in zip(sparse_grads, ref_grads):
+    for a, b in zip(sparse_grads, ref_grads, strict=False):
         torch.testing.assert_close(a, b)
     # a non-trivial check: the gradients are not all zero
     assert sum(float(gr.abs().sum()) for gr in ref_grads) > 1e-3
@@ -119,7 +120,7 @@ def test_sampled_loss_and_gradient_are_unbiased(rows):
     sg = torch.Generator().manual_seed(4)
     for _ in range(draws):
         loss = squeezer_loss(model, idx, val, w, loss_sample=s, generator=sg)
-        for acc, gr in zip(grad_sum, torch.autograd.grad(loss, params)):
+        for acc, gr in zip(grad_sum, torch.autograd.grad(loss, params), strict=False):
             acc += gr
         losses.append(loss.item())
     losses = np.array(losses)
@@ -129,7 +130,7 @@ def test_sampled_loss_and_gradient_are_unbiased(rows):
     # the inactive part is ~90% of the loss here: weighting by n_inactive/s instead of n/s (or
     # forgetting to skip active columns) would shift the mean by several percent
     assert abs(losses.mean() - exact.item()) < 0.02 * exact.item()
-    for acc, gr in zip(grad_sum, exact_grads):
+    for acc, gr in zip(grad_sum, exact_grads, strict=False):
         rel = float((acc / draws - gr).norm() / gr.norm())
         assert rel < 0.06, rel
 
@@ -174,18 +175,30 @@ def test_superposition_phase_change():
     """Toy Models of Superposition: n=20 features, M=5, importance 0.8^i. Sparse features are
     packed in superposition (more features represented than neurons); dense ones are not."""
     n, M = 20, 5
-    cfg = dict(M=M, tied=True, importance="given", importance_given=[0.8**i for i in range(n)],
-               lr=1e-2, batch_size=256, steps=1500, seed=0)
+    cfg = dict(
+        M=M,
+        tied=True,
+        importance="given",
+        importance_given=[0.8**i for i in range(n)],
+        lr=1e-2,
+        batch_size=256,
+        steps=1500,
+        seed=0,
+    )
     represented = {}
     for label, p in [("sparse", 0.03), ("dense", 1.0)]:
         train = synthetic_features(n, p, 10000, seed=0)
         model, _ = train_squeezer(train, SqueezerConfig(**cfg))
         held = synthetic_features(n, p, 2000, seed=1)
-        represented[label] = evaluate_codec(SqueezerCodec(model), batches_from_arrays(held))["features_represented"]
+        represented[label] = evaluate_codec(SqueezerCodec(model), batches_from_arrays(held))[
+            "features_represented"
+        ]
     assert represented["sparse"] >= 2 * M, represented
     assert represented["dense"] <= M + 1, represented
     # the count is earned by training, not by the init scale (xavier rows here have norm ~0.63)
-    untrained, _ = train_squeezer(synthetic_features(n, 0.03, 10000, seed=0), SqueezerConfig(**{**cfg, "steps": 1}))
+    untrained, _ = train_squeezer(
+        synthetic_features(n, 0.03, 10000, seed=0), SqueezerConfig(**{**cfg, "steps": 1})
+    )
     held = synthetic_features(n, 0.03, 2000, seed=1)
     assert evaluate_codec(SqueezerCodec(untrained), batches_from_arrays(held))["features_represented"] < M
 
@@ -195,7 +208,9 @@ def test_deterministic_for_a_seed():
     cfg = SqueezerConfig(M=4, lr=1e-2, batch_size=128, steps=100, seed=7, loss_sample=5)
     a, ca = train_squeezer(train, cfg)
     b, cb = train_squeezer(train, cfg)
-    c, _ = train_squeezer(train, SqueezerConfig(M=4, lr=1e-2, batch_size=128, steps=100, seed=8, loss_sample=5))
+    c, _ = train_squeezer(
+        train, SqueezerConfig(M=4, lr=1e-2, batch_size=128, steps=100, seed=8, loss_sample=5)
+    )
     for name in ("W_enc", "b_enc", "b_dec"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert torch.equal(a.W_dec, b.W_dec) and ca == cb
@@ -328,8 +343,15 @@ N_FEAT, D_MODEL, N_NEURONS, TOP_K = 24, 8, 10, 6
 
 STAGE_PARAMS = {
     "features": {"top_k": TOP_K},
-    "squeezer": {"M": 6, "tied": False, "importance": "frequency", "lr": 0.01, "batch_size": 256,
-                 "steps": 300, "seed": 0},
+    "squeezer": {
+        "M": 6,
+        "tied": False,
+        "importance": "frequency",
+        "lr": 0.01,
+        "batch_size": 256,
+        "steps": 300,
+        "seed": 0,
+    },
     "baselines": {"steps": 300, "lr": 0.01, "batch_size": 256, "seed": 0},
 }
 
@@ -357,7 +379,9 @@ def write_world(root: Path, params: dict | None = None) -> None:
         io.write_sparse(data / "features" / split, f, rows_per_shard=700)
         resid = (torch.from_numpy(f.to_dense()) @ sae.W_dec + sae.b_dec).detach().numpy()
         resid += 0.01 * np.random.default_rng(seed).standard_normal(resid.shape).astype(np.float32)
-        w = io.ShardWriter(data / "activations" / split, rows_per_shard=800, d_model=D_MODEL, n_neurons=N_NEURONS)
+        w = io.ShardWriter(
+            data / "activations" / split, rows_per_shard=800, d_model=D_MODEL, n_neurons=N_NEURONS
+        )
         w.append(resid=resid, neurons=np.maximum(resid @ R, 0))
         w.close()
         if split == "train":
@@ -380,8 +404,17 @@ def world(tmp_path_factory):
     return root
 
 
-METRIC_KEYS = {"fvu", "recovery_mean", "recovery_frac_above_0_5", "features_represented", "dead_neurons",
-               "relu_engagement", "linear_regime", "sae_explained_variance", "sae_explained_variance_ceiling"}
+METRIC_KEYS = {
+    "fvu",
+    "recovery_mean",
+    "recovery_frac_above_0_5",
+    "features_represented",
+    "dead_neurons",
+    "relu_engagement",
+    "linear_regime",
+    "sae_explained_variance",
+    "sae_explained_variance_ceiling",
+}
 
 
 def test_stage_end_to_end(world, monkeypatch):
@@ -402,7 +435,10 @@ def test_stage_end_to_end(world, monkeypatch):
     assert model.config["importance"] == "frequency"
     lines = (world / "plots/squeeze/curve.csv").read_text().splitlines()
     assert lines[0] == "step,loss" and 40 <= len(lines) - 1 <= 60
-    assert sorted(p.name for p in (world / "data/squeeze").iterdir()) == ["heldout_neurons.npy", "squeezer.pt"]
+    assert sorted(p.name for p in (world / "data/squeeze").iterdir()) == [
+        "heldout_neurons.npy",
+        "squeezer.pt",
+    ]
 
 
 def _bad(root: Path, monkeypatch, match: str) -> None:

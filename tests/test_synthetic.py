@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import TINY_SYNTHETIC
 
 from neural_codec.params import ParamError, from_dict
-from neural_codec.synthetic import SyntheticConfig, build_generator, make_embedding, train_toy_model, toy_model_metrics
-
-from pipeline_helpers import TINY_SYNTHETIC
+from neural_codec.synthetic import (
+    SyntheticConfig,
+    build_generator,
+    make_embedding,
+    toy_model_metrics,
+    train_toy_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,9 @@ def test_planted_pairs_are_frequent_enough_to_measure():
     uniform = firing_probabilities(cfg, 0).numpy()
     assert p.sum() == pytest.approx(uniform.sum()) and sorted(p) == pytest.approx(sorted(uniform))
     planted = [m for f in fams if f["kind"] in ("exclusive", "correlated") for m in f["members"]]
-    rest = np.setdiff1d(np.arange(cfg.n_features), planted + [m for f in fams if f["kind"] == "cyclic" for m in f["members"]])
+    rest = np.setdiff1d(
+        np.arange(cfg.n_features), planted + [m for f in fams if f["kind"] == "cyclic" for m in f["members"]]
+    )
     assert p[planted].min() >= p[rest].max()
     for f in fams:
         if f["kind"] == "exclusive":

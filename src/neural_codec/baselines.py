@@ -87,8 +87,14 @@ class BaselinesConfig:
 
     def decoder_config(self, M: int) -> SqueezerConfig:
         return SqueezerConfig(
-            M=M, tied=False, lr=self.lr, batch_size=self.batch_size, steps=self.steps,
-            weight_decay=self.weight_decay, seed=self.seed, loss_sample=self.loss_sample,
+            M=M,
+            tied=False,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            steps=self.steps,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            loss_sample=self.loss_sample,
         )
 
 
@@ -128,7 +134,10 @@ class PCACodec(Codec):
     def code(self, batch: EvalBatch) -> tuple[None, torch.Tensor]:
         f = batch.feats
         fV = torch.nn.functional.embedding_bag(
-            torch.from_numpy(f.idx.astype(np.int64)), self.V, per_sample_weights=torch.from_numpy(f.val), mode="sum"
+            torch.from_numpy(f.idx.astype(np.int64)),
+            self.V,
+            per_sample_weights=torch.from_numpy(f.val),
+            mode="sum",
         )
         return None, fV - self.mu @ self.V
 
@@ -190,7 +199,9 @@ class NoSuperpositionCodec(Codec):
         return f_hat
 
 
-def fit_no_superposition(train: SparseFeatures, M: int, weights: np.ndarray | None = None) -> NoSuperpositionCodec:
+def fit_no_superposition(
+    train: SparseFeatures, M: int, weights: np.ndarray | None = None
+) -> NoSuperpositionCodec:
     mu, var = feature_moments(train)
     w = np.ones(train.n_features) if weights is None else np.asarray(weights, dtype=np.float64)
     score = w * var
@@ -205,7 +216,11 @@ def fit_no_superposition(train: SparseFeatures, M: int, weights: np.ndarray | No
 
 
 def fit_random_encoder(
-    train: SparseFeatures, M: int, cfg: BaselinesConfig, weights: np.ndarray | None = None, init: str = "xavier",
+    train: SparseFeatures,
+    M: int,
+    cfg: BaselinesConfig,
+    weights: np.ndarray | None = None,
+    init: str = "xavier",
     bias_init: str = "zero",
 ) -> tuple[SqueezerCodec, list[dict[str, float]]]:
     scfg = cfg.decoder_config(M)
@@ -299,7 +314,6 @@ def fit_model_neurons(
     """Train the readout ReLU(W n / s + b) -> F; returns (codec, curve, samples/s)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     first_n, first_f = next(batches)  # also fixes the input scale and the ridge start
-    d = first_n.shape[1]
     # scale rows to unit mean L2 norm: Adam moves every weight by ~lr, and dense neurons add
     # those moves up coherently, so a per-neuron (RMS) scale makes steps sqrt(d) times too big
     scale = float(np.sqrt(np.mean(np.sum(np.asarray(first_n, dtype=np.float64) ** 2, axis=1)))) or 1.0
@@ -307,7 +321,9 @@ def fit_model_neurons(
     W_T = nn.Parameter(torch.from_numpy(np.ascontiguousarray(W0.T, dtype=np.float32)))  # (n, d) rows
     b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)))
     opt = make_optimizer([W_T, b], cfg.lr, cfg.weight_decay)
-    w = torch.from_numpy(np.ones(n_features, np.float32) if weights is None else np.asarray(weights, np.float32))
+    w = torch.from_numpy(
+        np.ones(n_features, np.float32) if weights is None else np.asarray(weights, np.float32)
+    )
     log = CurveLogger(cfg.steps)
     t0, seen = time.perf_counter(), 0
     stream = itertools.chain([(first_n, first_f)], batches)
@@ -361,5 +377,11 @@ def run_baselines(
         else:
             raise ValueError(f"unknown baseline {m!r}")
         metrics = evaluate_codec(codec, eval_batches(m == "model_neurons"), sae_decode)
-        out[m] = {**metrics, "M": M, "n_features": train.n_features, **extra, "fit_seconds": time.perf_counter() - t0}
+        out[m] = {
+            **metrics,
+            "M": M,
+            "n_features": train.n_features,
+            **extra,
+            "fit_seconds": time.perf_counter() - t0,
+        }
     return out

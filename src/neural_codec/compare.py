@@ -103,8 +103,9 @@ class CrossMoments:
     batches with `update_cross` after updating the shared Moments yourself.
     """
 
-    def __init__(self, p: int, q: int, with_within: bool = True,
-                 ma: Moments | None = None, mb: Moments | None = None):
+    def __init__(
+        self, p: int, q: int, with_within: bool = True, ma: Moments | None = None, mb: Moments | None = None
+    ):
         self.p, self.q = p, q
         self.ma = ma if ma is not None else Moments(p, with_within)
         self.mb = mb if mb is not None else Moments(q, with_within)
@@ -328,8 +329,9 @@ def squeezer_feature_gram(W_enc: np.ndarray, features: np.ndarray | None = None)
     return normalized_gram(W if features is None else W[features])
 
 
-def model_feature_loadings(W_sae_dec: np.ndarray, neuron_readin: np.ndarray,
-                           features: np.ndarray | None = None) -> np.ndarray:
+def model_feature_loadings(
+    W_sae_dec: np.ndarray, neuron_readin: np.ndarray, features: np.ndarray | None = None
+) -> np.ndarray:
     """L_i = W_sae_dec[i] @ readin: how SAE latent i drives the model's neurons (n, n_neurons)."""
     W = np.asarray(W_sae_dec, dtype=np.float64)
     if features is not None:
@@ -340,8 +342,9 @@ def model_feature_loadings(W_sae_dec: np.ndarray, neuron_readin: np.ndarray,
     return W @ R
 
 
-def model_feature_gram(W_sae_dec: np.ndarray, neuron_readin: np.ndarray,
-                       features: np.ndarray | None = None) -> np.ndarray:
+def model_feature_gram(
+    W_sae_dec: np.ndarray, neuron_readin: np.ndarray, features: np.ndarray | None = None
+) -> np.ndarray:
     """Interference of SAE features in the model's neuron space: cosines of their loadings."""
     return normalized_gram(model_feature_loadings(W_sae_dec, neuron_readin, features))
 
@@ -453,7 +456,9 @@ class NeuronComparison:
     matching: Matching
 
 
-def compare_populations(m: CrossMoments, svcca_keep: float = 0.99, r_threshold: float = 0.5) -> NeuronComparison:
+def compare_populations(
+    m: CrossMoments, svcca_keep: float = 0.99, r_threshold: float = 0.5
+) -> NeuronComparison:
     """Best |r|, Hungarian matching, CKA and SVCCA from one CrossMoments.
 
     `hungarian_mean_r` and `frac_matched_above_0_5` use |r| of the matched pairs (the matching
@@ -490,8 +495,10 @@ def spectrum_summary(cov: np.ndarray, side: str) -> dict[str, float]:
     total = float(lam.sum())
     if total <= 0:
         return {f"top_pc_share_{side}": float("nan"), f"effective_rank_{side}": 0.0}
-    return {f"top_pc_share_{side}": float(lam.max() / total),
-            f"effective_rank_{side}": float(total**2 / float((lam**2).sum()))}
+    return {
+        f"top_pc_share_{side}": float(lam.max() / total),
+        f"effective_rank_{side}": float(total**2 / float((lam**2).sum())),
+    }
 
 
 def matched_order(C: np.ndarray, match: Matching) -> tuple[np.ndarray, np.ndarray]:
@@ -540,17 +547,28 @@ class CompareConfig:
     def __post_init__(self) -> None:
         from neural_codec.params import check
 
-        check(self.n_mantel_permutations >= 1, "n_mantel_permutations", self.n_mantel_permutations,
-              "an integer >= 1")
-        check(self.max_features_for_mantel >= 3, "max_features_for_mantel",
-              self.max_features_for_mantel, "an integer >= 3")
+        check(
+            self.n_mantel_permutations >= 1,
+            "n_mantel_permutations",
+            self.n_mantel_permutations,
+            "an integer >= 1",
+        )
+        check(
+            self.max_features_for_mantel >= 3,
+            "max_features_for_mantel",
+            self.max_features_for_mantel,
+            "an integer >= 3",
+        )
         check(0 < self.svcca_keep <= 1, "svcca_keep", self.svcca_keep, "a number in (0, 1]")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        check(self.retrain_steps is None or self.retrain_steps >= 1, "retrain_steps",
-              self.retrain_steps, "null (same as the squeezer) or an integer >= 1")
+        check(
+            self.retrain_steps is None or self.retrain_steps >= 1,
+            "retrain_steps",
+            self.retrain_steps,
+            "null (same as the squeezer) or an integer >= 1",
+        )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons,
-              "an integer >= 1")
+        check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
 
 
 def retrain_config(cfg: Any, seed: int | None = None, steps: int | None = None) -> Any:

@@ -59,11 +59,15 @@ def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict
     for b in io.iter_batches(act_dir, cfg.batch_size, ["resid"]):
         x = torch.from_numpy(b["resid"].astype(np.float32))
         if not torch.isfinite(x).all():
-            raise ValueError(f"non-finite activations in {act_dir} (rows {n}..{n + len(x) - 1}): re-run activations")
+            raise ValueError(
+                f"non-finite activations in {act_dir} (rows {n}..{n + len(x) - 1}): re-run activations"
+            )
         f = sae.encode(x)
         # checked before the threshold below, which would turn a NaN into silent padding
         if not torch.isfinite(f).all():
-            raise ValueError(f"the SAE produced non-finite feature activations on {act_dir} (rows {n}..{n + len(x) - 1})")
+            raise ValueError(
+                f"the SAE produced non-finite feature activations on {act_dir} (rows {n}..{n + len(x) - 1})"
+            )
         idx, val = sparsify(f, cfg.top_k, cfg.min_value)
         idx = torch.where(val > 0, idx, torch.zeros_like(idx))
         idx_np, val_np = idx.numpy().astype(np.int32), val.numpy().astype(np.float32)

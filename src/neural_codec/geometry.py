@@ -331,9 +331,7 @@ def wrap_ratio(P: np.ndarray) -> float:
     return float(np.linalg.norm(P[-1] - P[0]) / med) if med > 0 else float("nan")
 
 
-def circle_stats(
-    X: np.ndarray, n_permutations: int = 1000, seed: int = 0
-) -> dict[str, float]:
+def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> dict[str, float]:
     """Circular structure of one cyclic family; rows of X in the true cyclic order.
 
     The rows are projected to their top-2 PCs; theta = angle in that plane, true phase
@@ -424,12 +422,19 @@ class GeometryConfig:
     max_plot_polytopes: int = 12
 
     def __post_init__(self) -> None:
-        check(0.0 < self.interference_threshold < 1.0, "interference_threshold",
-              self.interference_threshold, "a number in (0, 1)")
-        check(0.0 <= self.min_norm_frac < 1.0, "min_norm_frac", self.min_norm_frac,
-              "a number in [0, 1)")
-        check(0.0 < self.polytope_tolerance < 1.0, "polytope_tolerance", self.polytope_tolerance,
-              "a number in (0, 1)")
+        check(
+            0.0 < self.interference_threshold < 1.0,
+            "interference_threshold",
+            self.interference_threshold,
+            "a number in (0, 1)",
+        )
+        check(0.0 <= self.min_norm_frac < 1.0, "min_norm_frac", self.min_norm_frac, "a number in [0, 1)")
+        check(
+            0.0 < self.polytope_tolerance < 1.0,
+            "polytope_tolerance",
+            self.polytope_tolerance,
+            "a number in (0, 1)",
+        )
         check(2 <= self.hist_bins <= 10000, "hist_bins", self.hist_bins, "an integer in [2, 10000]")
         check(len(self.fractions) >= 1, "fractions", self.fractions, "a non-empty list like ['1', '2/5']")
         for f in self.fractions:
@@ -438,20 +443,35 @@ class GeometryConfig:
             except (ValueError, ZeroDivisionError):
                 v = float("nan")
             check(0.0 < v <= 1.0, "fractions", f, "fractions 'a/b' in (0, 1], e.g. '2/5'")
-        check(0.0 < self.line_half_width < 0.25, "line_half_width", self.line_half_width,
-              "a number in (0, 0.25)")
-        check(0.0 < self.line_flank_width < 0.5, "line_flank_width", self.line_flank_width,
-              "a number in (0, 0.5)")
+        check(
+            0.0 < self.line_half_width < 0.25,
+            "line_half_width",
+            self.line_half_width,
+            "a number in (0, 0.25)",
+        )
+        check(
+            0.0 < self.line_flank_width < 0.5,
+            "line_flank_width",
+            self.line_flank_width,
+            "a number in (0, 0.5)",
+        )
         check(0.0 < self.line_alpha < 1.0, "line_alpha", self.line_alpha, "a number in (0, 1)")
         check(self.line_min_count >= 1, "line_min_count", self.line_min_count, "an integer >= 1")
-        check(self.n_permutations >= 19, "n_permutations", self.n_permutations,
-              "an integer >= 19 (so p < 0.05 is reachable)")
+        check(
+            self.n_permutations >= 19,
+            "n_permutations",
+            self.n_permutations,
+            "an integer >= 19 (so p < 0.05 is reachable)",
+        )
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         check(self.null_rows >= 1, "null_rows", self.null_rows, "an integer >= 1")
-        check(self.null_steps is None or self.null_steps >= 1, "null_steps", self.null_steps,
-              "null (the Squeezer's steps) or an integer >= 1")
-        check(self.max_plot_polytopes >= 0, "max_plot_polytopes", self.max_plot_polytopes,
-              "an integer >= 0")
+        check(
+            self.null_steps is None or self.null_steps >= 1,
+            "null_steps",
+            self.null_steps,
+            "null (the Squeezer's steps) or an integer >= 1",
+        )
+        check(self.max_plot_polytopes >= 0, "max_plot_polytopes", self.max_plot_polytopes, "an integer >= 0")
 
 
 def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) -> dict[str, Any]:
@@ -556,9 +576,7 @@ def _save(fig, path) -> None:
     _plt().close(fig)
 
 
-def histogram_table(
-    results: dict[str, dict[str, Any]], bins: int
-) -> tuple[list[str], list[list[Any]]]:
+def histogram_table(results: dict[str, dict[str, Any]], bins: int) -> tuple[list[str], list[list[Any]]]:
     """CSV for `dvc plots`: bin centre `D` and, per analysed matrix, the fraction of its
     represented features in each bin (so runs with different n compare)."""
     edges = np.linspace(0, 1, bins + 1)
@@ -573,8 +591,12 @@ def histogram_table(
 
 
 def plot_dimensionality(
-    path, results: dict[str, dict[str, Any]], fractions: list[str], bins: int,
-    parts: tuple[str, ...] = ("encoder", "decoder"), main: str = "trained",
+    path,
+    results: dict[str, dict[str, Any]],
+    fractions: list[str],
+    bins: int,
+    parts: tuple[str, ...] = ("encoder", "decoder"),
+    main: str = "trained",
 ) -> None:
     """One panel per part: the histogram of `results[f"{main}_{part}"]`'s represented D values,
     every other `results[f"{kind}_{part}"]` (the nulls) as outlines rescaled to the same count,
@@ -583,7 +605,7 @@ def plot_dimensionality(
     from matplotlib.transforms import blended_transform_factory
 
     fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
-    for ax, part in zip(axes[0], parts):
+    for ax, part in zip(axes[0], parts, strict=False):
         r = results[f"{main}_{part}"]
         Dr = r["_D"][r["_mask"]]
         ax.hist(Dr, bins=bins, range=(0, 1), color="C0", alpha=0.8, label=f"{main} (n={len(Dr)})")
@@ -591,21 +613,34 @@ def plot_dimensionality(
         for j, key in enumerate(nulls):
             Do = results[key]["_D"][results[key]["_mask"]]
             w = np.full(len(Do), len(Dr) / max(len(Do), 1))
-            ax.hist(Do, bins=bins, range=(0, 1), weights=w, histtype="step", color=f"C{j + 1}",
-                    label=f"{key.removesuffix('_' + part)} null (n={len(Do)}, rescaled)")
+            ax.hist(
+                Do,
+                bins=bins,
+                range=(0, 1),
+                weights=w,
+                histtype="step",
+                color=f"C{j + 1}",
+                label=f"{key.removesuffix('_' + part)} null (n={len(Do)}, rescaled)",
+            )
         tr = blended_transform_factory(ax.transData, ax.transAxes)
         for i, f in enumerate(sorted(fractions, key=parse_fraction)):
             x = parse_fraction(f)
             is_line = r["lines"][f]["is_line"]
             ax.axvline(x, color="C3" if is_line else "0.5", ls="-" if is_line else ":", lw=1)
-            ax.text(x, 1.005 + 0.045 * (i % 2), f + ("*" if is_line else ""), transform=tr,
-                    ha="center", va="bottom",
-                    fontsize=8, color="C3" if is_line else "0.3")
+            ax.text(
+                x,
+                1.005 + 0.045 * (i % 2),
+                f + ("*" if is_line else ""),
+                transform=tr,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="C3" if is_line else "0.3",
+            )
         ax.set_xlim(0, 1.02)
         ax.set_xlabel("feature dimensionality D_i (represented features)")
         ax.set_ylabel("features")
-        ax.set_title(f"{main} {part}: D*={r['D_star']:.3g}, lines (*) = {r['n_lines']}",
-                     fontsize=10, pad=22)
+        ax.set_title(f"{main} {part}: D*={r['D_star']:.3g}, lines (*) = {r['n_lines']}", fontsize=10, pad=22)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     _save(fig, path)
@@ -618,8 +653,9 @@ def _project_origin(X: np.ndarray) -> np.ndarray:
     return np.pad(P, ((0, 0), (0, 2 - P.shape[1]))) if P.shape[1] < 2 else P
 
 
-def plot_polytopes(path, results: dict[str, dict[str, Any]], weights: dict[str, np.ndarray],
-                   max_plots: int) -> None:
+def plot_polytopes(
+    path, results: dict[str, dict[str, Any]], weights: dict[str, np.ndarray], max_plots: int
+) -> None:
     """Each detected polytope (then small unmatched components) projected on its top-2 PCs."""
     plt = _plt()
     items = []
@@ -635,12 +671,18 @@ def plot_polytopes(path, results: dict[str, dict[str, Any]], weights: dict[str, 
     for ax in axes.ravel():
         ax.set_axis_off()
     if not items:
-        axes[0, 0].text(0.5, 0.5, "no polytopes (interference components\nof size >= 2) found",
-                        ha="center", va="center", transform=axes[0, 0].transAxes)
-    for ax, (_, _, name, p) in zip(axes.ravel(), items):
+        axes[0, 0].text(
+            0.5,
+            0.5,
+            "no polytopes (interference components\nof size >= 2) found",
+            ha="center",
+            va="center",
+            transform=axes[0, 0].transAxes,
+        )
+    for ax, (_, _, name, p) in zip(axes.ravel(), items, strict=False):
         ax.set_axis_on()
         P = _project_origin(np.asarray(weights[name], dtype=np.float64)[p.members])
-        for (x, y), m in zip(P, p.members):
+        for (x, y), m in zip(P, p.members, strict=False):
             ax.plot([0, x], [0, y], color="C0", lw=1)
             ax.annotate(str(int(m)), (x, y), fontsize=7)
         ax.scatter(P[:, 0], P[:, 1], color="C3", s=15, zorder=3)
@@ -655,8 +697,9 @@ def plot_polytopes(path, results: dict[str, dict[str, Any]], weights: dict[str, 
     _save(fig, path)
 
 
-def plot_circles(path, weights: dict[str, np.ndarray], families: list[dict[str, Any]],
-                 results: dict[str, dict[str, Any]]) -> None:
+def plot_circles(
+    path, weights: dict[str, np.ndarray], families: list[dict[str, Any]], results: dict[str, dict[str, Any]]
+) -> None:
     """Each cyclic family (columns) for each weight matrix (rows) in its top-2 PCs; points
     labelled by the family's labels (or cyclic position) and joined in the true order."""
     plt = _plt()
@@ -667,8 +710,9 @@ def plot_circles(path, weights: dict[str, np.ndarray], families: list[dict[str, 
     if not fams:
         for ax in axes.ravel():
             ax.set_axis_off()
-        axes[0, 0].text(0.5, 0.5, "no cyclic families", ha="center", va="center",
-                        transform=axes[0, 0].transAxes)
+        axes[0, 0].text(
+            0.5, 0.5, "no cyclic families", ha="center", va="center", transform=axes[0, 0].transAxes
+        )
     for i, wname in enumerate(names):
         for j, fam in enumerate(fams):
             ax = axes[i, j]
@@ -677,7 +721,7 @@ def plot_circles(path, weights: dict[str, np.ndarray], families: list[dict[str, 
             closed = np.vstack([P, P[:1]])
             ax.plot(closed[:, 0], closed[:, 1], color="0.7", lw=0.8)
             ax.scatter(P[:, 0], P[:, 1], c=np.arange(len(P)), cmap="hsv", s=25, zorder=3)
-            for (x, y), lab in zip(P, labels):
+            for (x, y), lab in zip(P, labels, strict=False):
                 ax.annotate(str(lab), (x, y), fontsize=7)
             st = results[wname]["circles"].get(str(fam.get("name")), {})
             ax.set_title(

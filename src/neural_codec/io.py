@@ -255,8 +255,10 @@ class SparseFeatures:
         """Keep the k largest entries per row (ties broken by index); zeros become padding."""
         dense = np.asarray(dense, dtype=np.float32)
         k = min(k, dense.shape[1])
-        idx = np.argpartition(-dense, k - 1, axis=1)[:, :k] if k < dense.shape[1] else np.tile(
-            np.arange(dense.shape[1]), (len(dense), 1)
+        idx = (
+            np.argpartition(-dense, k - 1, axis=1)[:, :k]
+            if k < dense.shape[1]
+            else np.tile(np.arange(dense.shape[1]), (len(dense), 1))
         )
         val = np.take_along_axis(dense, idx, axis=1)
         val = np.where(val > 0, val, 0).astype(np.float32)

@@ -105,22 +105,46 @@ class LMSourceConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        check(bool(self.model_name), "model_name", self.model_name,
-              "a TransformerLens model name, 'local:<dir>' or 'glassllm'")
-        check(self.sae_hook is None or bool(HOOK_RE.match(self.sae_hook)), "sae_hook", self.sae_hook,
-              "a TransformerLens hook name such as blocks.8.hook_resid_pre (or null: the SAE's own)")
-        check(bool(NEURON_HOOK_RE.match(self.neuron_hook)), "neuron_hook", self.neuron_hook,
-              "blocks.L.mlp.hook_post (the MLP neurons of layer L)")
-        check(self.context_size is None or 2 <= self.context_size <= 1_000_000, "context_size",
-              self.context_size, "an integer >= 2 (or null: the SAE's own)")
+        check(
+            bool(self.model_name),
+            "model_name",
+            self.model_name,
+            "a TransformerLens model name, 'local:<dir>' or 'glassllm'",
+        )
+        check(
+            self.sae_hook is None or bool(HOOK_RE.match(self.sae_hook)),
+            "sae_hook",
+            self.sae_hook,
+            "a TransformerLens hook name such as blocks.8.hook_resid_pre (or null: the SAE's own)",
+        )
+        check(
+            bool(NEURON_HOOK_RE.match(self.neuron_hook)),
+            "neuron_hook",
+            self.neuron_hook,
+            "blocks.L.mlp.hook_post (the MLP neurons of layer L)",
+        )
+        check(
+            self.context_size is None or 2 <= self.context_size <= 1_000_000,
+            "context_size",
+            self.context_size,
+            "an integer >= 2 (or null: the SAE's own)",
+        )
         check(self.n_tokens_train >= 1, "n_tokens_train", self.n_tokens_train, "an integer >= 1")
         check(self.n_tokens_heldout >= 1, "n_tokens_heldout", self.n_tokens_heldout, "an integer >= 1")
-        check(self.heldout_every >= 2, "heldout_every", self.heldout_every,
-              "an integer >= 2 (every n-th context window goes to heldout)")
+        check(
+            self.heldout_every >= 2,
+            "heldout_every",
+            self.heldout_every,
+            "an integer >= 2 (every n-th context window goes to heldout)",
+        )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(bool(self.text_column), "text_column", self.text_column, "a column name")
-        check(self.device == "cpu" or self.device.startswith(("cuda", "mps")), "device", self.device,
-              "cpu, cuda, cuda:N or mps")
+        check(
+            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
+            "device",
+            self.device,
+            "cpu, cuda, cuda:N or mps",
+        )
 
     @property
     def hooks(self) -> list[str]:
@@ -184,10 +208,15 @@ def sae_settings_from_params(sae_params: dict[str, Any] | None) -> dict[str, Any
         return None
     md = d.get("metadata") or {}
     get = lambda k: md.get(k, d.get(k))  # noqa: E731  (pre-6.0 configs keep them top level)
-    return {"hook_name": get("hook_name") or d.get("hook_point"), "prepend_bos": get("prepend_bos"),
-            "context_size": get("context_size"), "model_name": get("model_name"),
-            "model_from_pretrained_kwargs": dict(get("model_from_pretrained_kwargs") or {}),
-            "d_in": d.get("d_in"), "d_sae": d.get("d_sae")}
+    return {
+        "hook_name": get("hook_name") or d.get("hook_point"),
+        "prepend_bos": get("prepend_bos"),
+        "context_size": get("context_size"),
+        "model_name": get("model_name"),
+        "model_from_pretrained_kwargs": dict(get("model_from_pretrained_kwargs") or {}),
+        "d_in": d.get("d_in"),
+        "d_sae": d.get("d_sae"),
+    }
 
 
 def config_for_sae(cfg: LMSourceConfig, sae_params: dict[str, Any] | None) -> LMSourceConfig:
@@ -213,16 +242,25 @@ def honour_sae_settings(cfg: LMSourceConfig, settings: dict[str, Any]) -> LMSour
     sae_ctx = settings.get("context_size")
     if sae_ctx and (ctx is None or ctx > sae_ctx):
         if ctx is not None:
-            warnings.warn(f"source.lm.context_size {ctx} > the SAE's training context {sae_ctx}; using {sae_ctx}")
+            warnings.warn(
+                f"source.lm.context_size {ctx} > the SAE's training context {sae_ctx}; using {sae_ctx}",
+                stacklevel=2,
+            )
         ctx = int(sae_ctx)
     bos = cfg.prepend_bos
     if settings.get("prepend_bos") is not None:
         if bos is not None and bos != settings["prepend_bos"]:
-            warnings.warn(f"source.lm.prepend_bos {bos} differs from the SAE's {settings['prepend_bos']}; using the SAE's")
+            warnings.warn(
+                f"source.lm.prepend_bos {bos} differs from the SAE's {settings['prepend_bos']}; using the SAE's",
+                stacklevel=2,
+            )
         bos = bool(settings["prepend_bos"])
     kwargs = {**settings.get("model_from_pretrained_kwargs", {}), **cfg.model_from_pretrained_kwargs}
     return dataclasses.replace(
-        cfg, sae_hook=hook or cfg.sae_hook, context_size=ctx, prepend_bos=bos,
+        cfg,
+        sae_hook=hook or cfg.sae_hook,
+        context_size=ctx,
+        prepend_bos=bos,
         model_from_pretrained_kwargs=kwargs,
     ).resolved()
 
@@ -247,10 +285,12 @@ def save_local_model(model: Any, directory: str | Path, config_kwargs: dict[str,
 
 
 def _local_dir(name: str) -> Path | None:
-    path = Path(name[len("local:"):] if name.startswith("local:") else name)
+    path = Path(name[len("local:") :] if name.startswith("local:") else name)
     if name.startswith("local:") or (path.is_dir() and (path / LOCAL_CONFIG).exists()):
         if not (path / LOCAL_CONFIG).exists():
-            raise LMUnavailable(f"{path} is not a local model folder (no {LOCAL_CONFIG}); see neural_codec.lm.save_local_model")
+            raise LMUnavailable(
+                f"{path} is not a local model folder (no {LOCAL_CONFIG}); see neural_codec.lm.save_local_model"
+            )
         return path
     return None
 
@@ -309,7 +349,9 @@ def load_model(cfg: LMSourceConfig) -> Any:
 
 
 def load_sae(
-    release: str | None = None, sae_id: str | None = None, path: str | Path | None = None,
+    release: str | None = None,
+    sae_id: str | None = None,
+    path: str | Path | None = None,
     device: str = "cpu",
 ) -> Any:
     """A SAELens SAE: from the pretrained registry (release, sae_id) or a local SAELens folder."""
@@ -318,7 +360,9 @@ def load_sae(
     if path is not None:
         path = Path(path)
         if not (path / "cfg.json").exists():
-            raise LMUnavailable(f"{path} is not a SAELens SAE folder (no cfg.json); write one with sae.save_model(path)")
+            raise LMUnavailable(
+                f"{path} is not a SAELens SAE folder (no cfg.json); write one with sae.save_model(path)"
+            )
         return SAE.load_from_disk(str(path), device=device)
     if not (release and sae_id):
         raise ParamError(
@@ -377,8 +421,10 @@ def resolve_dataset_path(dataset: str) -> str:
     package, _, sub = dataset[4:].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ParamError(f"params.yaml: source.lm.dataset = {dataset!r} is not allowed; "
-                         f"package {package!r} is not installed (see scripts/setup.sh)")
+        raise ParamError(
+            f"params.yaml: source.lm.dataset = {dataset!r} is not allowed; "
+            f"package {package!r} is not installed (see scripts/setup.sh)"
+        )
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
@@ -386,12 +432,18 @@ def iter_text(cfg: LMSourceConfig) -> Iterator[str]:
     """Documents from local text (.txt file or folder, a save_to_disk folder) or a hub dataset."""
     path = Path(resolve_dataset_path(cfg.dataset))
     if not cfg.dataset:
-        raise ParamError(f"params.yaml: source.lm.dataset = '' is not allowed; expected a dataset name or {OFFLINE_DATA}")
+        raise ParamError(
+            f"params.yaml: source.lm.dataset = '' is not allowed; expected a dataset name or {OFFLINE_DATA}"
+        )
     if path.is_file():
         yield from _paragraphs(path)
         return
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+            or (path / "state.json").exists()
+        ):
             import datasets
 
             ds = datasets.load_from_disk(str(path))
@@ -402,12 +454,16 @@ def iter_text(cfg: LMSourceConfig) -> Iterator[str]:
             return
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ""))
         if not files:
-            raise ParamError(f"params.yaml: source.lm.dataset = {cfg.dataset!r} is not allowed; expected {OFFLINE_DATA} (no text files in it)")
+            raise ParamError(
+                f"params.yaml: source.lm.dataset = {cfg.dataset!r} is not allowed; expected {OFFLINE_DATA} (no text files in it)"
+            )
         for f in files:
             yield from _paragraphs(f)
         return
     if cfg.dataset.startswith(("/", ".")) or cfg.dataset.endswith(".txt"):
-        raise ParamError(f"params.yaml: source.lm.dataset = {cfg.dataset!r} is not allowed; the path does not exist")
+        raise ParamError(
+            f"params.yaml: source.lm.dataset = {cfg.dataset!r} is not allowed; the path does not exist"
+        )
     import datasets
 
     try:
@@ -420,7 +476,9 @@ def iter_text(cfg: LMSourceConfig) -> Iterator[str]:
             f"offline alternatives: {OFFLINE_DATA}"
         ) from err
     if cfg.text_column not in first:
-        raise ParamError(f"params.yaml: source.lm.text_column = {cfg.text_column!r} is not allowed; expected one of {sorted(first)}")
+        raise ParamError(
+            f"params.yaml: source.lm.text_column = {cfg.text_column!r} is not allowed; expected one of {sorted(first)}"
+        )
     yield first[cfg.text_column]
     for row in rows:
         yield row[cfg.text_column]
@@ -488,7 +546,9 @@ def token_batches(
     if rows:
         yield np.asarray(ids), torch.as_tensor(np.stack(rows), device=cfg.device)
     if done < n_windows:
-        warnings.warn(f"dataset ran out: {split} has {done} of the {n_windows} windows requested")
+        warnings.warn(
+            f"dataset ran out: {split} has {done} of the {n_windows} windows requested", stacklevel=2
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,15 +582,27 @@ def extract_activations(
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     store = np.float16 if act_cfg.dtype == "float16" else np.float32
     d_model, d_mlp = model.cfg.d_model, model.cfg.d_mlp
-    figures: dict[str, Any] = {"model_name": cfg.model_name, "sae_hook": cfg.sae_hook,
-                               "neuron_hook": cfg.neuron_hook, "stop_at_layer": cfg.stop_at_layer}
+    figures: dict[str, Any] = {
+        "model_name": cfg.model_name,
+        "sae_hook": cfg.sae_hook,
+        "neuron_hook": cfg.neuron_hook,
+        "stop_at_layer": cfg.stop_at_layer,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "heldout"):
         writer = io.ShardWriter(
-            out_dir / split, act_cfg.rows_per_shard, d_model=d_model, n_neurons=d_mlp,
-            model_name=cfg.model_name, sae_hook=cfg.sae_hook, neuron_hook=cfg.neuron_hook,
-            context_size=cfg.context_size, prepend_bos=cfg.prepend_bos, dtype=act_cfg.dtype,
-            special_token_ids=special.tolist(), exclude_special_tokens=cfg.exclude_special_tokens,
+            out_dir / split,
+            act_cfg.rows_per_shard,
+            d_model=d_model,
+            n_neurons=d_mlp,
+            model_name=cfg.model_name,
+            sae_hook=cfg.sae_hook,
+            neuron_hook=cfg.neuron_hook,
+            context_size=cfg.context_size,
+            prepend_bos=cfg.prepend_bos,
+            dtype=act_cfg.dtype,
+            special_token_ids=special.tolist(),
+            exclude_special_tokens=cfg.exclude_special_tokens,
         )
         n_tok = 0
         t0 = time.perf_counter()
@@ -539,7 +611,11 @@ def extract_activations(
                 _, cache = model.run_with_cache(
                     tokens, names_filter=cfg.hooks, stop_at_layer=cfg.stop_at_layer
                 )
-            keep = ~torch.isin(tokens, special) if cfg.exclude_special_tokens else torch.ones_like(tokens, dtype=torch.bool)
+            keep = (
+                ~torch.isin(tokens, special)
+                if cfg.exclude_special_tokens
+                else torch.ones_like(tokens, dtype=torch.bool)
+            )
             b, t = tokens.shape
             pos = torch.arange(t, device=tokens.device).expand(b, t)
             ctx = torch.as_tensor(window_ids, device=tokens.device)[:, None].expand(b, t)
@@ -555,9 +631,15 @@ def extract_activations(
         meta = writer.close()
         secs = time.perf_counter() - t0
         if meta["n_rows"] == 0:
-            raise LMUnavailable(f"no {split} tokens: the dataset {cfg.dataset!r} is too short for context_size {cfg.context_size}")
-        figures[split] = {"tokens": n_tok, "rows": meta["n_rows"], "seconds": secs,
-                          "tokens_per_s": n_tok / max(secs, 1e-9)}
+            raise LMUnavailable(
+                f"no {split} tokens: the dataset {cfg.dataset!r} is too short for context_size {cfg.context_size}"
+            )
+        figures[split] = {
+            "tokens": n_tok,
+            "rows": meta["n_rows"],
+            "seconds": secs,
+            "tokens_per_s": n_tok / max(secs, 1e-9),
+        }
     with io.atomic_path(out_dir / "neuron_readin.npy") as tmp:
         with tmp.open("wb") as fh:
             np.save(fh, neuron_readin(model, cfg.neuron_layer))
@@ -590,8 +672,13 @@ def sae_quality(sae: Any, activations_dir: str | Path, batch_size: int = 4096) -
         fired |= (f > 0).any(0).cpu()
     assert s1 is not None
     sst = s2 - float((s1**2).sum()) / n
-    return {"l0": l0 / n, "explained_variance": 1 - sse / sst, "mse": sse / n,
-            "dead_fraction": float((~fired).float().mean()), "n_rows": n}
+    return {
+        "l0": l0 / n,
+        "explained_variance": 1 - sse / sst,
+        "mse": sse / n,
+        "dead_fraction": float((~fired).float().mean()),
+        "n_rows": n,
+    }
 
 
 def _clean_token(s: str) -> str:
@@ -600,8 +687,13 @@ def _clean_token(s: str) -> str:
 
 @torch.no_grad()
 def feature_labels(
-    sae: Any, activations_dir: str | Path, tokenizer: Any, top_n: int = 10, n_examples: int = 32,
-    context_tokens: int = 6, batch_size: int = 1024,
+    sae: Any,
+    activations_dir: str | Path,
+    tokenizer: Any,
+    top_n: int = 10,
+    n_examples: int = 32,
+    context_tokens: int = 6,
+    batch_size: int = 1024,
 ) -> list[dict[str, Any]]:
     """Per latent: its top-activating examples (token and preceding context) and top tokens.
 
@@ -633,36 +725,66 @@ def feature_labels(
             labels.append({"latent": j, "label": "", "top_tokens": [], "examples": []})
             continue
         mass: dict[str, float] = {}
-        for v, tok in zip(vals, decode(tokens[rws])):
+        for v, tok in zip(vals, decode(tokens[rws]), strict=False):
             mass[tok] = mass.get(tok, 0.0) + float(v)
         total = sum(mass.values())
         top = sorted(mass.items(), key=lambda kv: -kv[1])[:top_n]
         examples = []
-        for v, r in list(zip(vals, rws))[:top_n]:
+        for v, r in list(zip(vals, rws, strict=False))[:top_n]:
             lo = r
             while lo > 0 and r - lo < context_tokens and ctx[lo - 1] == ctx[r]:
                 lo -= 1
             before = tokenizer.decode([int(t) for t in tokens[lo:r]])
             word = tokenizer.decode([int(tokens[r])])
             examples.append({"activation": float(v), "token": word, "context": f"{before}[[{word}]]"})
-        labels.append({
-            "latent": j,
-            "label": "|".join(_clean_token(t).strip() for t, _ in top[:3]),
-            "top_tokens": [[_clean_token(t), m / total] for t, m in top],
-            "max_activation": float(vals[0]),
-            "examples": examples,
-        })
+        labels.append(
+            {
+                "latent": j,
+                "label": "|".join(_clean_token(t).strip() for t, _ in top[:3]),
+                "top_tokens": [[_clean_token(t), m / total] for t, m in top],
+                "max_activation": float(vals[0]),
+                "examples": examples,
+            }
+        )
     return labels
 
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august",
-          "september", "october", "november", "december"]
-_ABBREV = {"monday": ["Mon"], "tuesday": ["Tue", "Tues"], "wednesday": ["Wed"],
-           "thursday": ["Thu", "Thur", "Thurs"], "friday": ["Fri"], "saturday": ["Sat"], "sunday": ["Sun"],
-           "january": ["Jan"], "february": ["Feb"], "march": [], "april": ["Apr"], "may": [],
-           "june": ["Jun"], "july": ["Jul"], "august": ["Aug"], "september": ["Sep", "Sept"],
-           "october": ["Oct"], "november": ["Nov"], "december": ["Dec"]}
+MONTHS = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+]
+_ABBREV = {
+    "monday": ["Mon"],
+    "tuesday": ["Tue", "Tues"],
+    "wednesday": ["Wed"],
+    "thursday": ["Thu", "Thur", "Thurs"],
+    "friday": ["Fri"],
+    "saturday": ["Sat"],
+    "sunday": ["Sun"],
+    "january": ["Jan"],
+    "february": ["Feb"],
+    "march": [],
+    "april": ["Apr"],
+    "may": [],
+    "june": ["Jun"],
+    "july": ["Jul"],
+    "august": ["Aug"],
+    "september": ["Sep", "Sept"],
+    "october": ["Oct"],
+    "november": ["Nov"],
+    "december": ["Dec"],
+}
 CYCLIC_FAMILIES = {"weekdays": WEEKDAYS, "months": MONTHS}
 
 
@@ -676,7 +798,9 @@ def _matches(token: str, member: str) -> bool:
 
 
 def find_cyclic_families(
-    labels: list[dict[str, Any]], min_score: float = 0.5, min_members: int | None = None,
+    labels: list[dict[str, Any]],
+    min_score: float = 0.5,
+    min_members: int | None = None,
 ) -> list[dict[str, Any]]:
     """Weekday and month families in latent space, from labels (families.json format).
 
@@ -698,17 +822,20 @@ def find_cyclic_families(
                     if _matches(tok, m):
                         score[i, j] += share
         rows, cols = linear_sum_assignment(-score)
-        chosen = {int(r): int(c) for r, c in zip(rows, cols) if score[r, c] >= min_score}
+        chosen = {int(r): int(c) for r, c in zip(rows, cols, strict=False) if score[r, c] >= min_score}
         if len(chosen) < need:
             continue
         order = sorted(chosen)
-        families.append({
-            "name": name, "kind": "cyclic",
-            "members": [int(cand[chosen[i]]["latent"]) for i in order],
-            "labels": [members[i] for i in order],
-            "scores": [float(score[i, chosen[i]]) for i in order],
-            "true_members": [],
-        })
+        families.append(
+            {
+                "name": name,
+                "kind": "cyclic",
+                "members": [int(cand[chosen[i]]["latent"]) for i in order],
+                "labels": [members[i] for i in order],
+                "scores": [float(score[i, chosen[i]]) for i in order],
+                "true_members": [],
+            }
+        )
     return families
 
 
@@ -719,9 +846,12 @@ def find_cyclic_families(
 
 @torch.no_grad()
 def ce_scores(
-    model: Any, sae: Any, cfg: LMSourceConfig,
+    model: Any,
+    sae: Any,
+    cfg: LMSourceConfig,
     reconstruct_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    n_batches: int = 8, split: Literal["train", "heldout"] = "heldout",
+    n_batches: int = 8,
+    split: Literal["train", "heldout"] = "heldout",
 ) -> dict[str, float]:
     """Next-token CE clean, with the SAE reconstruction patched in at sae_hook, with zero ablation,
     and the CE-loss score (CE_zero - CE_patched) / (CE_zero - CE_clean).
@@ -739,10 +869,13 @@ def ce_scores(
             act = act.clone()
             act[keep] = new
             return act
+
         return hook
 
     runs: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-        "clean": None, "zero": torch.zeros_like, "sae": lambda x: sae.decode(sae.encode(x)),
+        "clean": None,
+        "zero": torch.zeros_like,
+        "sae": lambda x: sae.decode(sae.encode(x)),
     }
     if reconstruct_fn is not None:
         runs["reconstruct"] = lambda x: sae.decode(reconstruct_fn(sae.encode(x)))
@@ -751,15 +884,24 @@ def ce_scores(
     for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
         if i >= n_batches:
             break
-        keep = ~torch.isin(tokens, special) if cfg.exclude_special_tokens else torch.ones_like(tokens, dtype=torch.bool)
+        keep = (
+            ~torch.isin(tokens, special)
+            if cfg.exclude_special_tokens
+            else torch.ones_like(tokens, dtype=torch.bool)
+        )
         for k, fn in runs.items():
             hooks = [] if fn is None else [(cfg.sae_hook, patcher(fn, keep))]
             loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
             sums[k] += float(loss.sum())
         n += tokens.shape[0] * (tokens.shape[1] - 1)
     ce = {k: v / max(n, 1) for k, v in sums.items()}
-    out = {"ce_clean": ce["clean"], "ce_zero_ablation": ce["zero"], "ce_sae": ce["sae"],
-           "ce_loss_score_sae": _score(ce["zero"], ce["sae"], ce["clean"]), "n_tokens": n}
+    out = {
+        "ce_clean": ce["clean"],
+        "ce_zero_ablation": ce["zero"],
+        "ce_sae": ce["sae"],
+        "ce_loss_score_sae": _score(ce["zero"], ce["sae"], ce["clean"]),
+        "n_tokens": n,
+    }
     if "reconstruct" in ce:
         out["ce_reconstruct"] = ce["reconstruct"]
         out["ce_loss_score_reconstruct"] = _score(ce["zero"], ce["reconstruct"], ce["clean"])
@@ -783,10 +925,18 @@ def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
         if hook is None:  # taken from the SAE later (config_for_sae)
             continue
         layer = hook_layer(hook)
-        check(hook in model.hook_dict and (layer is None or layer < n_layers), f"source.lm.{key}", hook,
-              f"a hook of {cfg.model_name} ({n_layers} layers), e.g. blocks.{n_layers - 1}.hook_resid_pre")
-    check((cfg.context_size or 0) <= model.cfg.n_ctx, "source.lm.context_size", cfg.context_size,
-          f"at most the model's context {model.cfg.n_ctx}")
+        check(
+            hook in model.hook_dict and (layer is None or layer < n_layers),
+            f"source.lm.{key}",
+            hook,
+            f"a hook of {cfg.model_name} ({n_layers} layers), e.g. blocks.{n_layers - 1}.hook_resid_pre",
+        )
+    check(
+        (cfg.context_size or 0) <= model.cfg.n_ctx,
+        "source.lm.context_size",
+        cfg.context_size,
+        f"at most the model's context {model.cfg.n_ctx}",
+    )
 
 
 def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -798,18 +948,32 @@ def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
     next(iter_text(cfg))  # the dataset is reachable and non-empty
     torch.save({"kind": "lm", "config": dataclasses.asdict(cfg)}, Path(out_dir) / "model.pt")
     mc = model.cfg
-    return {"metrics": {
-        "kind": "lm", "model_name": cfg.model_name, "n_layers": mc.n_layers, "d_model": mc.d_model,
-        "d_mlp": mc.d_mlp, "d_vocab": mc.d_vocab, "n_ctx": mc.n_ctx,
-        "n_params": int(sum(p.numel() for p in model.parameters())),
-        "sae_hook": cfg.sae_hook, "neuron_hook": cfg.neuron_hook, "context_size": cfg.context_size,
-        "prepend_bos": cfg.prepend_bos, "special_token_ids": special_token_ids(model),
-    }}
+    return {
+        "metrics": {
+            "kind": "lm",
+            "model_name": cfg.model_name,
+            "n_layers": mc.n_layers,
+            "d_model": mc.d_model,
+            "d_mlp": mc.d_mlp,
+            "d_vocab": mc.d_vocab,
+            "n_ctx": mc.n_ctx,
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "sae_hook": cfg.sae_hook,
+            "neuron_hook": cfg.neuron_hook,
+            "context_size": cfg.context_size,
+            "prepend_bos": cfg.prepend_bos,
+            "special_token_ids": special_token_ids(model),
+        }
+    }
 
 
 def write_labels_and_families(
-    sae: Any, cfg: LMSourceConfig, activations_dir: str | Path, out_dir: str | Path,
-    ce_batches: int = 8, top_n: int = 10,
+    sae: Any,
+    cfg: LMSourceConfig,
+    activations_dir: str | Path,
+    out_dir: str | Path,
+    ce_batches: int = 8,
+    top_n: int = 10,
 ) -> dict[str, Any]:
     """Stage `sae` for lm: `latent_labels.json` (top tokens and contexts per latent),
     `families.json` (weekday/month latents found from labels) and the SAE's CE-loss score.
@@ -821,8 +985,12 @@ def write_labels_and_families(
     meta = io.read_meta(activations_dir / "train")
     settings = sae_settings(sae)
     cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
-    check(settings["d_in"] == meta["d_model"], "sae (d_in)", settings["d_in"],
-          f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}")
+    check(
+        settings["d_in"] == meta["d_model"],
+        "sae (d_in)",
+        settings["d_in"],
+        f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}",
+    )
     model = load_model(cfg)
     labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
     families = find_cyclic_families(labels)
@@ -830,11 +998,16 @@ def write_labels_and_families(
     io.write_json(out_dir / "families.json", families)
     ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
     sae.to("cpu")
-    return {"ce": ce, "families": {f["name"]: len(f["members"]) for f in families},
-            "labelled_latents": sum(1 for lab in labels if lab["top_tokens"])}
+    return {
+        "ce": ce,
+        "families": {f["name"]: len(f["members"]) for f in families},
+        "labelled_latents": sum(1 for lab in labels if lab["top_tokens"]),
+    }
 
 
-def squeezer_reconstruct_fn(squeezer: Any, top_k: int, min_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+def squeezer_reconstruct_fn(
+    squeezer: Any, top_k: int, min_value: float = 0.0
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """features -> sparsified as the `features` stage stores them -> Squeezer -> features (for
     `ce_scores`), so the CE score is the Squeezer's on its real input."""
 
@@ -846,7 +1019,11 @@ def squeezer_reconstruct_fn(squeezer: Any, top_k: int, min_value: float = 0.0) -
 
 
 def squeezer_ce_scores(
-    cfg: LMSourceConfig, sae_dir: str | Path, squeezer: Any, top_k: int, min_value: float = 0.0,
+    cfg: LMSourceConfig,
+    sae_dir: str | Path,
+    squeezer: Any,
+    top_k: int,
+    min_value: float = 0.0,
     n_batches: int = 8,
 ) -> dict[str, float]:
     """CE-loss score of the Squeezer's reconstruction decoded by the SAE decoder (and, for

@@ -66,26 +66,46 @@ class LogicConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(0.0 < self.weight_threshold_frac <= 1.0, "weight_threshold_frac",
-              self.weight_threshold_frac, "a number in (0, 1]")
-        check(self.weight_threshold_abs >= 0.0, "weight_threshold_abs", self.weight_threshold_abs,
-              "a number >= 0")
+        check(
+            0.0 < self.weight_threshold_frac <= 1.0,
+            "weight_threshold_frac",
+            self.weight_threshold_frac,
+            "a number in (0, 1]",
+        )
+        check(
+            self.weight_threshold_abs >= 0.0,
+            "weight_threshold_abs",
+            self.weight_threshold_abs,
+            "a number >= 0",
+        )
         check(self.top_per_neuron >= 2, "top_per_neuron", self.top_per_neuron, "an integer >= 2")
-        check(self.n_control_per_pair >= 1, "n_control_per_pair", self.n_control_per_pair,
-              "an integer >= 1")
+        check(self.n_control_per_pair >= 1, "n_control_per_pair", self.n_control_per_pair, "an integer >= 1")
         check(self.n_freq_bins >= 1, "n_freq_bins", self.n_freq_bins, "an integer >= 1")
-        check(self.control_pool in ("assigned", "all"), "control_pool", self.control_pool,
-              "one of 'assigned', 'all'")
+        check(
+            self.control_pool in ("assigned", "all"),
+            "control_pool",
+            self.control_pool,
+            "one of 'assigned', 'all'",
+        )
         check(self.min_expected >= 0.0, "min_expected", self.min_expected, "a number >= 0")
         check(self.pseudo_count >= 0.0, "pseudo_count", self.pseudo_count, "a number >= 0")
         check(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a number in (0, 1)")
         check(0.0 <= self.min_effect < 1.0, "min_effect", self.min_effect, "a number in [0, 1)")
-        check(self.cooccurrence_split in ("train", "heldout"), "cooccurrence_split",
-              self.cooccurrence_split, "one of 'train', 'heldout'")
-        check(self.n_truth_table_neurons >= 0, "n_truth_table_neurons",
-              self.n_truth_table_neurons, "an integer >= 0")
-        check(self.n_truth_table_pairs >= 1, "n_truth_table_pairs", self.n_truth_table_pairs,
-              "an integer >= 1")
+        check(
+            self.cooccurrence_split in ("train", "heldout"),
+            "cooccurrence_split",
+            self.cooccurrence_split,
+            "one of 'train', 'heldout'",
+        )
+        check(
+            self.n_truth_table_neurons >= 0,
+            "n_truth_table_neurons",
+            self.n_truth_table_neurons,
+            "an integer >= 0",
+        )
+        check(
+            self.n_truth_table_pairs >= 1, "n_truth_table_pairs", self.n_truth_table_pairs, "an integer >= 1"
+        )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
@@ -153,7 +173,7 @@ def shared_pairs(members: NeuronMembers) -> dict[str, tuple[np.ndarray, np.ndarr
     """
     n = members.n_features
     same, opp = [], []
-    for p, q in zip(members.positive, members.negative):
+    for p, q in zip(members.positive, members.negative, strict=False):
         if len(p) >= 2:
             a, b = np.triu_indices(len(p), k=1)
             same.append(_pair_keys(p[a], p[b], n))
@@ -216,7 +236,10 @@ def cooccurrence(feats_iter: Iterable[SparseFeatures], pairs: np.ndarray) -> Coo
 
 
 def pair_stats(
-    counts: np.ndarray, count_i: np.ndarray, count_j: np.ndarray, n_rows: int,
+    counts: np.ndarray,
+    count_i: np.ndarray,
+    count_j: np.ndarray,
+    n_rows: int,
     pseudo_count: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """Expected count, lift (with pseudo-count) and phi coefficient for each pair.
@@ -255,8 +278,12 @@ def frequency_bins(freq: np.ndarray, pool: np.ndarray, n_bins: int) -> np.ndarra
 
 
 def matched_controls(
-    pairs: np.ndarray, bins: np.ndarray, excluded_keys: np.ndarray, n_per_pair: int,
-    rng: np.random.Generator, max_tries: int = 20,
+    pairs: np.ndarray,
+    bins: np.ndarray,
+    excluded_keys: np.ndarray,
+    n_per_pair: int,
+    rng: np.random.Generator,
+    max_tries: int = 20,
 ) -> np.ndarray:
     """For each pair (i, j), `n_per_pair` pairs (i', j') with bin(i') = bin(i), bin(j') = bin(j).
 
@@ -325,8 +352,7 @@ def compare_lifts(
     if len(shared) and len(control):
         res = scipy.stats.mannwhitneyu(shared, control, alternative="two-sided")
         delta = 2.0 * float(res.statistic) / (len(shared) * len(control)) - 1.0
-        out.update(mannwhitney_u=float(res.statistic), p_value=float(res.pvalue),
-                   cliffs_delta=delta)
+        out.update(mannwhitney_u=float(res.statistic), p_value=float(res.pvalue), cliffs_delta=delta)
         if res.pvalue < alpha and abs(delta) >= min_effect:
             out["verdict"] = "anticorrelated_share" if delta < 0 else "correlated_share"
     return out
@@ -349,7 +375,9 @@ CELLS = ("neither", "a_only", "b_only", "both")
 
 
 def truth_tables(
-    feats_iter: Iterable[SparseFeatures], neurons: np.ndarray, requests: Sequence[tuple[int, int, int]],
+    feats_iter: Iterable[SparseFeatures],
+    neurons: np.ndarray,
+    requests: Sequence[tuple[int, int, int]],
     rest: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """For each (neuron, a, b): rows, firings and mean activation in the four cells of (A, B).
@@ -371,13 +399,13 @@ def truth_tables(
     offset = 0
     for feats in feats_iter:
         nb = len(feats)
-        h = np.asarray(neurons[offset:offset + nb])
+        h = np.asarray(neurons[offset : offset + nb])
         if h.shape[0] != nb:
             raise ValueError(f"neurons has {len(neurons)} rows, fewer than the features stream")
         offset += nb
         if not len(reqs):
             continue
-        act = (_binary_csr(feats)[:, feat_cols].toarray() > 0)  # (nb, U): small
+        act = _binary_csr(feats)[:, feat_cols].toarray() > 0  # (nb, U): small
         hr = h[:, reqs[:, 0]]  # (nb, R)
         on = hr > above
         cell = act[:, ia].astype(np.int64) + 2 * act[:, ib].astype(np.int64)  # 0..3
@@ -390,8 +418,12 @@ def truth_tables(
         raise ValueError(f"neurons has {len(neurons)} rows but the features stream had {offset}")
     out = []
     for r, (j, a, b) in enumerate(reqs):
-        table: dict[str, Any] = {"neuron": int(j), "feature_a": int(a), "feature_b": int(b),
-                                 "rest": float(rest_r[r])}
+        table: dict[str, Any] = {
+            "neuron": int(j),
+            "feature_a": int(a),
+            "feature_b": int(b),
+            "rest": float(rest_r[r]),
+        }
         for c, name in enumerate(CELLS):
             table[f"n_{name}"] = int(rows[r, c])
             table[f"fires_{name}"] = int(fires[r, c])
@@ -402,7 +434,10 @@ def truth_tables(
 
 
 def truth_table_requests(
-    members: NeuronMembers, w_enc: np.ndarray, neuron_mass: np.ndarray, n_neurons: int,
+    members: NeuronMembers,
+    w_enc: np.ndarray,
+    neuron_mass: np.ndarray,
+    n_neurons: int,
     n_pairs: int,
 ) -> list[tuple[int, int, int]]:
     """Top neurons (by activation mass, among those with >= 2 positive members) and, for each,
@@ -452,19 +487,21 @@ def analyze(
     w_enc = np.asarray(w_enc, dtype=np.float64)
     n, m = w_enc.shape
     rng = np.random.default_rng(cfg.seed)
-    members = neuron_members(w_enc, cfg.weight_threshold_frac, cfg.weight_threshold_abs,
-                             cfg.top_per_neuron)
+    members = neuron_members(w_enc, cfg.weight_threshold_frac, cfg.weight_threshold_abs, cfg.top_per_neuron)
     groups = shared_pairs(members)
 
     # Pass 1: marginals (for frequency matching).
     marg = cooccurrence(cooc_feats(), np.zeros((0, 2), dtype=np.int64))
     check(marg.n_rows > 0, "logic.cooccurrence_split", cfg.cooccurrence_split, "a non-empty split")
-    check(len(marg.marginals) == n, "squeezer W_enc rows", n,
-          f"the features' n_features = {len(marg.marginals)}")
+    check(
+        len(marg.marginals) == n,
+        "squeezer W_enc rows",
+        n,
+        f"the features' n_features = {len(marg.marginals)}",
+    )
     freq = marg.marginals / marg.n_rows
 
-    all_shared_keys = np.unique(np.concatenate(
-        [_pair_keys(p[:, 0], p[:, 1], n) for p, _ in groups.values()]))
+    all_shared_keys = np.unique(np.concatenate([_pair_keys(p[:, 0], p[:, 1], n) for p, _ in groups.values()]))
     pool = members.assigned if cfg.control_pool == "assigned" else np.ones(n, dtype=bool)
     bins = frequency_bins(freq, pool, cfg.n_freq_bins)
     controls = {
@@ -485,12 +522,16 @@ def analyze(
 
     # Pass 2: counts for every pair we need, in one stream.
     blocks = [p for p, _ in groups.values()] + list(controls.values()) + list(fam_pairs.values())
-    needed = np.unique(np.concatenate([b.reshape(-1, 2) for b in blocks]), axis=0) if blocks else \
-        np.zeros((0, 2), dtype=np.int64)
+    needed = (
+        np.unique(np.concatenate([b.reshape(-1, 2) for b in blocks]), axis=0)
+        if blocks
+        else np.zeros((0, 2), dtype=np.int64)
+    )
     cooc = cooccurrence(cooc_feats(), needed)
     needed_keys = _pair_keys(needed[:, 0], needed[:, 1], n)
-    stats = pair_stats(cooc.counts, cooc.marginals[needed[:, 0]], cooc.marginals[needed[:, 1]],
-                       cooc.n_rows, cfg.pseudo_count)
+    stats = pair_stats(
+        cooc.counts, cooc.marginals[needed[:, 0]], cooc.marginals[needed[:, 1]], cooc.n_rows, cfg.pseudo_count
+    )
 
     def stats_for(pairs: np.ndarray) -> dict[str, np.ndarray]:
         idx = _lookup(_pair_keys(pairs[:, 0], pairs[:, 1], n), needed_keys)
@@ -551,7 +592,8 @@ def analyze(
                 "enrichment": frac / chance if chance > 0 else None,
                 "lift_sharing_pairs": _summary(st["lift"][is_shared & ok]),
                 "frac_lift_below_1_sharing": float(np.mean(st["lift"][is_shared & ok] < 1))
-                if (is_shared & ok).any() else None,
+                if (is_shared & ok).any()
+                else None,
             }
         fam_metrics[kind] = entry
     metrics["families"] = fam_metrics

@@ -31,10 +31,9 @@ GLASSLLM_SOURCE = {  # a ready `source.lm` block for params.yaml (text: see test
 
 def glassllm_hf_tokenizer(tok: Any) -> Any:
     """glassllm's BPE (NFC text, spaces as '▁', chunks that merges cannot cross) as a HF fast tokenizer."""
+    from glassllm.tokenizer import _CHUNK, SPACE
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    from glassllm.tokenizer import _CHUNK, SPACE
 
     bpe = models.BPE(vocab=dict(tok.token_to_id), merges=[tuple(m) for m in tok.merges], unk_token="<unk>")
     t = Tokenizer(bpe)
@@ -42,7 +41,11 @@ def glassllm_hf_tokenizer(tok: Any) -> Any:
     t.pre_tokenizer = pre_tokenizers.Split(Regex(_CHUNK.pattern), behavior="isolated")
     t.decoder = decoders.Replace(SPACE, " ")
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=t, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=t,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         add_bos_token=True,  # TransformerLens then uses it as is instead of re-fetching it by name
     )
     # TransformerLens reads these to decide whether to re-fetch the tokenizer by name (it must not)
@@ -52,12 +55,24 @@ def glassllm_hf_tokenizer(tok: Any) -> Any:
 
 def glassllm_config(gcfg: Any, d_mlp: int) -> dict[str, Any]:
     return dict(
-        n_layers=gcfg.n_layers, d_model=gcfg.d_model, n_heads=gcfg.n_heads,
-        d_head=gcfg.d_model // gcfg.n_heads, n_key_value_heads=gcfg.n_kv_heads, d_mlp=d_mlp,
-        d_vocab=gcfg.vocab_size, n_ctx=gcfg.max_len, act_fn="silu", gated_mlp=True,
-        normalization_type="RMS", eps=gcfg.eps, positional_embedding_type="rotary",
-        rotary_dim=gcfg.d_model // gcfg.n_heads, rotary_base=int(gcfg.rope_base),
-        rotary_adjacent_pairs=True, default_prepend_bos=False, model_name="glassllm-en",
+        n_layers=gcfg.n_layers,
+        d_model=gcfg.d_model,
+        n_heads=gcfg.n_heads,
+        d_head=gcfg.d_model // gcfg.n_heads,
+        n_key_value_heads=gcfg.n_kv_heads,
+        d_mlp=d_mlp,
+        d_vocab=gcfg.vocab_size,
+        n_ctx=gcfg.max_len,
+        act_fn="silu",
+        gated_mlp=True,
+        normalization_type="RMS",
+        eps=gcfg.eps,
+        positional_embedding_type="rotary",
+        rotary_dim=gcfg.d_model // gcfg.n_heads,
+        rotary_base=int(gcfg.rope_base),
+        rotary_adjacent_pairs=True,
+        default_prepend_bos=False,
+        model_name="glassllm-en",
         original_architecture="LlamaForCausalLM",
     )
 
@@ -69,7 +84,9 @@ def glassllm_model(device: str = "cpu", lang: str = "en") -> Any:
     except ImportError as err:
         from neural_codec.lm import LMUnavailable
 
-        raise LMUnavailable("model_name 'glassllm' needs the glassllm package: pip install glassllm==0.1.0") from err
+        raise LMUnavailable(
+            "model_name 'glassllm' needs the glassllm package: pip install glassllm==0.1.0"
+        ) from err
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     gm, gtok = glassllm.load_pretrained(lang)

@@ -20,7 +20,17 @@ T = TypeVar("T")
 
 
 #: the sections of params.yaml, one per stage that has knobs (the report stage has none)
-SECTIONS = ("source", "activations", "sae", "features", "squeezer", "baselines", "geometry", "logic", "compare")
+SECTIONS = (
+    "source",
+    "activations",
+    "sae",
+    "features",
+    "squeezer",
+    "baselines",
+    "geometry",
+    "logic",
+    "compare",
+)
 
 
 class ParamError(ValueError):
@@ -86,7 +96,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         check(
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-            key, value, "a finite number",
+            key,
+            value,
+            "a finite number",
         )
         return float(value)
     if tp is str:

@@ -27,8 +27,7 @@ from typing import Any
 from neural_codec import io
 
 # The metrics files the report reads, in pipeline order (metrics/<stem>.json).
-STAGES = ("source", "activations", "sae", "features", "squeeze", "baselines", "geometry",
-          "logic", "compare")
+STAGES = ("source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic", "compare")
 BASELINES = ("pca", "no_superposition", "random_encoder", "model_neurons")
 SWEEP_COLUMNS = ("squeezer",) + BASELINES  # FVU columns of the FVU-against-M plots
 BASELINE_LABELS = {
@@ -194,12 +193,22 @@ class VerdictRow:
         if self.better == "higher":
             best = max(floors, key=lambda f: f.number)
             ok = v > best.number
-            return ["above every floor: " if ok else "not above every floor: ", self.value,
-                    " > " if ok else " <= ", best, f" ({best.label})"]
+            return [
+                "above every floor: " if ok else "not above every floor: ",
+                self.value,
+                " > " if ok else " <= ",
+                best,
+                f" ({best.label})",
+            ]
         best = min(floors, key=lambda f: f.number)
         ok = v < best.number
-        return ["below every floor: " if ok else "not below every floor: ", self.value,
-                " < " if ok else " >= ", best, f" ({best.label})"]
+        return [
+            "below every floor: " if ok else "not below every floor: ",
+            self.value,
+            " < " if ok else " >= ",
+            best,
+            f" ({best.label})",
+        ]
 
 
 def _labelled(nums: list[Num]) -> list[Cell]:
@@ -216,8 +225,16 @@ def verdict_table(rows: list[VerdictRow]) -> Table:
     body = []
     for i, r in enumerate(rows):
         first = i == 0 or rows[i - 1].hypothesis != r.hypothesis  # name each block once
-        body.append([r.hypothesis if first else "", r.measure, r.value, _labelled(r.floors),
-                     _labelled(r.ceilings), r.decide()])
+        body.append(
+            [
+                r.hypothesis if first else "",
+                r.measure,
+                r.value,
+                _labelled(r.floors),
+                _labelled(r.ceilings),
+                r.decide(),
+            ]
+        )
     return Table(header, body, css="verdict")
 
 
@@ -237,39 +254,69 @@ def _reference_row(h: str, measure: str, value: Num, ref: Num) -> VerdictRow:
 
 
 def compression_rows(m: Metrics) -> list[VerdictRow]:
-    h = "H1 compression: a ReLU bottleneck of M neurons carries F better than codes without " \
-        "superposition"
-    floors = [m.num(f"baselines.json:{b}.fvu", BASELINE_LABELS[b])
-              for b in ("pca", "no_superposition", "random_encoder")]
-    rows = [
-        VerdictRow(h, "FVU of F on held-out rows (lower is better)", m.num("squeeze.json:fvu"),
-                   floors, [], better="lower"),
-        _reference_row(h, "against the model's own codec: FVU of F read out from the model's "
-                          "neurons (a reference, not a floor)", m.num("squeeze.json:fvu"),
-                       m.num("baselines.json:model_neurons.fvu", BASELINE_LABELS["model_neurons"])),
-        VerdictRow(h, "explained variance of the SAE input, F_hat through the SAE decoder",
-                   m.num("squeeze.json:sae_explained_variance"),
-                   [m.num("baselines.json:pca.sae_explained_variance", "PCA")],
-                   [m.num("squeeze.json:sae_explained_variance_ceiling", "SAE on its own top-k F")]),
-        VerdictRow(h, "features represented (held-out slope of F_hat_i on F_i > 0.5)",
-                   m.num("squeeze.json:features_represented"),
-                   [m.num("baselines.json:pca.features_represented", "PCA"),
-                    m.num("baselines.json:no_superposition.features_represented",
-                          "no superposition"),
-                    m.num("baselines.json:random_encoder.features_represented",
-                          BASELINE_LABELS["random_encoder"])],
-                   [m.num("squeeze.json:n_features_firing", "features that fire on held-out")]),
+    h = "H1 compression: a ReLU bottleneck of M neurons carries F better than codes without superposition"
+    floors = [
+        m.num(f"baselines.json:{b}.fvu", BASELINE_LABELS[b])
+        for b in ("pca", "no_superposition", "random_encoder")
     ]
-    ce = m.first(["squeeze.json:lm.ce_loss_score_reconstruct",
-                  "squeeze.json:lm.ce.ce_loss_score_reconstruct"])
+    rows = [
+        VerdictRow(
+            h,
+            "FVU of F on held-out rows (lower is better)",
+            m.num("squeeze.json:fvu"),
+            floors,
+            [],
+            better="lower",
+        ),
+        _reference_row(
+            h,
+            "against the model's own codec: FVU of F read out from the model's "
+            "neurons (a reference, not a floor)",
+            m.num("squeeze.json:fvu"),
+            m.num("baselines.json:model_neurons.fvu", BASELINE_LABELS["model_neurons"]),
+        ),
+        VerdictRow(
+            h,
+            "explained variance of the SAE input, F_hat through the SAE decoder",
+            m.num("squeeze.json:sae_explained_variance"),
+            [m.num("baselines.json:pca.sae_explained_variance", "PCA")],
+            [m.num("squeeze.json:sae_explained_variance_ceiling", "SAE on its own top-k F")],
+        ),
+        VerdictRow(
+            h,
+            "features represented (held-out slope of F_hat_i on F_i > 0.5)",
+            m.num("squeeze.json:features_represented"),
+            [
+                m.num("baselines.json:pca.features_represented", "PCA"),
+                m.num("baselines.json:no_superposition.features_represented", "no superposition"),
+                m.num(
+                    "baselines.json:random_encoder.features_represented", BASELINE_LABELS["random_encoder"]
+                ),
+            ],
+            [m.num("squeeze.json:n_features_firing", "features that fire on held-out")],
+        ),
+    ]
+    ce = m.first(
+        ["squeeze.json:lm.ce_loss_score_reconstruct", "squeeze.json:lm.ce.ce_loss_score_reconstruct"]
+    )
     if ce.value is not None:  # lm runs: next-token loss with the Squeezer's reconstruction
-        rows.append(VerdictRow(
-            h, "CE-loss score (0 = zero ablation, 1 = clean model)", ce, [],
-            [m.first(["squeeze.json:lm.ce_loss_score_topk", "squeeze.json:lm.ce.ce_loss_score_topk"],
-                     "top-k F without the Squeezer"),
-             m.first(["sae.json:lm.ce.ce_loss_score_sae", "sae.json:lm.ce_loss_score_sae"],
-                     "SAE")],
-            better="", outcome=["between ", ce, " and its ceilings"]))
+        rows.append(
+            VerdictRow(
+                h,
+                "CE-loss score (0 = zero ablation, 1 = clean model)",
+                ce,
+                [],
+                [
+                    m.first(
+                        ["squeeze.json:lm.ce_loss_score_topk", "squeeze.json:lm.ce.ce_loss_score_topk"],
+                        "top-k F without the Squeezer",
+                    ),
+                    m.first(["sae.json:lm.ce.ce_loss_score_sae", "sae.json:lm.ce_loss_score_sae"], "SAE"),
+                ],
+                better="",
+                outcome=["between ", ce, " and its ceilings"],
+            )
+        )
     return rows
 
 
@@ -291,59 +338,110 @@ def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
     g = "geometry.json"
 
     def nulls(key: str) -> list[Num]:
-        return [m.num(f"{g}:null_untrained.{part}.{key}", "untrained"),
-                m.num(f"{g}:null_permuted.{part}.{key}", "co-occurrence permuted")]
+        return [
+            m.num(f"{g}:null_untrained.{part}.{key}", "untrained"),
+            m.num(f"{g}:null_permuted.{part}.{key}", "co-occurrence permuted"),
+        ]
 
     kinds = polytope_kinds(m)
     poly = "+".join(f"{part}.polytopes.{k}" for k in kinds)
-    poly_null = {n: "+".join(f"{n}.{part}.polytopes.{k}" for k in kinds)
-                 for n in ("null_untrained", "null_permuted")}
+    poly_null = {
+        n: "+".join(f"{n}.{part}.polytopes.{k}" for k in kinds) for n in ("null_untrained", "null_permuted")
+    }
     found = m.get(f"{g}:{part}.lines")
-    found = [f for f, v in found.items() if isinstance(v, dict) and v.get("is_line")] \
-        if isinstance(found, dict) else []
+    found = (
+        [f for f, v in found.items() if isinstance(v, dict) and v.get("is_line")]
+        if isinstance(found, dict)
+        else []
+    )
     rows = [
-        VerdictRow(h, "D* = M / ||W||_F^2, dimensions per feature", m.num(f"{g}:{part}.D_star"),
-                   nulls("D_star"), better=""),
-        VerdictRow(h, "lines: polytope fractions (1, 3/4, ..., 1/3) where D piles up, count"
-                      + (f" (at {', '.join(found)})" if found else ""),
-                   m.num(f"{g}:{part}.n_lines"), nulls("n_lines")),
-        VerdictRow(h, f"ideal polytopes in the interference graph ({', '.join(kinds)}), count",
-                   m.num(f"{g}:{poly}"),
-                   [m.num(f"{g}:{poly_null['null_untrained']}", "untrained"),
-                    m.num(f"{g}:{poly_null['null_permuted']}", "co-occurrence permuted")]),
+        VerdictRow(
+            h,
+            "D* = M / ||W||_F^2, dimensions per feature",
+            m.num(f"{g}:{part}.D_star"),
+            nulls("D_star"),
+            better="",
+        ),
+        VerdictRow(
+            h,
+            "lines: polytope fractions (1, 3/4, ..., 1/3) where D piles up, count"
+            + (f" (at {', '.join(found)})" if found else ""),
+            m.num(f"{g}:{part}.n_lines"),
+            nulls("n_lines"),
+        ),
+        VerdictRow(
+            h,
+            f"ideal polytopes in the interference graph ({', '.join(kinds)}), count",
+            m.num(f"{g}:{poly}"),
+            [
+                m.num(f"{g}:{poly_null['null_untrained']}", "untrained"),
+                m.num(f"{g}:{poly_null['null_permuted']}", "co-occurrence permuted"),
+            ],
+        ),
     ]
     for fam in cyclic_families(m):
-        rows.append(VerdictRow(
-            h, [f"circle '{fam}': circular correlation (label-shuffle p = ",
-                m.num(f"{g}:{part}.circles.{fam}.p_value"), ")"],
-            m.num(f"{g}:{part}.circles.{fam}.circular_corr"), nulls(f"circles.{fam}.circular_corr")))
-        rows.append(VerdictRow(
-            h, f"circle '{fam}': fraction of cyclic neighbours adjacent in angle (1 = in order)",
-            m.num(f"{g}:{part}.circles.{fam}.neighbour_frac"),
-            nulls(f"circles.{fam}.neighbour_frac")))
-        rows.append(VerdictRow(
-            h, f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle, "
-               "K-1 = open arc)",
-            m.num(f"{g}:{part}.circles.{fam}.wrap_ratio"), nulls(f"circles.{fam}.wrap_ratio"),
-            better=""))
+        rows.append(
+            VerdictRow(
+                h,
+                [
+                    f"circle '{fam}': circular correlation (label-shuffle p = ",
+                    m.num(f"{g}:{part}.circles.{fam}.p_value"),
+                    ")",
+                ],
+                m.num(f"{g}:{part}.circles.{fam}.circular_corr"),
+                nulls(f"circles.{fam}.circular_corr"),
+            )
+        )
+        rows.append(
+            VerdictRow(
+                h,
+                f"circle '{fam}': fraction of cyclic neighbours adjacent in angle (1 = in order)",
+                m.num(f"{g}:{part}.circles.{fam}.neighbour_frac"),
+                nulls(f"circles.{fam}.neighbour_frac"),
+            )
+        )
+        rows.append(
+            VerdictRow(
+                h,
+                f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle, K-1 = open arc)",
+                m.num(f"{g}:{part}.circles.{fam}.wrap_ratio"),
+                nulls(f"circles.{fam}.wrap_ratio"),
+                better="",
+            )
+        )
     return rows
 
 
 def logic_rows(m: Metrics) -> list[VerdictRow]:
     h = "H3 logic (OR gate): features sharing a neuron co-occur less than matched controls"
     rows = []
-    for group, desc in (("same_sign", "same-sign sharing pairs"),
-                        ("opposite_sign", "opposite-sign sharing pairs")):
+    for group, desc in (
+        ("same_sign", "same-sign sharing pairs"),
+        ("opposite_sign", "opposite-sign sharing pairs"),
+    ):
         p = f"logic.json:{group}"
         verdict = m.num(f"{p}.verdict")
-        rows.append(VerdictRow(
-            h, [f"{desc}: median lift P(i,j)/(P(i)P(j)) (n = ", m.num(f"{p}.n_shared"), ")"],
-            m.num(f"{p}.median_lift_shared"),
-            [m.num(f"{p}.median_lift_control", "frequency-matched control")],
-            [], better="",
-            outcome=["verdict ", verdict, ": Mann-Whitney p = ", m.num(f"{p}.p_value"),
-                     ", Cliff's delta = ", m.num(f"{p}.cliffs_delta"),
-                     " (control n = ", m.num(f"{p}.n_control"), ")"]))
+        rows.append(
+            VerdictRow(
+                h,
+                [f"{desc}: median lift P(i,j)/(P(i)P(j)) (n = ", m.num(f"{p}.n_shared"), ")"],
+                m.num(f"{p}.median_lift_shared"),
+                [m.num(f"{p}.median_lift_control", "frequency-matched control")],
+                [],
+                better="",
+                outcome=[
+                    "verdict ",
+                    verdict,
+                    ": Mann-Whitney p = ",
+                    m.num(f"{p}.p_value"),
+                    ", Cliff's delta = ",
+                    m.num(f"{p}.cliffs_delta"),
+                    " (control n = ",
+                    m.num(f"{p}.n_control"),
+                    ")",
+                ],
+            )
+        )
     return rows
 
 
@@ -360,12 +458,21 @@ def validation_rows(m: Metrics) -> list[VerdictRow]:
     c = "compare.json"
     rows = []
     for key, desc in COMPARE_MEASURES:
-        rows.append(VerdictRow(
-            h, desc, m.num(f"{c}:squeezer_vs_model.{key}"),
-            [m.num(f"{c}:floor_untrained.{key}", "untrained Squeezer"),
-             m.num(f"{c}:floor_shuffled.{key}", "shuffled-feature Squeezer")],
-            [m.num(f"{c}:ceiling_squeezer_vs_seed2.{key}", "Squeezer vs its seed 2"),
-             m.num(f"{c}:ceiling_model_vs_model_seed2.{key}", "model vs its seed 2")]))
+        rows.append(
+            VerdictRow(
+                h,
+                desc,
+                m.num(f"{c}:squeezer_vs_model.{key}"),
+                [
+                    m.num(f"{c}:floor_untrained.{key}", "untrained Squeezer"),
+                    m.num(f"{c}:floor_shuffled.{key}", "shuffled-feature Squeezer"),
+                ],
+                [
+                    m.num(f"{c}:ceiling_squeezer_vs_seed2.{key}", "Squeezer vs its seed 2"),
+                    m.num(f"{c}:ceiling_model_vs_model_seed2.{key}", "model vs its seed 2"),
+                ],
+            )
+        )
     return rows
 
 
@@ -519,25 +626,61 @@ def setup_section(m: Metrics) -> Section:
     s = Section("Setup", anchor="setup")
     rows = [
         ["source", m.num("source.json:kind")],
-        ["model", m.first(["source.json:model_name"], "") if m.get("source.json:model_name")
-         else ["synthetic toy model: ", m.num("source.json:n_true_features"), " true features, d_model ",
-               m.num("source.json:d_model"), ", ", m.num("source.json:n_neurons"), " ReLU neurons"]],
-        ["activations (train / held-out rows)", [m.num("activations.json:train.rows"), " / ",
-                                                 m.num("activations.json:heldout.rows")]],
-        ["SAE", [m.num("sae.json:architecture"), ", d_sae ", m.num("sae.json:d_sae"), ", L0 ",
-                 m.num("sae.json:l0")]],
-        ["features F (top-k, alive of n)", [m.num("features.json:top_k"), ", ",
-                                            m.num("features.json:alive_features"), " of ",
-                                            m.num("features.json:n_features")]],
+        [
+            "model",
+            m.first(["source.json:model_name"], "")
+            if m.get("source.json:model_name")
+            else [
+                "synthetic toy model: ",
+                m.num("source.json:n_true_features"),
+                " true features, d_model ",
+                m.num("source.json:d_model"),
+                ", ",
+                m.num("source.json:n_neurons"),
+                " ReLU neurons",
+            ],
+        ],
+        [
+            "activations (train / held-out rows)",
+            [m.num("activations.json:train.rows"), " / ", m.num("activations.json:heldout.rows")],
+        ],
+        [
+            "SAE",
+            [
+                m.num("sae.json:architecture"),
+                ", d_sae ",
+                m.num("sae.json:d_sae"),
+                ", L0 ",
+                m.num("sae.json:l0"),
+            ],
+        ],
+        [
+            "features F (top-k, alive of n)",
+            [
+                m.num("features.json:top_k"),
+                ", ",
+                m.num("features.json:alive_features"),
+                " of ",
+                m.num("features.json:n_features"),
+            ],
+        ],
         ["Squeezer M (synthetic neurons)", m.num("squeeze.json:M")],
-        ["Squeezer top-k input, tied, importance", [m.num("squeeze.json:k"), ", ",
-                                                    m.num("squeeze.json:tied"), ", ",
-                                                    m.num("squeeze.json:importance")]],
+        [
+            "Squeezer top-k input, tied, importance",
+            [
+                m.num("squeeze.json:k"),
+                ", ",
+                m.num("squeeze.json:tied"),
+                ", ",
+                m.num("squeeze.json:importance"),
+            ],
+        ],
     ]
     s.blocks.append(Table(["", "value"], rows))
     if m.missing:
-        s.blocks.append("Missing metrics files (their numbers show as n/a): "
-                        + ", ".join(f"`{p}`" for p in m.missing))
+        s.blocks.append(
+            "Missing metrics files (their numbers show as n/a): " + ", ".join(f"`{p}`" for p in m.missing)
+        )
     s.blocks.append("All source metrics:")
     s.blocks.append(kv_table(m, "source"))
     return s
@@ -550,21 +693,38 @@ def sae_section(m: Metrics, plots: Path) -> Section:
     s.blocks.append(kv_table(m, "sae", keys))
     lm = [k for k, _ in _scalars(m.data.get("sae")) if k.startswith("lm.")]
     if lm:
-        s.blocks.append("Language model: next-token cross-entropy with the SAE spliced in "
-                        "(CE-loss score: 0 = zero ablation, 1 = clean).")
+        s.blocks.append(
+            "Language model: next-token cross-entropy with the SAE spliced in "
+            "(CE-loss score: 0 = zero ablation, 1 = clean)."
+        )
         s.blocks.append(kv_table(m, "sae", lm))
-    _figure_or_note(s.blocks, plots / "sae/recovery_hist.csv", "sae_recovery.png",
-                    "Best cosine of each true feature with an SAE latent",
-                    lambda p: histogram_csv_figure(p, "Ground-truth recovery by the SAE",
-                                                   "best cosine", "true features"))
-    _figure_or_note(s.blocks, plots / "source/toy_model_curve.csv", "source_curve.png",
-                    "Source toy model training loss (both seeds)",
-                    lambda p: curve_figure(p, "Source toy model training loss"))
+    _figure_or_note(
+        s.blocks,
+        plots / "sae/recovery_hist.csv",
+        "sae_recovery.png",
+        "Best cosine of each true feature with an SAE latent",
+        lambda p: histogram_csv_figure(p, "Ground-truth recovery by the SAE", "best cosine", "true features"),
+    )
+    _figure_or_note(
+        s.blocks,
+        plots / "source/toy_model_curve.csv",
+        "source_curve.png",
+        "Source toy model training loss (both seeds)",
+        lambda p: curve_figure(p, "Source toy model training loss"),
+    )
     return s
 
 
-CODEC_COLUMNS = ("fvu", "sae_explained_variance", "recovery_mean", "recovery_frac_above_0_5",
-                 "features_represented", "dead_neurons", "relu_engagement", "linear_regime")
+CODEC_COLUMNS = (
+    "fvu",
+    "sae_explained_variance",
+    "recovery_mean",
+    "recovery_frac_above_0_5",
+    "features_represented",
+    "dead_neurons",
+    "relu_engagement",
+    "linear_regime",
+)
 
 
 def compression_section(m: Metrics, plots: Path) -> Section:
@@ -572,74 +732,135 @@ def compression_section(m: Metrics, plots: Path) -> Section:
     rows = [["**Squeezer**"] + [m.num(f"squeeze.json:{c}") for c in CODEC_COLUMNS]]
     for b in BASELINES:
         rows.append([BASELINE_LABELS[b]] + [m.num(f"baselines.json:{b}.{c}") for c in CODEC_COLUMNS])
-    rows.append(["SAE ceiling"] + [m.num("squeeze.json:sae_explained_variance_ceiling")
-                                   if c == "sae_explained_variance" else "—" for c in CODEC_COLUMNS])
+    rows.append(
+        ["SAE ceiling"]
+        + [
+            m.num("squeeze.json:sae_explained_variance_ceiling") if c == "sae_explained_variance" else "—"
+            for c in CODEC_COLUMNS
+        ]
+    )
     s.blocks.append(Table(["codec"] + list(CODEC_COLUMNS), rows))
     lm = [k for k, _ in _scalars(m.data.get("squeeze")) if k.startswith("lm.")]
     if lm:
         s.blocks.append(kv_table(m, "squeeze", lm))
     labels = ["Squeezer"] + [BASELINE_LABELS[b] for b in BASELINES]
     values = [m.get("squeeze.json:fvu")] + [m.get(f"baselines.json:{b}.fvu") for b in BASELINES]
-    s.blocks.append(Figure("fvu_bars.png", bars_figure(
-        labels, [v if isinstance(v, (int, float)) else None for v in values],
-        f"FVU of F at M = {fmt(m.get('squeeze.json:M'))} (lower is better)", "FVU"),
-        "FVU of F on held-out rows (from `metrics/squeeze.json`, `metrics/baselines.json`)"))
-    _figure_or_note(s.blocks, plots / "squeeze/curve.csv", "squeeze_curve.png",
-                    "Squeezer training loss",
-                    lambda p: curve_figure(p, "Squeezer training loss"))
+    s.blocks.append(
+        Figure(
+            "fvu_bars.png",
+            bars_figure(
+                labels,
+                [v if isinstance(v, (int, float)) else None for v in values],
+                f"FVU of F at M = {fmt(m.get('squeeze.json:M'))} (lower is better)",
+                "FVU",
+            ),
+            "FVU of F on held-out rows (from `metrics/squeeze.json`, `metrics/baselines.json`)",
+        )
+    )
+    _figure_or_note(
+        s.blocks,
+        plots / "squeeze/curve.csv",
+        "squeeze_curve.png",
+        "Squeezer training loss",
+        lambda p: curve_figure(p, "Squeezer training loss"),
+    )
     return s
 
 
 def geometry_section(m: Metrics, plots: Path) -> Section:
     s = Section("Geometry of the codec (weights)", anchor="geometry")
     g = "geometry.json"
-    cols = [("trained encoder", "encoder"), ("trained decoder", "decoder"),
-            ("untrained encoder", "null_untrained.encoder"),
-            ("permuted encoder", "null_permuted.encoder"),
-            ("untrained decoder", "null_untrained.decoder"),
-            ("permuted decoder", "null_permuted.decoder")]
-    stats = ["D_star", "D_star_represented", "frac_features_represented", "mean_D", "median_D",
-             "n_lines", "n_components", "largest_component"]
+    cols = [
+        ("trained encoder", "encoder"),
+        ("trained decoder", "decoder"),
+        ("untrained encoder", "null_untrained.encoder"),
+        ("permuted encoder", "null_permuted.encoder"),
+        ("untrained decoder", "null_untrained.decoder"),
+        ("permuted decoder", "null_permuted.decoder"),
+    ]
+    stats = [
+        "D_star",
+        "D_star_represented",
+        "frac_features_represented",
+        "mean_D",
+        "median_D",
+        "n_lines",
+        "n_components",
+        "largest_component",
+    ]
     stats += [f"polytopes.{k}" for k in polytope_kinds(m) + ["other", "isolated"]]
     fractions = m.get(f"{g}:encoder.lines")
     fractions = list(fractions) if isinstance(fractions, dict) else []
     stats += [f"lines.{f}.count" for f in fractions] + [f"lines.{f}.is_line" for f in fractions]
     rows = [[f"`{st}`"] + [m.num(f"{g}:{p}.{st}") for _, p in cols] for st in stats]
-    s.blocks.append("Nulls: the untrained Squeezer (its initial weights) and a Squeezer trained on "
-                    "features whose columns were permuted across rows (frequencies kept, "
-                    "co-occurrence destroyed).")
+    s.blocks.append(
+        "Nulls: the untrained Squeezer (its initial weights) and a Squeezer trained on "
+        "features whose columns were permuted across rows (frequencies kept, "
+        "co-occurrence destroyed)."
+    )
     s.blocks.append(Table(["statistic"] + [c for c, _ in cols], rows))
     fams = cyclic_families(m)
     if fams:
         crow = []
         for fam in fams:
             for st in ("circular_corr", "p_value", "wrap_ratio", "neighbour_frac", "pc2_var_frac"):
-                crow.append([f"{fam}", f"`{st}`"]
-                            + [m.num(f"{g}:{p}.circles.{fam}.{st}") for _, p in cols])
+                crow.append([f"{fam}", f"`{st}`"] + [m.num(f"{g}:{p}.circles.{fam}.{st}") for _, p in cols])
         s.blocks.append(Table(["family", "statistic"] + [c for c, _ in cols], crow))
-    _figure_or_note(s.blocks, plots / "geometry/dimensionality_hist.png", "dimensionality_hist.png",
-                    "Feature dimensionality D_i against the polytope fractions")
-    _figure_or_note(s.blocks, plots / "geometry/polytopes.png", "polytopes.png",
-                    "Polytopes found in the interference graph")
-    _figure_or_note(s.blocks, plots / "geometry/circles.png", "circles.png",
-                    "Cyclic families in their top-2 PC plane")
+    _figure_or_note(
+        s.blocks,
+        plots / "geometry/dimensionality_hist.png",
+        "dimensionality_hist.png",
+        "Feature dimensionality D_i against the polytope fractions",
+    )
+    _figure_or_note(
+        s.blocks,
+        plots / "geometry/polytopes.png",
+        "polytopes.png",
+        "Polytopes found in the interference graph",
+    )
+    _figure_or_note(
+        s.blocks, plots / "geometry/circles.png", "circles.png", "Cyclic families in their top-2 PC plane"
+    )
     return s
 
 
 def logic_section(m: Metrics, plots: Path) -> Section:
     s = Section("Logic: do features sharing a neuron co-occur?", anchor="logic")
-    keys = ["n_shared", "n_control", "median_lift_shared", "median_lift_control",
-            "mean_log2_lift_shared", "mean_log2_lift_control", "frac_lift_below_1_shared",
-            "frac_lift_below_1_control", "frac_never_cooccur_shared", "frac_never_cooccur_control",
-            "p_value", "cliffs_delta", "verdict", "median_phi_shared", "median_phi_control",
-            "phi_p_value", "phi_cliffs_delta", "n_pairs", "n_dropped_low_expected"]
-    rows = [[f"`{k}`", m.num(f"logic.json:same_sign.{k}"), m.num(f"logic.json:opposite_sign.{k}")]
-            for k in keys]
-    s.blocks.append(["Verdict (same-sign pairs): ", m.num("logic.json:verdict"),
-                     "; opposite-sign pairs: ", m.num("logic.json:verdict_opposite_sign"),
-                     ". anticorrelated_share = OR gate (TMS), correlated_share = features that "
-                     "fire together share a neuron, no_difference = neither at p < alpha "
-                     "and |Cliff's delta| >= min_effect."])
+    keys = [
+        "n_shared",
+        "n_control",
+        "median_lift_shared",
+        "median_lift_control",
+        "mean_log2_lift_shared",
+        "mean_log2_lift_control",
+        "frac_lift_below_1_shared",
+        "frac_lift_below_1_control",
+        "frac_never_cooccur_shared",
+        "frac_never_cooccur_control",
+        "p_value",
+        "cliffs_delta",
+        "verdict",
+        "median_phi_shared",
+        "median_phi_control",
+        "phi_p_value",
+        "phi_cliffs_delta",
+        "n_pairs",
+        "n_dropped_low_expected",
+    ]
+    rows = [
+        [f"`{k}`", m.num(f"logic.json:same_sign.{k}"), m.num(f"logic.json:opposite_sign.{k}")] for k in keys
+    ]
+    s.blocks.append(
+        [
+            "Verdict (same-sign pairs): ",
+            m.num("logic.json:verdict"),
+            "; opposite-sign pairs: ",
+            m.num("logic.json:verdict_opposite_sign"),
+            ". anticorrelated_share = OR gate (TMS), correlated_share = features that "
+            "fire together share a neuron, no_difference = neither at p < alpha "
+            "and |Cliff's delta| >= min_effect.",
+        ]
+    )
     s.blocks.append(Table(["statistic", "same sign", "opposite sign"], rows))
     fams = m.get("logic.json:families")
     if isinstance(fams, dict) and fams:
@@ -647,58 +868,115 @@ def logic_section(m: Metrics, plots: Path) -> Section:
         for kind in fams:
             p = f"logic.json:families.{kind}"
             for sign in ("same_sign", "opposite_sign"):
-                frows.append([kind, sign, m.num(f"{p}.n_pairs"), m.num(f"{p}.{sign}.n_sharing"),
-                              m.num(f"{p}.{sign}.frac_sharing"),
-                              m.num(f"{p}.{sign}.frac_sharing_chance"),
-                              m.num(f"{p}.{sign}.lift_sharing_pairs.median"),
-                              m.num(f"{p}.lift_all_pairs.median")])
-        s.blocks.append("Planted / found families: how often their pairs share a neuron, against "
-                        "the chance rate.")
-        s.blocks.append(Table(["family kind", "sign", "pairs", "sharing", "fraction sharing",
-                               "chance", "median lift (sharing)", "median lift (all pairs)"],
-                              frows))
+                frows.append(
+                    [
+                        kind,
+                        sign,
+                        m.num(f"{p}.n_pairs"),
+                        m.num(f"{p}.{sign}.n_sharing"),
+                        m.num(f"{p}.{sign}.frac_sharing"),
+                        m.num(f"{p}.{sign}.frac_sharing_chance"),
+                        m.num(f"{p}.{sign}.lift_sharing_pairs.median"),
+                        m.num(f"{p}.lift_all_pairs.median"),
+                    ]
+                )
+        s.blocks.append(
+            "Planted / found families: how often their pairs share a neuron, against the chance rate."
+        )
+        s.blocks.append(
+            Table(
+                [
+                    "family kind",
+                    "sign",
+                    "pairs",
+                    "sharing",
+                    "fraction sharing",
+                    "chance",
+                    "median lift (sharing)",
+                    "median lift (all pairs)",
+                ],
+                frows,
+            )
+        )
     tables = m.get("logic.json:truth_tables")
     if isinstance(tables, list) and tables:
         trows = []
         for i, _ in enumerate(tables[:8]):
             p = f"logic.json:truth_tables.{i}"
-            trows.append([m.num(f"{p}.neuron"), m.num(f"{p}.feature_a"), m.num(f"{p}.feature_b")]
-                         + [[m.num(f"{p}.p_fire_{c}"), " (n ", m.num(f"{p}.n_{c}"), ")"]
-                            for c in ("neither", "a_only", "b_only", "both")])
-        s.blocks.append("Neuron truth tables: P(neuron fires) given which of the two member "
-                        "features is active (held-out rows).")
+            trows.append(
+                [m.num(f"{p}.neuron"), m.num(f"{p}.feature_a"), m.num(f"{p}.feature_b")]
+                + [
+                    [m.num(f"{p}.p_fire_{c}"), " (n ", m.num(f"{p}.n_{c}"), ")"]
+                    for c in ("neither", "a_only", "b_only", "both")
+                ]
+            )
+        s.blocks.append(
+            "Neuron truth tables: P(neuron fires) given which of the two member "
+            "features is active (held-out rows)."
+        )
         s.blocks.append(Table(["neuron", "A", "B", "neither", "A only", "B only", "A and B"], trows))
-    _figure_or_note(s.blocks, plots / "logic/lift.png", "lift.png",
-                    "Lift of neuron-sharing pairs against frequency-matched controls")
+    _figure_or_note(
+        s.blocks,
+        plots / "logic/lift.png",
+        "lift.png",
+        "Lift of neuron-sharing pairs against frequency-matched controls",
+    )
     return s
 
 
 def compare_section(m: Metrics, plots: Path) -> Section:
-    s = Section("Circuit comparison: synthetic neurons against the model's neurons",
-                anchor="compare")
-    conds = [("squeezer_vs_model", "**Squeezer vs model**"),
-             ("floor_untrained", "floor: untrained Squeezer vs model"),
-             ("floor_shuffled", "floor: shuffled-feature Squeezer vs model"),
-             ("ceiling_squeezer_seed2_vs_model", "Squeezer seed 2 vs model"),
-             ("ceiling_squeezer_vs_seed2", "ceiling: Squeezer vs Squeezer seed 2"),
-             ("ceiling_model_vs_model_seed2", "ceiling: model vs model seed 2")]
-    keys = ["hungarian_mean_r", "mean_best_abs_r", "frac_matched_above_0_5", "cka", "svcca",
-            "interference_mantel_r", "interference_mantel_p", "top_pc_share_a", "effective_rank_a",
-            "top_pc_share_b", "effective_rank_b"]
+    s = Section("Circuit comparison: synthetic neurons against the model's neurons", anchor="compare")
+    conds = [
+        ("squeezer_vs_model", "**Squeezer vs model**"),
+        ("floor_untrained", "floor: untrained Squeezer vs model"),
+        ("floor_shuffled", "floor: shuffled-feature Squeezer vs model"),
+        ("ceiling_squeezer_seed2_vs_model", "Squeezer seed 2 vs model"),
+        ("ceiling_squeezer_vs_seed2", "ceiling: Squeezer vs Squeezer seed 2"),
+        ("ceiling_model_vs_model_seed2", "ceiling: model vs model seed 2"),
+    ]
+    keys = [
+        "hungarian_mean_r",
+        "mean_best_abs_r",
+        "frac_matched_above_0_5",
+        "cka",
+        "svcca",
+        "interference_mantel_r",
+        "interference_mantel_p",
+        "top_pc_share_a",
+        "effective_rank_a",
+        "top_pc_share_b",
+        "effective_rank_b",
+    ]
     rows = [[label] + [m.num(f"compare.json:{c}.{k}") for k in keys] for c, label in conds]
     s.blocks.append(Table(["condition"] + keys, rows))
-    s.blocks.append("Linear CKA weighs directions by variance: read it beside each population's "
-                    "top principal component share and effective rank (participation ratio); "
-                    "a = the first population named, b = the second.")
+    s.blocks.append(
+        "Linear CKA weighs directions by variance: read it beside each population's "
+        "top principal component share and effective rank (participation ratio); "
+        "a = the first population named, b = the second."
+    )
     s.blocks.append(["Held-out rows: ", m.num("compare.json:n_heldout_rows"), "."])
     if isinstance(m.get("compare.json:interference_features"), dict):
         s.blocks.append("Features in the interference (Mantel) comparison:")
-        s.blocks.append(kv_table(m, "compare", [k for k, _ in _scalars(m.data.get("compare"))
-                                                if k.startswith("interference_features.")]))
-    _figure_or_note(s.blocks, plots / "compare/matched_r.csv", "matched_r.png",
-                    "Sorted |r| of Hungarian-matched neuron pairs", matched_r_figure)
-    _figure_or_note(s.blocks, plots / "compare/correlation_matrix.png", "correlation_matrix.png",
-                    "Neuron correlation matrices in matched order")
+        s.blocks.append(
+            kv_table(
+                m,
+                "compare",
+                [k for k, _ in _scalars(m.data.get("compare")) if k.startswith("interference_features.")],
+            )
+        )
+    _figure_or_note(
+        s.blocks,
+        plots / "compare/matched_r.csv",
+        "matched_r.png",
+        "Sorted |r| of Hungarian-matched neuron pairs",
+        matched_r_figure,
+    )
+    _figure_or_note(
+        s.blocks,
+        plots / "compare/correlation_matrix.png",
+        "correlation_matrix.png",
+        "Neuron correlation matrices in matched order",
+    )
     return s
 
 
@@ -715,8 +993,14 @@ def build(metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots") 
     return Report(
         "The Neural Codec: report",
         verdict_table(verdict_rows(m)),
-        [setup_section(m), sae_section(m, plots), compression_section(m, plots),
-         geometry_section(m, plots), logic_section(m, plots), compare_section(m, plots)],
+        [
+            setup_section(m),
+            sae_section(m, plots),
+            compression_section(m, plots),
+            geometry_section(m, plots),
+            logic_section(m, plots),
+            compare_section(m, plots),
+        ],
     )
 
 
@@ -789,8 +1073,10 @@ def _inline_md(text: str) -> str:
 def _html_cell(cell: Cell) -> str:
     if isinstance(cell, Num):
         cls = "num na" if cell.text == NA else "num"
-        return (f'<span class="{cls}" data-metric="{html.escape(cell.cite)}" '
-                f'title="{html.escape(cell.cite)}">{html.escape(cell.text)}</span>')
+        return (
+            f'<span class="{cls}" data-metric="{html.escape(cell.cite)}" '
+            f'title="{html.escape(cell.cite)}">{html.escape(cell.text)}</span>'
+        )
     if isinstance(cell, list):
         return "".join(_html_cell(c) for c in cell)
     return _inline_md(str(cell))
@@ -799,9 +1085,12 @@ def _html_cell(cell: Cell) -> str:
 def _html_table(t: Table) -> str:
     head = "".join(f"<th>{_inline_md(h)}</th>" for h in t.header)
     # in the verdict table a non-empty first cell starts a hypothesis: rule a line above it
-    body = "".join(('<tr class="start">' if t.css == "verdict" and row[0] else "<tr>")
-                   + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
-                   for row in t.rows)
+    body = "".join(
+        ('<tr class="start">' if t.css == "verdict" and row[0] else "<tr>")
+        + "".join(f"<td>{_html_cell(c)}</td>" for c in row)
+        + "</tr>"
+        for row in t.rows
+    )
     return f'<table class="{t.css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -810,8 +1099,10 @@ def _html_block(b: Any) -> str:
         return f'<div class="scroll">{_html_table(b)}</div>'
     if isinstance(b, Figure):
         data = base64.b64encode(b.png).decode("ascii")
-        return (f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{_inline_md(b.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline_md(b.caption)}</figcaption></figure>"
+        )
     return f"<p>{_html_cell(b)}</p>"
 
 
@@ -836,10 +1127,13 @@ code { background: #f4f4f4; padding: 0 2px; }
 def render_html(r: Report) -> str:
     nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in r.sections)
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(r.title)}</h1>", f'<nav><a href="#verdict">Verdict</a> {nav}</nav>',
-        '<h2 id="verdict">Verdict</h2>', f"<p>{_inline_md(VERDICT_INTRO)}</p>",
+        f"<h1>{html.escape(r.title)}</h1>",
+        f'<nav><a href="#verdict">Verdict</a> {nav}</nav>',
+        '<h2 id="verdict">Verdict</h2>',
+        f"<p>{_inline_md(VERDICT_INTRO)}</p>",
         _html_block(r.verdict),
     ]
     for s in r.sections:
@@ -860,8 +1154,9 @@ def fvu_at_m(m: Metrics) -> tuple[list[str], list[Any]]:
     return ["M", *SWEEP_COLUMNS], ["" if M is None else M] + ["" if v is None else v for v in vals]
 
 
-def write_report(out_dir: str | Path, metrics_dir: str | Path = "metrics",
-                 plots_dir: str | Path = "plots") -> Report:
+def write_report(
+    out_dir: str | Path, metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots"
+) -> Report:
     """Build the report and write out_dir/{REPORT.md, index.html, figures/*.png} atomically,
     with out_dir/fvu_at_m.csv (this run's M and FVUs, for `dvc plots diff` across experiments)."""
     r = build(metrics_dir, plots_dir)
@@ -875,7 +1170,6 @@ def write_report(out_dir: str | Path, metrics_dir: str | Path = "metrics",
         io.write_csv(tmp / "fvu_at_m.csv", header, [row])
         (tmp / "index.html").write_text(render_html(r))
     return r
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -898,8 +1192,9 @@ def _file_data(data: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
     return block.get("data") or {} if isinstance(block, dict) else {}
 
 
-def parse_exp_show(entries: list[dict[str, Any]], include_workspace: bool = False,
-                   params_file: str = "params.yaml") -> list[dict[str, Any]]:
+def parse_exp_show(
+    entries: list[dict[str, Any]], include_workspace: bool = False, params_file: str = "params.yaml"
+) -> list[dict[str, Any]]:
     """One row per finished experiment: M (params squeezer.M), its name, and the FVU of the
     Squeezer (metrics/squeeze.json fvu) and of each baseline (metrics/baselines.json <m>.fvu).
 
@@ -919,8 +1214,9 @@ def parse_exp_show(entries: list[dict[str, Any]], include_workspace: bool = Fals
         base = _file_data(data, "metrics", "metrics/baselines.json")
         M = (_file_data(data, "params", params_file).get("squeezer") or {}).get("M", squeeze.get("M"))
         fvu = {"squeezer": squeeze.get("fvu")}
-        fvu.update({b: (base.get(b) or {}).get("fvu") if isinstance(base.get(b), dict) else None
-                    for b in BASELINES})
+        fvu.update(
+            {b: (base.get(b) or {}).get("fvu") if isinstance(base.get(b), dict) else None for b in BASELINES}
+        )
         if not isinstance(M, int) or all(v is None for v in fvu.values()):
             continue
         key = data.get("rev") or rev
@@ -932,8 +1228,9 @@ def parse_exp_show(entries: list[dict[str, Any]], include_workspace: bool = Fals
 def write_sweep(rows: list[dict[str, Any]], csv_path: str | Path, png_path: str | Path | None) -> None:
     """plots/sweep/fvu_vs_m.csv (M, experiment, one FVU column per method) and a PNG."""
     header = ["M", "experiment", *SWEEP_COLUMNS]
-    table = [[r["M"], r["experiment"]] + ["" if r[c] is None else float(r[c]) for c in SWEEP_COLUMNS]
-             for r in rows]
+    table = [
+        [r["M"], r["experiment"]] + ["" if r[c] is None else float(r[c]) for c in SWEEP_COLUMNS] for r in rows
+    ]
     io.write_csv(csv_path, header, table)
     if png_path is None:
         return
@@ -942,8 +1239,13 @@ def write_sweep(rows: list[dict[str, Any]], csv_path: str | Path, png_path: str 
     for j, c in enumerate(SWEEP_COLUMNS):
         pts = sorted((r["M"], r[c]) for r in rows if r[c] is not None)
         if pts:
-            ax.plot(*zip(*pts), "o-" if c == "squeezer" else "o--", color=f"C{3 if j == 0 else j - 1}",
-                    lw=2 if c == "squeezer" else 1, label=c)
+            ax.plot(
+                *zip(*pts, strict=False),
+                "o-" if c == "squeezer" else "o--",
+                color=f"C{3 if j == 0 else j - 1}",
+                lw=2 if c == "squeezer" else 1,
+                label=c,
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("M (synthetic neurons)")

@@ -123,7 +123,9 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
           f"<= the number of training rows ({rows})")  # fmt: skip
     torch.manual_seed(cfg.seed)
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_cycle_batches(train_dir, cfg.batch_size, cfg.seed))
+    trainer = SAETrainer(
+        cfg=trainer_cfg, sae=sae, data_provider=_cycle_batches(train_dir, cfg.batch_size, cfg.seed)
+    )
     return trainer.fit()
 
 
@@ -197,10 +199,10 @@ def latent_labels(families: list[dict[str, Any]], best_latent: np.ndarray, best_
     """Per latent: the true feature it matches best (if any) and its family label."""
     label_of = {}
     for fam in families:
-        for m, lab in zip(fam["members"], fam.get("labels", [])):
+        for m, lab in zip(fam["members"], fam.get("labels", []), strict=False):
             label_of[m] = lab
     labels = [{"latent": i, "label": None, "true_feature": None, "cosine": 0.0} for i in range(d_sae)]
-    for t, (lat, c) in enumerate(zip(best_latent, best_cos)):
+    for t, (lat, c) in enumerate(zip(best_latent, best_cos, strict=False)):
         entry = labels[int(lat)]
         if c > entry["cosine"]:
             entry.update(true_feature=t, cosine=float(c), label=label_of.get(t, f"true{t}"))

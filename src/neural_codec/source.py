@@ -98,7 +98,10 @@ def build_synthetic_source(cfg: SourceConfig, out_dir: Path) -> dict[str, Any]:
                "n_neurons": scfg.n_neurons, "toy_model": m1, "toy_model_seed2": m2,
                "planted": {k: sum(f["kind"] == k for f in families)
                            for k in ("cyclic", "exclusive", "correlated")}}  # fmt: skip
-    return {"metrics": metrics, "curve": [[c["step"], c["loss"], c2["loss"]] for c, c2 in zip(curve, curve2)]}
+    return {
+        "metrics": metrics,
+        "curve": [[c["step"], c["loss"], c2["loss"]] for c, c2 in zip(curve, curve2, strict=False)],
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,7 +129,9 @@ def resolve_importance(
         if firing_freq is None:
             raise ValueError("importance='frequency' needs the firing frequencies")
         p = np.asarray(firing_freq, dtype=np.float64)
-        check(len(p) == n_features, "importance", "frequency", f"{n_features} firing frequencies, got {len(p)}")
+        check(
+            len(p) == n_features, "importance", "frequency", f"{n_features} firing frequencies, got {len(p)}"
+        )
         if p.sum() <= 0:
             raise ParamError("params.yaml: squeezer.importance = 'frequency' but no feature ever fires")
         return (p / p.mean()).astype(np.float32)
@@ -191,7 +193,10 @@ class Squeezer(nn.Module):
 
     def preactivations(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
         """W_enc f + b_enc for sparse f given as (B, k) index/value pairs (padding: val == 0)."""
-        return F.embedding_bag(idx.long(), self.W_enc, per_sample_weights=val.to(self.W_enc.dtype), mode="sum") + self.b_enc
+        return (
+            F.embedding_bag(idx.long(), self.W_enc, per_sample_weights=val.to(self.W_enc.dtype), mode="sum")
+            + self.b_enc
+        )
 
     def encode(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.preactivations(idx, val))
@@ -391,7 +396,11 @@ def train_squeezer(
     n = int(n_features or train.n_features)
     check(len(train) >= 1, "squeezer", "0 training rows", "at least one training row")
     check_features(train, "train features")
-    w = resolve_importance(cfg, n, train.firing_frequency()) if importance is None else np.asarray(importance, np.float32)
+    w = (
+        resolve_importance(cfg, n, train.firing_frequency())
+        if importance is None
+        else np.asarray(importance, np.float32)
+    )
     if len(w) != n:
         raise ParamError(f"importance weights have length {len(w)}, expected n_features = {n}")
     weights = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
@@ -405,7 +414,9 @@ def train_squeezer(
         model.b_enc.requires_grad_(False)
     if cfg.bias_init == "mean":
         mu = torch.zeros(n, dtype=torch.float64).index_add_(
-            0, torch.from_numpy(train.idx.ravel().astype(np.int64)), torch.from_numpy(train.val.ravel().astype(np.float64))
+            0,
+            torch.from_numpy(train.idx.ravel().astype(np.int64)),
+            torch.from_numpy(train.val.ravel().astype(np.float64)),
         ) / len(train)
         with torch.no_grad():
             model.b_dec.copy_(mu.float())
@@ -531,9 +542,11 @@ def iter_eval_batches(
     for f in fb:
         a = next(ab) if ab is not None else {}
         feats = SparseFeatures(f["idx"], f["val"], n_features)
-        for key, arr in a.items():
+        for arr in a.values():
             if len(arr) != len(feats):
-                raise ValueError(f"activations and features are not row-aligned ({len(arr)} vs {len(feats)} rows)")
+                raise ValueError(
+                    f"activations and features are not row-aligned ({len(arr)} vs {len(feats)} rows)"
+                )
         yield EvalBatch(feats, a.get("resid"), a.get("neurons"))
 
 
@@ -722,13 +735,16 @@ def check_upstream(
     if top_k is not None:
         check(
             isinstance(top_k, int) and 1 <= top_k <= n,
-            "features.top_k", top_k, f"an integer in [1, n_features = {n}] (the SAE has {n} latents)",
+            "features.top_k",
+            top_k,
+            f"an integer in [1, n_features = {n}] (the SAE has {n} latents)",
         )
     check(k <= n, f"{features_dir / 'train' / 'meta.json'}: k", k, f"at most n_features = {n}")
     if cfg.importance_given is not None:
         check(
             len(cfg.importance_given) == n,
-            "squeezer.importance_given", f"<list of length {len(cfg.importance_given)}>",
+            "squeezer.importance_given",
+            f"<list of length {len(cfg.importance_given)}>",
             f"a list of length n_features = {n}",
         )
     freq = np.load(features_dir / "firing_freq.npy")
@@ -743,14 +759,22 @@ def check_upstream(
     act_rows = int(read_meta(activations_dir / "heldout")["n_rows"])
     check(
         act_rows == counts["heldout"],
-        f"{activations_dir / 'heldout'}: n_rows", act_rows,
+        f"{activations_dir / 'heldout'}: n_rows",
+        act_rows,
         f"{counts['heldout']} rows, row-aligned with {features_dir / 'heldout'} (re-run features)",
     )
     if need_train_activations:
         tr_rows = int(read_meta(activations_dir / "train")["n_rows"])
         check(
             tr_rows == counts["train"],
-            f"{activations_dir / 'train'}: n_rows", tr_rows,
+            f"{activations_dir / 'train'}: n_rows",
+            tr_rows,
             f"{counts['train']} rows, row-aligned with {features_dir / 'train'} (re-run features)",
         )
-    return {"n_features": n, "k": k, "firing_freq": freq, "n_train": counts["train"], "n_heldout": counts["heldout"]}
+    return {
+        "n_features": n,
+        "k": k,
+        "firing_freq": freq,
+        "n_train": counts["train"],
+        "n_heldout": counts["heldout"],
+    }

@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from sae_lens.synthetic import (
     ActivationGenerator,
@@ -105,8 +104,12 @@ class SyntheticConfig:
         check(self.resid_noise >= 0, "resid_noise", self.resid_noise, ">= 0")
         check(self.train_steps >= 1, "train_steps", self.train_steps, ">= 1")
         check(self.train_batch_size >= 1, "train_batch_size", self.train_batch_size, ">= 1")
-        check(self.train_pool >= self.train_batch_size, "train_pool", self.train_pool,
-              f">= train_batch_size ({self.train_batch_size})")
+        check(
+            self.train_pool >= self.train_batch_size,
+            "train_pool",
+            self.train_pool,
+            f">= train_batch_size ({self.train_batch_size})",
+        )
         check(self.lr > 0, "lr", self.lr, "a number > 0")
         planted = (
             self.exclusive_families * self.exclusive_family_size
@@ -159,7 +162,9 @@ def plant_families(cfg: SyntheticConfig) -> list[dict[str, Any]]:
     return families
 
 
-def firing_probabilities(cfg: SyntheticConfig, seed: int, families: list[dict[str, Any]] | None = None) -> torch.Tensor:
+def firing_probabilities(
+    cfg: SyntheticConfig, seed: int, families: list[dict[str, Any]] | None = None
+) -> torch.Tensor:
     """Zipfian probabilities in random order, except that the members of exclusive families and
     correlated pairs draw (in random order) from the frequent end of the curve.
 
@@ -173,8 +178,12 @@ def firing_probabilities(cfg: SyntheticConfig, seed: int, families: list[dict[st
     planted = [m for f in (families or []) if f["kind"] in ("exclusive", "correlated") for m in f["members"]]
     others = sorted(set(range(cfg.n_features)) - set(planted))
     order = torch.tensor(planted + others, dtype=torch.long)
-    ranks = torch.cat([torch.randperm(len(planted), generator=gen),
-                       len(planted) + torch.randperm(len(others), generator=gen)])
+    ranks = torch.cat(
+        [
+            torch.randperm(len(planted), generator=gen),
+            len(planted) + torch.randperm(len(others), generator=gen),
+        ]
+    )
     out = torch.empty_like(p)
     out[order] = p[ranks]
     return out
@@ -212,14 +221,8 @@ def build_generator(cfg: SyntheticConfig, seed: int) -> tuple[ActivationGenerato
     """The SAELens ActivationGenerator for the true features, with every planted structure."""
     families = plant_families(cfg)
     probs = firing_probabilities(cfg, seed, families)
-    correlations = {
-        tuple(f["members"]): cfg.pair_correlation for f in families if f["kind"] == "correlated"
-    }
-    corr = (
-        create_correlation_matrix_from_correlations(cfg.n_features, correlations)
-        if correlations
-        else None
-    )
+    correlations = {tuple(f["members"]): cfg.pair_correlation for f in families if f["kind"] == "correlated"}
+    corr = create_correlation_matrix_from_correlations(cfg.n_features, correlations) if correlations else None
     roots = [
         HierarchyNode(
             feature_index=None,
