@@ -63,9 +63,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from neural_codec import io  # noqa: E402
-from neural_codec.io import SparseFeatures  # noqa: E402
-from neural_codec.squeezer import Squeezer, SqueezerConfig, make_optimizer, squeezer_loss, train_squeezer  # noqa: E402
+from neural_codec import storage  # noqa: E402
+from neural_codec.config import SqueezerConfig  # noqa: E402
+from neural_codec.squeezer import Squeezer, make_optimizer, squeezer_loss, train_squeezer  # noqa: E402
+from neural_codec.storage import SparseFeatures  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -525,7 +526,8 @@ def _extract_case(
 
 
 def bench_extraction(sz: Sizes) -> dict[str, Any]:
-    from neural_codec.lm import LMSourceConfig, load_model
+    from neural_codec.config import LMSourceConfig
+    from neural_codec.lm import load_model
     from neural_codec.offline_models import GLASSLLM_SOURCE
 
     out: dict[str, Any] = {
@@ -714,8 +716,8 @@ def write_scaling(sc: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
     import matplotlib.pyplot as plt
 
     vf, vs = sc["vs_features"], sc["vs_samples"]
-    io.write_csv(out_dir / f"scaling_features{suffix}.csv", vf["header"], vf["rows"])
-    io.write_csv(out_dir / f"scaling_samples{suffix}.csv", vs["header"], vs["rows"])
+    storage.write_csv(out_dir / f"scaling_features{suffix}.csv", vf["header"], vf["rows"])
+    storage.write_csv(out_dir / f"scaling_samples{suffix}.csv", vs["header"], vs["rows"])
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     nf = [r[0] for r in vf["rows"]]
     ax[0].loglog(nf, [r[4] for r in vf["rows"]], "o-", label="exact loss")
@@ -734,7 +736,7 @@ def write_scaling(sc: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
     for a in ax:
         a.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with io.atomic_path(out_dir / f"scaling{suffix}.png") as tmp:
+    with storage.atomic_path(out_dir / f"scaling{suffix}.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -887,11 +889,11 @@ def main(argv: list[str] | None = None) -> int:
     out_file = out_dir / ("latest_quick.json" if args.quick else "latest.json")
     if set(only) != set(SECTIONS) and out_file.exists():
         # a subset run updates its sections of the last full results, keeping the others
-        old = io.read_json(out_file)
+        old = storage.read_json(out_file)
         merged = {**old, **{name: r[name] for name in only}}
         merged.setdefault("section_machine", {}).update({name: r["machine"] for name in only})
         r = {**merged, "table_markdown": table(merged)}
-    io.write_json(out_file, r)
+    storage.write_json(out_file, r)
     print(r["table_markdown"])
     return 0
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_codec import io
-from neural_codec.baselines import BaselinesConfig, disk_batches, run_baselines
-from neural_codec.params import ParamError, from_dict, load_params
+from neural_codec import storage
+from neural_codec.baselines import disk_batches, run_baselines
+from neural_codec.config import BaselinesConfig, SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict, load_params
 from neural_codec.squeezer import (
-    SqueezerConfig,
     check_upstream,
     eval_batch_size,
     iter_eval_batches,
@@ -43,7 +44,7 @@ def main() -> int:
     n = info["n_features"]
     if neurons:
         for split in ("train", "heldout"):
-            with np.load(io.shard_paths(ACTIVATIONS / split)[0]) as z:
+            with np.load(storage.shard_paths(ACTIVATIONS / split)[0]) as z:
                 if "neurons" not in z.files:
                     raise ParamError(
                         f"{ACTIVATIONS / split} has no 'neurons' array: drop model_neurons from baselines.methods"
@@ -54,7 +55,7 @@ def main() -> int:
             f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features"
         )
     weights = resolve_importance(sq, n, info["firing_freq"])
-    train = io.load_sparse(FEATURES / "train")
+    train = storage.load_sparse(FEATURES / "train")
     bs = eval_batch_size(n)
 
     def eval_batches(with_neurons: bool):
@@ -75,8 +76,8 @@ def main() -> int:
         init=sq.init,
         bias_init=sq.bias_init,
     )
-    io.write_json(METRICS, results)
-    io.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])
+    storage.write_json(METRICS, results)
+    storage.write_csv(FVU_CSV, ["method", "fvu"], [[m, r["fvu"]] for m, r in results.items()])
     for m, r in results.items():
         print(f"[baselines] {m}: M={r['M']} fvu={r['fvu']:.4f} recovery={r['recovery_mean']:.3f}")
     return 0

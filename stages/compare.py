@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from neural_codec import compare as cmp
-from neural_codec import io
-from neural_codec.params import ParamError, from_dict, load_params, load_section, require_inputs
+from neural_codec import storage
+from neural_codec.config import CompareConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict, load_params, load_section, require_inputs
 
 SQUEEZER = Path("data/squeeze/squeezer.pt")
 HELDOUT_NEURONS = Path("data/squeeze/heldout_neurons.npy")
@@ -42,7 +44,7 @@ MODEL = "model"  # the reference population's name
 
 def squeezer_config(model: Any) -> Any:
     """The config that produced squeezer.pt; the `squeezer` params section if it holds none."""
-    from neural_codec.squeezer import SqueezerConfig
+    from neural_codec.config import SqueezerConfig
 
     stored = getattr(model, "config", None)
     if isinstance(stored, dict) and stored:
@@ -52,7 +54,7 @@ def squeezer_config(model: Any) -> Any:
 
 
 def activation_keys(directory: Path) -> set[str]:
-    first = io.shard_paths(directory)[0]
+    first = storage.shard_paths(directory)[0]
     with np.load(first) as z:
         return set(z.files)
 
@@ -88,15 +90,15 @@ def stream_moments(
     Populations named in `act_keys` are streamed from data/activations/heldout (model neurons);
     the others are in-memory (N, M) arrays of synthetic neurons, sliced to the same rows.
     """
-    dims = dict(io.read_meta(ACTIVATIONS / "heldout"))
+    dims = dict(storage.read_meta(ACTIVATIONS / "heldout"))
     width = {k: a.shape[1] for k, a in arrays.items()}
-    first = next(io.iter_shards(ACTIVATIONS / "heldout", act_keys))
+    first = next(storage.iter_shards(ACTIVATIONS / "heldout", act_keys))
     width.update({k: first[k].shape[1] for k in act_keys})
     used = sorted({x for pair in pairs.values() for x in pair})
     pop = {k: cmp.Moments(width[k]) for k in used}  # shared: each population's X^T X once
     mom = {name: cmp.CrossMoments(width[a], width[b], ma=pop[a], mb=pop[b]) for name, (a, b) in pairs.items()}
     start = 0
-    for batch in io.iter_batches(ACTIVATIONS / "heldout", batch_size, act_keys):
+    for batch in storage.iter_batches(ACTIVATIONS / "heldout", batch_size, act_keys):
         n = len(batch[act_keys[0]])
         rows = {k: np.asarray(batch[k], dtype=np.float32) for k in act_keys}
         rows.update({k: a[start : start + n] for k, a in arrays.items()})
@@ -134,7 +136,7 @@ def plot_matrices(path: Path, panels: list[tuple[str, cmp.NeuronComparison]], ma
         ax.set_xlabel(f"model neuron (matched order, first {k})")
         ax.set_ylabel(f"synthetic neuron (by matched |r|, first {k})")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Pearson r")
-    with io.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -148,7 +150,7 @@ def main() -> int:
         train_squeezer,
     )
 
-    cfg = load_section(cmp.CompareConfig, "compare")
+    cfg = load_section(CompareConfig, "compare")
     require_inputs(
         SQUEEZER,
         HELDOUT_NEURONS,
@@ -163,9 +165,9 @@ def main() -> int:
     main_sq = load_squeezer(SQUEEZER)
     sq_cfg = squeezer_config(main_sq)
     n_features = main_sq.n_features
-    heldout = io.load_sparse(FEATURES / "heldout")
+    heldout = storage.load_sparse(FEATURES / "heldout")
     h_main = np.load(HELDOUT_NEURONS, mmap_mode="r")
-    n_act = int(io.read_meta(ACTIVATIONS / "heldout")["n_rows"])
+    n_act = int(storage.read_meta(ACTIVATIONS / "heldout")["n_rows"])
     if not (len(heldout) == len(h_main) == n_act):
         raise ParamError(
             f"held-out rows differ: features {len(heldout)}, squeezer neurons "
@@ -186,7 +188,7 @@ def main() -> int:
         arrays["untrained"] = neuron_activations(un, heldout, cfg.batch_size)
         weights["untrained"] = un.W_enc.detach().numpy()
     if cfg.floor_shuffled or cfg.ceiling_squeezer_seed2:
-        train = io.load_sparse(FEATURES / "train")
+        train = storage.load_sparse(FEATURES / "train")
         imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
         if cfg.floor_shuffled:
             shuffled = cmp.shuffle_feature_columns(train, cfg.seed)
@@ -262,7 +264,7 @@ def main() -> int:
         metrics["interference_features"]["model_vs_sae_decoder_geometry_r"] = res.r
         metrics["interference_features"]["model_vs_sae_decoder_geometry_p"] = res.p
     metrics["n_heldout_rows"] = n_act
-    io.write_json(METRICS, metrics)
+    storage.write_json(METRICS, metrics)
 
     names = list(comps)
     sorted_r = {n: np.sort(comps[n].matching.abs_r)[::-1] for n in names}
@@ -270,7 +272,7 @@ def main() -> int:
     rows = [
         [i] + [float(sorted_r[n][i]) if i < len(sorted_r[n]) else "" for n in names] for i in range(n_rows)
     ]
-    io.write_csv(PLOT_DIR / "matched_r.csv", ["rank"] + names, rows)
+    storage.write_csv(PLOT_DIR / "matched_r.csv", ["rank"] + names, rows)
     panels = [(n, comps[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in comps]
     plot_matrices(PLOT_DIR / "correlation_matrix.png", panels, cfg.plot_max_neurons)
 

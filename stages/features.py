@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_codec import io
-from neural_codec.features import FeaturesConfig, encode_split, validate_against_sae
+from neural_codec import storage
+from neural_codec.config import FeaturesConfig
+from neural_codec.features import encode_split, validate_against_sae
 from neural_codec.params import from_dict, load_params, require_inputs
 from neural_codec.sae import load_sae
 from neural_codec.stage import run
@@ -19,7 +20,7 @@ def main() -> None:
     sae = load_sae("data/sae")
     validate_against_sae(cfg, sae.cfg.d_sae)
     metrics = {"top_k": cfg.top_k, "n_features": int(sae.cfg.d_sae)}
-    with io.atomic_dir("data/features") as out:
+    with storage.atomic_dir("data/features") as out:
         for split in ("train", "heldout"):
             stats = encode_split(sae, cfg, ACT / split, out / split)
             if split == "train":
@@ -28,7 +29,7 @@ def main() -> None:
                 metrics["alive_features"] = int((freq > 0).sum())
                 metrics["max_firing_freq"] = float(freq.max())
             metrics[split] = {"rows": stats["rows"], "mean_l0": stats["mean_l0"]}
-    io.write_json("metrics/features.json", metrics)
+    storage.write_json("metrics/features.json", metrics)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,11 @@ import numpy as np
 import torch
 
 from neural_codec import geometry as geo
-from neural_codec import io
-from neural_codec.params import check, load_section, require_inputs
-from neural_codec.squeezer import (
-    Squeezer,
-    SqueezerConfig,
-    load_squeezer,
-    resolve_importance,
-    train_squeezer,
-)
+from neural_codec import storage
+from neural_codec.config import GeometryConfig, SqueezerConfig
+from neural_codec.errors import check
+from neural_codec.params import load_section, require_inputs
+from neural_codec.squeezer import Squeezer, load_squeezer, resolve_importance, train_squeezer
 
 SQUEEZER = Path("data/squeeze/squeezer.pt")
 FAMILIES = Path("data/sae/families.json")
@@ -54,16 +50,16 @@ def untrained_squeezer(n_features: int, cfg: SqueezerConfig) -> Squeezer:
     return Squeezer(n_features, cfg.M, cfg.tied, cfg.init, generator=gen)
 
 
-def first_rows(directory: Path, n_rows: int) -> io.SparseFeatures:
+def first_rows(directory: Path, n_rows: int) -> storage.SparseFeatures:
     """The first `n_rows` rows of a sparse split (streamed, memory ~ n_rows)."""
     parts = []
     got = 0
-    for b in io.iter_sparse(directory, min(n_rows, 65536)):
+    for b in storage.iter_sparse(directory, min(n_rows, 65536)):
         parts.append(b[: n_rows - got])
         got += len(parts[-1])
         if got >= n_rows:
             break
-    return io.SparseFeatures(
+    return storage.SparseFeatures(
         np.concatenate([p.idx for p in parts]), np.concatenate([p.val for p in parts]), parts[0].n_features
     )
 
@@ -88,12 +84,12 @@ def check_families(families: Any, n_features: int) -> list[dict[str, Any]]:
 
 
 def main() -> dict[str, Any]:
-    cfg = load_section(geo.GeometryConfig, "geometry")
+    cfg = load_section(GeometryConfig, "geometry")
     sq_cfg = load_section(SqueezerConfig, "squeezer")
     require_inputs(SQUEEZER, FAMILIES, TRAIN / "meta.json", FIRING_FREQ)
 
     model = load_squeezer(SQUEEZER)
-    meta = io.read_meta(TRAIN)
+    meta = storage.read_meta(TRAIN)
     n = int(meta["n_features"])
     check(
         model.n_features == n,
@@ -107,7 +103,7 @@ def main() -> dict[str, Any]:
         (model.M, model.tied),
         f"squeezer.M, squeezer.tied = {(sq_cfg.M, sq_cfg.tied)} (re-run the squeeze stage)",
     )
-    families = check_families(io.read_json(FAMILIES), n)
+    families = check_families(storage.read_json(FAMILIES), n)
 
     # Latents that never fire on train never get a gradient: their rows stay at the random init
     # and would enter every statistic as random directions. Only firing latents are analysed.
@@ -152,13 +148,13 @@ def main() -> dict[str, Any]:
 
     bins = cfg.hist_bins
     header, rows = geo.histogram_table(results, bins)
-    io.write_csv(PLOT_DIR / "dimensionality_hist.csv", header, rows)
+    storage.write_csv(PLOT_DIR / "dimensionality_hist.csv", header, rows)
     geo.plot_dimensionality(PLOT_DIR / "dimensionality_hist.png", results, cfg.fractions, bins)
     trained = {k: v for k, v in results.items() if k.startswith("trained_")}
     flat_w = {f"trained_{p}": W for p, W in weights["trained"].items()}
     geo.plot_polytopes(PLOT_DIR / "polytopes.png", trained, flat_w, cfg.max_plot_polytopes)
     geo.plot_circles(PLOT_DIR / "circles.png", flat_w, families, trained)
-    io.write_json(METRICS, metrics)
+    storage.write_json(METRICS, metrics)
     return metrics
 
 

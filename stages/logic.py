@@ -11,15 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_codec import io
-from neural_codec.logic import (
-    LogicConfig,
-    analyze,
-    lift_histogram,
-    truth_table_requests,
-    truth_tables,
-)
-from neural_codec.params import ParamError, check, load_section, require_inputs
+from neural_codec import storage
+from neural_codec.config import LogicConfig
+from neural_codec.errors import ParamError, check
+from neural_codec.logic import analyze, lift_histogram, truth_table_requests, truth_tables
+from neural_codec.params import load_section, require_inputs
 
 SQUEEZER = Path("data/squeeze/squeezer.pt")
 HELDOUT_NEURONS = Path("data/squeeze/heldout_neurons.npy")
@@ -99,7 +95,7 @@ def plot_lifts(path: Path, lifts: dict[str, np.ndarray], metrics: dict) -> None:
             ax.text(0.5, 0.5, "no pairs", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("density")
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -111,7 +107,7 @@ def main() -> dict:
 
     w_enc, rest = load_encoder(SQUEEZER)
     neurons = np.load(HELDOUT_NEURONS, mmap_mode="r")
-    held_meta = io.read_meta(FEATURES / "heldout")
+    held_meta = storage.read_meta(FEATURES / "heldout")
     check(
         neurons.shape == (held_meta["n_rows"], w_enc.shape[1]),
         str(HELDOUT_NEURONS),
@@ -124,9 +120,9 @@ def main() -> dict:
         w_enc.shape[0],
         f"n_features = {held_meta['n_features']} of {FEATURES}",
     )
-    families = io.read_json(FAMILIES)
+    families = storage.read_json(FAMILIES)
 
-    result, members = analyze(w_enc, lambda: io.iter_sparse(split_dir, cfg.batch_size), cfg, families)
+    result, members = analyze(w_enc, lambda: storage.iter_sparse(split_dir, cfg.batch_size), cfg, families)
     reqs = truth_table_requests(
         members,
         w_enc,
@@ -134,7 +130,7 @@ def main() -> dict:
         cfg.n_truth_table_neurons,
         cfg.n_truth_table_pairs,
     )
-    tables = truth_tables(io.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs, rest=rest)
+    tables = truth_tables(storage.iter_sparse(FEATURES / "heldout", cfg.batch_size), neurons, reqs, rest=rest)
     for t in tables:
         t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
         t["weight_b"] = float(w_enc[t["feature_b"], t["neuron"]])
@@ -142,9 +138,9 @@ def main() -> dict:
     metrics["truth_tables"] = tables
 
     header, rows = lift_histogram(result.lifts)
-    io.write_csv(PLOT_DIR / "lift.csv", header, rows)
+    storage.write_csv(PLOT_DIR / "lift.csv", header, rows)
     plot_lifts(PLOT_DIR / "lift.png", result.lifts, metrics)
-    io.write_json(METRICS, metrics)
+    storage.write_json(METRICS, metrics)
     return metrics
 
 

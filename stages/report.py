@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from neural_codec.params import ParamError
+from neural_codec.errors import ParamError
 from neural_codec.report import STAGES, summary, write_report
 
 METRICS = Path("metrics")

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_codec import io
+from neural_codec import storage
+from neural_codec.config import SAEConfig, SourceConfig
 from neural_codec.params import from_dict, load_params, require_inputs
 from neural_codec.sae import (
-    SAEConfig,
     families_in_latent_space,
     ground_truth_recovery,
     latent_labels,
@@ -15,7 +15,6 @@ from neural_codec.sae import (
     sae_quality,
     train_sae,
 )
-from neural_codec.source import SourceConfig
 from neural_codec.stage import run
 
 ACT = Path("data/activations")
@@ -27,7 +26,7 @@ def main() -> None:
     cfg = from_dict(SAEConfig, params.get("sae"), "sae")
     require_inputs(ACT / "train" / "meta.json", ACT / "heldout" / "meta.json")
     recovery_rows: list = []  # no ground truth for an lm source: the plot stays header-only
-    with io.atomic_dir("data/sae") as out:
+    with storage.atomic_dir("data/sae") as out:
         if cfg.pretrained:  # lm: a SAELens registry SAE or a folder, re-saved in SAELens format
             from neural_codec import lm
 
@@ -40,12 +39,12 @@ def main() -> None:
         if src.kind == "synthetic":
             truth = np.load("data/source/truth.npz")
             rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)
-            families = io.read_json("data/source/truth.json")["families"]
-            io.write_json(
+            families = storage.read_json("data/source/truth.json")["families"]
+            storage.write_json(
                 out / "families.json",
                 families_in_latent_space(families, rec["best_latent"], rec["best_cosine"]),
             )
-            io.write_json(
+            storage.write_json(
                 out / "latent_labels.json",
                 latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae),
             )
@@ -55,9 +54,9 @@ def main() -> None:
         else:  # lm: labels from top-activating tokens, cyclic families from labels
             from neural_codec import lm
 
-            metrics["lm"] = lm.write_labels_and_families(sae, src.lm_cfg, ACT, out)  # + CE-loss score
-    io.write_json("metrics/sae.json", metrics)
-    io.write_csv("plots/sae/recovery_hist.csv", ["cosine", "true_features"], recovery_rows)
+            metrics["lm"] = lm.write_labels_and_families(sae, src.lm, ACT, out)  # + CE-loss score
+    storage.write_json("metrics/sae.json", metrics)
+    storage.write_csv("plots/sae/recovery_hist.csv", ["cosine", "true_features"], recovery_rows)
 
 
 if __name__ == "__main__":

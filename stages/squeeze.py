@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neural_codec import io
-from neural_codec.features import FeaturesConfig
-from neural_codec.params import ParamError, from_dict, load_params
-from neural_codec.source import SourceConfig
+from neural_codec import storage
+from neural_codec.config import FeaturesConfig, SourceConfig, SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict, load_params
 from neural_codec.squeezer import (
     SqueezerCodec,
-    SqueezerConfig,
     check_upstream,
     eval_batch_size,
     evaluate_codec,
@@ -53,7 +52,7 @@ def main() -> int:
             f"{SAE_DIR} has {sae_decode.n_features} latents but the features have {n}: re-run features"
         )
     weights = resolve_importance(cfg, n, info["firing_freq"])
-    train = io.load_sparse(FEATURES / "train")
+    train = storage.load_sparse(FEATURES / "train")
 
     t0 = time.perf_counter()
     model, curve = train_squeezer(train, cfg, weights, n)
@@ -67,9 +66,9 @@ def main() -> int:
         from neural_codec import lm
 
         feats_cfg = from_dict(FeaturesConfig, params.get("features"), "features")
-        metrics["lm"] = lm.squeezer_ce_scores(src.lm_cfg, SAE_DIR, model, info["k"], feats_cfg.min_value)
+        metrics["lm"] = lm.squeezer_ce_scores(src.lm, SAE_DIR, model, info["k"], feats_cfg.min_value)
 
-    with io.atomic_dir(OUT) as out:
+    with storage.atomic_dir(OUT) as out:
         save_squeezer(
             out / "squeezer.pt", model, cfg, extra={"n_features": n, "final_loss": curve[-1]["loss"]}
         )
@@ -79,13 +78,13 @@ def main() -> int:
         )
         row = 0
         with torch.no_grad():
-            for b in io.iter_sparse(FEATURES / "heldout", bs):
+            for b in storage.iter_sparse(FEATURES / "heldout", bs):
                 h[row : row + len(b)] = model.encode(torch.from_numpy(b.idx), torch.from_numpy(b.val)).numpy()
                 row += len(b)
         h.flush()
         del h
 
-    io.write_json(
+    storage.write_json(
         METRICS,
         {
             **metrics,
@@ -99,7 +98,7 @@ def main() -> int:
             "final_loss": curve[-1]["loss"],
         },
     )
-    io.write_csv(CURVE, ["step", "loss"], [[c["step"], c["loss"]] for c in curve])
+    storage.write_csv(CURVE, ["step", "loss"], [[c["step"], c["loss"]] for c in curve])
     print(
         f"[squeeze] M={cfg.M} n={n}: fvu={metrics['fvu']:.4f} recovery={metrics['recovery_mean']:.3f} "
         f"represented={metrics['features_represented']} dead={metrics['dead_neurons']:.3f} "

@@ -19,9 +19,8 @@ from test_squeezer import (
     write_world,
 )
 
-from neural_codec import io
+from neural_codec import storage
 from neural_codec.baselines import (
-    BaselinesConfig,
     array_batches,
     feature_moments,
     fit_model_neurons,
@@ -29,14 +28,10 @@ from neural_codec.baselines import (
     fit_pca,
     fit_random_encoder,
 )
-from neural_codec.params import ParamError, from_dict
-from neural_codec.squeezer import (
-    SqueezerCodec,
-    SqueezerConfig,
-    batches_from_arrays,
-    evaluate_codec,
-    train_squeezer,
-)
+from neural_codec.config import BaselinesConfig, SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict
+from neural_codec.squeezer import SqueezerCodec, batches_from_arrays, evaluate_codec, train_squeezer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -173,7 +168,7 @@ def world(tmp_path_factory):
 
 def test_stage_end_to_end(world, monkeypatch):
     assert run_stage("baselines", world, monkeypatch) == 0
-    m = io.read_json(world / "metrics/baselines.json")
+    m = storage.read_json(world / "metrics/baselines.json")
     assert list(m) == ["pca", "no_superposition", "random_encoder", "model_neurons"]
     for method, r in m.items():
         assert METRIC_KEYS <= set(r), method

@@ -9,7 +9,7 @@ import scipy.stats
 from scipy.stats import ortho_group
 
 from neural_codec import compare as cmp
-from neural_codec.io import SparseFeatures
+from neural_codec.storage import SparseFeatures
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -297,7 +297,8 @@ def make_toy_world():
 def test_ground_truth_squeezer_matches_toy_neurons_above_floor(toy_world):
     """A Squeezer trained on the toy model's true features, with M = the toy's width, finds
     neurons that fire like the toy's (one-to-one), far above the same Squeezer untrained."""
-    from neural_codec.squeezer import SqueezerConfig, neuron_activations, train_squeezer
+    from neural_codec.config import SqueezerConfig
+    from neural_codec.squeezer import neuron_activations, train_squeezer
 
     w = toy_world
     cfg = SqueezerConfig(
@@ -348,12 +349,13 @@ def _write_world(root, w) -> None:
     import yaml
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from neural_codec import io
-    from neural_codec.squeezer import SqueezerConfig, neuron_activations, save_squeezer, train_squeezer
+    from neural_codec import storage
+    from neural_codec.config import SqueezerConfig
+    from neural_codec.squeezer import neuron_activations, save_squeezer, train_squeezer
 
     data = root / "data"
     n_held = len(w["heldout"])
-    wr = io.ShardWriter(
+    wr = storage.ShardWriter(
         data / "activations/heldout", rows_per_shard=1000, d_model=D_MODEL, n_neurons=N_NEURONS
     )
     wr.append(resid=w["resid_held"], neurons=w["neurons"], neurons_seed2=w["neurons_seed2"])
@@ -365,8 +367,8 @@ def _write_world(root, w) -> None:
     with torch.no_grad():
         sae.W_dec.copy_(torch.from_numpy(w["E"]))
     sae.save_model(data / "sae")
-    io.write_sparse(data / "features/train", w["train"], rows_per_shard=4096)
-    io.write_sparse(data / "features/heldout", w["heldout"], rows_per_shard=1000)
+    storage.write_sparse(data / "features/train", w["train"], rows_per_shard=4096)
+    storage.write_sparse(data / "features/heldout", w["heldout"], rows_per_shard=1000)
     np.save(data / "features/firing_freq.npy", w["train"].firing_frequency())
     cfg = SqueezerConfig(
         M=N_NEURONS,
@@ -404,7 +406,7 @@ def stage_root(toy_world, tmp_path_factory):
 
 
 def test_stage_end_to_end(stage_root, monkeypatch):
-    from neural_codec.io import read_json
+    from neural_codec.storage import read_json
 
     assert _run_stage(stage_root, monkeypatch) == 0
     m = read_json(stage_root / "metrics/compare.json")
@@ -448,7 +450,7 @@ def test_stage_rejects_bad_params_before_work(stage_root, monkeypatch, tmp_path)
 
     import yaml
 
-    from neural_codec.params import ParamError
+    from neural_codec.errors import ParamError
 
     root = tmp_path / "bad"
     shutil.copytree(stage_root, root)

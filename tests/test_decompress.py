@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import run_stage, tiny_params, write_params
 
-from neural_codec import io
+from neural_codec import storage
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,12 @@ def test_activations_are_the_toy_model_on_true_features(workdir):
     from neural_codec.synthetic import load_toy_model
 
     model = load_toy_model(workdir / "data/source/model.pt")
-    shard = next(io.iter_shards(workdir / "data/activations/heldout"))
-    true = io.SparseFeatures(shard["true_idx"], shard["true_val"], model.embedding.shape[0])
+    shard = next(storage.iter_shards(workdir / "data/activations/heldout"))
+    true = storage.SparseFeatures(shard["true_idx"], shard["true_val"], model.embedding.shape[0])
     x = model.resid(torch.from_numpy(true.to_dense()))
     np.testing.assert_allclose(shard["resid"], x.numpy(), atol=1e-5)
     np.testing.assert_allclose(shard["neurons"], model.neurons(x).detach().numpy(), atol=1e-5)
-    meta = io.read_meta(workdir / "data/activations/train")
+    meta = storage.read_meta(workdir / "data/activations/train")
     assert meta["n_rows"] == 20000 and meta["n_shards"] == 3
 
 
@@ -69,15 +69,15 @@ def test_features_are_top_k_of_the_sae_and_aligned(workdir):
     from neural_codec.sae import load_sae
 
     sae = load_sae(workdir / "data/sae")
-    feats = io.load_sparse(workdir / "data/features/heldout")
+    feats = storage.load_sparse(workdir / "data/features/heldout")
     assert len(feats) == 4000 and feats.k == 3 and feats.n_features == 128
-    x = io.load_array(workdir / "data/activations/heldout", "resid")[:200]
+    x = storage.load_array(workdir / "data/activations/heldout", "resid")[:200]
     dense = sae.encode(torch.from_numpy(x)).detach().numpy()
     dense[dense <= 0.05] = 0
-    expected = io.SparseFeatures.from_dense(dense, 3).to_dense()
+    expected = storage.SparseFeatures.from_dense(dense, 3).to_dense()
     np.testing.assert_allclose(feats[:200].to_dense(), expected, atol=1e-5)
     freq = np.load(workdir / "data/features/firing_freq.npy")
-    train = io.load_sparse(workdir / "data/features/train")
+    train = storage.load_sparse(workdir / "data/features/train")
     np.testing.assert_allclose(freq, train.firing_frequency())
 
 
@@ -104,7 +104,8 @@ def test_a_nan_from_the_sae_is_an_error_not_padding(workdir, tmp_path):
     """NaN > min_value is False: thresholding first would store a NaN latent as padding."""
     import torch
 
-    from neural_codec.features import FeaturesConfig, encode_split
+    from neural_codec.config import FeaturesConfig
+    from neural_codec.features import encode_split
     from neural_codec.sae import load_sae
 
     sae = load_sae(workdir / "data/sae")

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from neural_codec.io import SparseFeatures
 from neural_codec.logic import cooccurrence
 from neural_codec.squeezer import Squeezer, _DecoderSquaredError, reconstruction_loss, squeezer_loss
+from neural_codec.storage import SparseFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,7 @@ def test_benchmark_data_and_naive_cooccurrence(bench):
 
 def test_benchmark_quick_sampled_section_writes_json(bench, tmp_path):
     assert bench.main(["--quick", "--only", "sampled", "--out", str(tmp_path)]) == 0
-    r = bench.io.read_json(tmp_path / "latest_quick.json")
+    r = bench.storage.read_json(tmp_path / "latest_quick.json")
     s = r["sampled"]
     assert s["draws"] == bench.QUICK.sample_draws
     # averaging draws shrinks the error against the exact loss and gradient (the JSON's figures

@@ -219,7 +219,7 @@ def test_analyse_returns_small_json(pentagon_W):
 
 
 def test_permute_feature_columns_keeps_frequencies_and_breaks_cooccurrence():
-    from neural_codec.io import SparseFeatures
+    from neural_codec.storage import SparseFeatures
 
     rng = np.random.default_rng(0)
     N, n = 4000, 12
@@ -251,16 +251,17 @@ def _load_stage():
 def _workspace(tmp_path, geometry_params):
     import yaml
 
-    from neural_codec import io
-    from neural_codec.squeezer import SqueezerConfig, save_squeezer
+    from neural_codec import storage
+    from neural_codec.config import SqueezerConfig
+    from neural_codec.squeezer import save_squeezer
 
     n, M = 30, 6
     sq = {"M": M, "steps": 40, "batch_size": 128, "seed": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"geometry": geometry_params, "squeezer": sq}))
     rng = np.random.default_rng(0)
     dense = (rng.random((600, n)) < 0.1) * rng.random((600, n))
-    feats = io.SparseFeatures.from_dense(dense, 4)
-    io.write_sparse(tmp_path / "data/features/train", feats)
+    feats = storage.SparseFeatures.from_dense(dense, 4)
+    storage.write_sparse(tmp_path / "data/features/train", feats)
     np.save(tmp_path / "data/features/firing_freq.npy", feats.firing_frequency())
     # planted weights: a pentagon in neurons 0-1, a 6-member circle in 2-5, the rest tiny
     W = 0.01 * rng.normal(size=(n, M))
@@ -283,16 +284,16 @@ def _workspace(tmp_path, geometry_params):
         {"name": "weekdays", "kind": "cyclic", "members": circle, "labels": list("MTWRFS")},
         {"name": "ex", "kind": "exclusive", "members": [1, 2]},
     ]
-    io.write_json(tmp_path / "data/sae/families.json", fams)
+    storage.write_json(tmp_path / "data/sae/families.json", fams)
 
 
 def test_stage_end_to_end(tmp_path, monkeypatch):
-    from neural_codec import io
+    from neural_codec import storage
 
     _workspace(tmp_path, {"n_permutations": 99, "null_rows": 500, "null_steps": 30})
     monkeypatch.chdir(tmp_path)
     m = _load_stage().main()
-    saved = io.read_json("metrics/geometry.json")
+    saved = storage.read_json("metrics/geometry.json")
     assert saved["encoder"]["polytopes"]["pentagon"] == 1
     assert saved["decoder"]["polytopes"]["pentagon"] == 1
     circ = saved["encoder"]["circles"]["weekdays"]
@@ -308,7 +309,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
 
 
 def test_stage_rejects_bad_params_before_work(tmp_path, monkeypatch):
-    from neural_codec.params import ParamError
+    from neural_codec.errors import ParamError
 
     _workspace(tmp_path, {"interference_threshold": 1.5})
     monkeypatch.chdir(tmp_path)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from neural_codec import io, lm
-from neural_codec.params import ParamError, from_dict
-from neural_codec.source import ActivationsConfig
+from neural_codec import lm, storage
+from neural_codec.config import ActivationsConfig, LMSourceConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -29,7 +30,7 @@ def one_thread():
 def world(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("lm")
     fx.make_model(root)
-    cfg = lm.LMSourceConfig(
+    cfg = LMSourceConfig(
         model_name=f"local:{root / 'model'}",
         dataset=str(root / "text"),
         sae_hook="blocks.1.hook_resid_pre",
@@ -48,17 +49,17 @@ def test_config_validation_names_key_value_and_allowed():
     with pytest.raises(
         ParamError, match=r"source\.lm\.neuron_hook = 'blocks\.8\.hook_mlp_out'.*blocks\.L\.mlp\.hook_post"
     ):
-        from_dict(lm.LMSourceConfig, {"neuron_hook": "blocks.8.hook_mlp_out"}, "source.lm")
+        from_dict(LMSourceConfig, {"neuron_hook": "blocks.8.hook_mlp_out"}, "source.lm")
     with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'resid8'"):
-        from_dict(lm.LMSourceConfig, {"sae_hook": "resid8"}, "source.lm")
+        from_dict(LMSourceConfig, {"sae_hook": "resid8"}, "source.lm")
     with pytest.raises(ParamError, match=r"activations\.dtype = 'bfloat16'"):
         from_dict(ActivationsConfig, {"dtype": "bfloat16"}, "activations")
     with pytest.raises(ParamError, match=r"source\.lm\.dtype = 'float16'.*one of the keys"):
-        from_dict(lm.LMSourceConfig, {"dtype": "float16"}, "source.lm")  # storage is activations.dtype
+        from_dict(LMSourceConfig, {"dtype": "float16"}, "source.lm")  # storage is activations.dtype
     with pytest.raises(ParamError, match=r"source\.lm\.context_size = 1\b"):
-        from_dict(lm.LMSourceConfig, {"context_size": 1}, "source.lm")
+        from_dict(LMSourceConfig, {"context_size": 1}, "source.lm")
     cfg = from_dict(
-        lm.LMSourceConfig,
+        LMSourceConfig,
         {"sae_hook": "blocks.3.hook_resid_post", "neuron_hook": "blocks.5.mlp.hook_post"},
         "source.lm",
     )
@@ -66,7 +67,7 @@ def test_config_validation_names_key_value_and_allowed():
 
 
 def test_sae_settings_are_honoured():
-    cfg = lm.LMSourceConfig(
+    cfg = LMSourceConfig(
         sae_hook=None, context_size=None, prepend_bos=None, model_from_pretrained_kwargs={"dtype": "float32"}
     )
     s = {
@@ -87,20 +88,20 @@ def test_sae_settings_are_honoured():
 def test_extraction_shapes_special_tokens_and_split(world):
     root, cfg, model, figures = world
     for split in ("train", "heldout"):
-        meta = io.read_meta(root / "acts" / split)
+        meta = storage.read_meta(root / "acts" / split)
         assert (meta["d_model"], meta["n_neurons"]) == (32, 64)
         assert meta["n_rows"] == figures[split]["rows"] > 0
-        resid = io.load_array(root / "acts" / split, "resid")
-        neurons = io.load_array(root / "acts" / split, "neurons")
-        tok = io.load_array(root / "acts" / split, "token")
-        pos = io.load_array(root / "acts" / split, "position")
+        resid = storage.load_array(root / "acts" / split, "resid")
+        neurons = storage.load_array(root / "acts" / split, "neurons")
+        tok = storage.load_array(root / "acts" / split, "token")
+        pos = storage.load_array(root / "acts" / split, "position")
         assert resid.shape == (meta["n_rows"], 32) and neurons.shape == (meta["n_rows"], 64)
         assert not np.isin(tok, lm.special_token_ids(model)).any()  # BOS / separators excluded
         assert pos.min() == 1  # position 0 is always BOS
         # fewer rows than tokens: exactly the special tokens (one BOS per window + EOS separators)
         assert meta["n_rows"] < figures[split]["tokens"]
-    tr = set(io.load_array(root / "acts/train", "context_id").tolist())
-    ho = set(io.load_array(root / "acts/heldout", "context_id").tolist())
+    tr = set(storage.load_array(root / "acts/train", "context_id").tolist())
+    ho = set(storage.load_array(root / "acts/heldout", "context_id").tolist())
     assert not tr & ho and all(w % cfg.heldout_every == 0 for w in ho)
     assert figures["train"]["tokens"] >= cfg.n_tokens_train
     readin = np.load(root / "acts" / "neuron_readin.npy")
@@ -114,7 +115,7 @@ def test_rows_equal_a_direct_full_forward(world):
     _, cache = model.run_with_cache(tokens)
     keep = ~torch.isin(tokens, torch.tensor(lm.special_token_ids(model)))
     n = int(keep.sum())
-    got = next(io.iter_batches(root / "acts/train", n, ["resid", "neurons", "token", "context_id"]))
+    got = next(storage.iter_batches(root / "acts/train", n, ["resid", "neurons", "token", "context_id"]))
     np.testing.assert_allclose(got["resid"], cache[cfg.sae_hook][keep].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["neurons"], cache[cfg.neuron_hook][keep].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got["token"], tokens[keep].numpy())
@@ -132,9 +133,9 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
         cfg, dataset=str(tmp_path / "ds"), text_column="body", n_tokens_train=640, n_tokens_heldout=64
     )
     lm.extract_activations(cfg16, tmp_path / "acts", ActivationsConfig(dtype="float16"), model=model)
-    r16 = io.load_array(tmp_path / "acts/train", "resid")
+    r16 = storage.load_array(tmp_path / "acts/train", "resid")
     assert r16.dtype == np.float16
-    r32 = io.load_array(root / "acts/train", "resid")[: len(r16)]
+    r32 = storage.load_array(root / "acts/train", "resid")[: len(r16)]
     np.testing.assert_allclose(r16.astype(np.float32), r32, rtol=2e-3, atol=2e-3)
 
 
@@ -164,11 +165,11 @@ def test_model_offline_error_is_one_line_with_alternatives(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(lm.LMUnavailable) as err:
-        lm.load_model(lm.LMSourceConfig(model_name="gpt2"))
+        lm.load_model(LMSourceConfig(model_name="gpt2"))
     msg = str(err.value)
     assert "\n" not in msg and "'gpt2'" in msg and "local:<dir>" in msg and "glassllm" in msg
     with pytest.raises(lm.LMUnavailable, match="no hooked_transformer_config.json"):
-        lm.load_model(lm.LMSourceConfig(model_name="local:/nonexistent"))
+        lm.load_model(LMSourceConfig(model_name="local:/nonexistent"))
 
 
 def test_ce_scores(world, tmp_path):
@@ -228,7 +229,7 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
     cfg0 = dataclasses.replace(cfg, sae_hook="blocks.0.hook_resid_pre")
     lm.extract_activations(cfg0, tmp_path / "acts", model=model)
     acts = tmp_path / "acts/train"
-    x, tok = io.load_array(acts, "resid"), io.load_array(acts, "token")
+    x, tok = storage.load_array(acts, "resid"), storage.load_array(acts, "token")
     _, planted = fx.planted_weekday_sae(tmp_path / "planted", x, tok, model.tokenizer, cfg0.sae_hook)
     sae = lm.load_sae(path=tmp_path / "planted")  # through SAELens's own disk loader
     labels = lm.feature_labels(sae, acts, model.tokenizer, top_n=5)
@@ -272,8 +273,8 @@ def test_stage_entry_points(world, tmp_path):
     )
     m = lm.write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
     assert 0 < m["labelled_latents"] <= 64 and np.isfinite(m["ce"]["ce_loss_score_sae"])
-    assert len(io.read_json(tmp_path / "out" / "latent_labels.json")) == 64
-    assert io.read_json(tmp_path / "out" / "families.json") == []
+    assert len(storage.read_json(tmp_path / "out" / "latent_labels.json")) == 64
+    assert storage.read_json(tmp_path / "out" / "families.json") == []
     wrong = fx.random_sae(tmp_path / "sae0", 32, 64, "blocks.0.hook_resid_pre")
     with pytest.raises(ParamError, match="the SAE reads 'blocks.0.hook_resid_pre'"):
         lm.write_labels_and_families(wrong, cfg, root / "acts", tmp_path / "out")
@@ -297,7 +298,7 @@ def test_glassllm_real_weights_match_its_own_forward():
     from neural_codec.offline_models import GLASSLLM_SOURCE
 
     gm, gtok = glassllm.load_pretrained("en")
-    cfg = lm.LMSourceConfig(**{**GLASSLLM_SOURCE, "dataset": "unused"})
+    cfg = LMSourceConfig(**{**GLASSLLM_SOURCE, "dataset": "unused"})
     model = lm.load_model(cfg)
     lm.check_hooks(model, cfg)
     text = "Alice was beginning to get very tired of sitting by her sister on the bank, on Monday in May."

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from neural_codec import io
+from neural_codec import storage
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["source", "activations", "sae", "features"]
@@ -107,15 +107,15 @@ def test_stage_chain_runs_with_lm_source(chain):
     for stage in STAGES:
         r = results.get(stage)
         assert r is not None and r.returncode == 0, f"{stage} failed:\n{r.stderr[-3000:] if r else 'not run'}"
-    act = io.read_meta(work / "data/activations/train")
+    act = storage.read_meta(work / "data/activations/train")
     assert (act["d_model"], act["n_neurons"], act["sae_hook"]) == (32, 64, "blocks.1.hook_resid_pre")
     assert np.load(work / "data/activations/neuron_readin.npy").shape == (32, 64)
-    feats = io.read_meta(work / "data/features/train")
+    feats = storage.read_meta(work / "data/features/train")
     assert feats["n_rows"] == act["n_rows"] and feats["n_features"] == 64
-    labels = io.read_json(work / "data/sae/latent_labels.json")
+    labels = storage.read_json(work / "data/sae/latent_labels.json")
     assert len(labels) == 64 and any(lab["top_tokens"] for lab in labels)
-    assert isinstance(io.read_json(work / "data/sae/families.json"), list)
-    metrics = io.read_json(work / "metrics/sae.json")
+    assert isinstance(storage.read_json(work / "data/sae/families.json"), list)
+    metrics = storage.read_json(work / "metrics/sae.json")
     assert 0 < metrics["l0"] <= 4 + 1e-6
     ce = metrics["lm"]["ce"]
     assert ce["ce_zero_ablation"] > ce["ce_clean"] and np.isfinite(ce["ce_loss_score_sae"])
@@ -143,6 +143,6 @@ def test_pretrained_sae_from_disk_sets_the_hook(chain, tmp_path):
     for stage in ["source", "activations", "sae"]:
         r = run_stage(stage, tmp_path)
         assert r.returncode == 0, f"{stage}:\n{r.stderr[-3000:]}"
-    assert io.read_meta(tmp_path / "data/activations/train")["sae_hook"] == "blocks.0.hook_resid_pre"
-    assert io.read_json(tmp_path / "data/sae/cfg.json")["d_sae"] == 48
-    assert len(io.read_json(tmp_path / "data/sae/latent_labels.json")) == 48
+    assert storage.read_meta(tmp_path / "data/activations/train")["sae_hook"] == "blocks.0.hook_resid_pre"
+    assert storage.read_json(tmp_path / "data/sae/cfg.json")["d_sae"] == 48
+    assert len(storage.read_json(tmp_path / "data/sae/latent_labels.json")) == 48

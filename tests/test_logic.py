@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from neural_codec import io
-from neural_codec.io import SparseFeatures
+from neural_codec import storage
+from neural_codec.config import LogicConfig
+from neural_codec.errors import ParamError
 from neural_codec.logic import (
-    LogicConfig,
     analyze,
     compare_lifts,
     cooccurrence,
@@ -23,7 +23,8 @@ from neural_codec.logic import (
     shared_pairs,
     truth_tables,
 )
-from neural_codec.params import ParamError, from_dict
+from neural_codec.params import from_dict
+from neural_codec.storage import SparseFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,9 +210,9 @@ def test_bad_params_fail_by_name():
 def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     torch = pytest.importorskip("torch")
     w = planted_w(EXCLUSIVE_GROUPS)
-    io.write_sparse(tmp_path / "data/features/train", feats, rows_per_shard=6000)
+    storage.write_sparse(tmp_path / "data/features/train", feats, rows_per_shard=6000)
     held = planted_rows(4000, seed=3)
-    io.write_sparse(tmp_path / "data/features/heldout", held, rows_per_shard=1500)
+    storage.write_sparse(tmp_path / "data/features/heldout", held, rows_per_shard=1500)
     h = np.maximum(held.to_dense() @ w - 0.3, 0).astype(np.float32)
     (tmp_path / "data/squeeze").mkdir(parents=True)
     np.save(tmp_path / "data/squeeze/heldout_neurons.npy", h)
@@ -219,7 +220,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
         {"W_enc": torch.tensor(w, dtype=torch.float32), "config": {"M": w.shape[1]}},
         tmp_path / "data/squeeze/squeezer.pt",
     )
-    io.write_json(tmp_path / "data/sae/families.json", FAMILIES)
+    storage.write_json(tmp_path / "data/sae/families.json", FAMILIES)
     params = {"logic": {**CFG, "batch_size": 5000, "n_truth_table_neurons": 3, "n_truth_table_pairs": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -227,7 +228,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     stage.main()
-    m = io.read_json("metrics/logic.json")
+    m = storage.read_json("metrics/logic.json")
     assert m["verdict"] == "anticorrelated_share"
     assert len(m["truth_tables"]) == 6
     for t in m["truth_tables"]:  # OR gate: fires on A alone and B alone, never sees A and B

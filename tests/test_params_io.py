@@ -6,8 +6,9 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from neural_codec import io
-from neural_codec.params import ParamError, check, from_dict
+from neural_codec import storage
+from neural_codec.errors import ParamError, check
+from neural_codec.params import from_dict
 
 
 @dataclass
@@ -53,17 +54,20 @@ def test_params_yaml_spells_out_the_code_defaults():
     import dataclasses
     from pathlib import Path
 
-    from neural_codec.baselines import BaselinesConfig
-    from neural_codec.compare import CompareConfig
-    from neural_codec.features import FeaturesConfig
-    from neural_codec.geometry import GeometryConfig
-    from neural_codec.lm import LMSourceConfig
-    from neural_codec.logic import LogicConfig
+    from neural_codec.config import (
+        ActivationsConfig,
+        BaselinesConfig,
+        CompareConfig,
+        FeaturesConfig,
+        GeometryConfig,
+        LMSourceConfig,
+        LogicConfig,
+        SAEConfig,
+        SourceConfig,
+        SqueezerConfig,
+        SyntheticConfig,
+    )
     from neural_codec.params import SECTIONS, load_params
-    from neural_codec.sae import SAEConfig
-    from neural_codec.source import ActivationsConfig, SourceConfig
-    from neural_codec.squeezer import SqueezerConfig
-    from neural_codec.synthetic import SyntheticConfig
 
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     assert tuple(params) == SECTIONS
@@ -100,7 +104,7 @@ def test_unknown_section_is_refused(tmp_path):
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
+        with storage.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert not target.exists() and list(tmp_path.iterdir()) == []
@@ -108,10 +112,10 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 
 def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
     out = tmp_path / "stage"
-    with io.atomic_dir(out) as d:
+    with storage.atomic_dir(out) as d:
         (d / "a.txt").write_text("v1")
     with pytest.raises(RuntimeError):
-        with io.atomic_dir(out) as d:
+        with storage.atomic_dir(out) as d:
             (d / "a.txt").write_text("v2-half")
             raise RuntimeError
     assert (out / "a.txt").read_text() == "v1"
@@ -120,12 +124,12 @@ def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
 
 def test_shards_stream_in_batches_across_boundaries(tmp_path):
     x = np.arange(1000, dtype=np.float32).reshape(250, 4)
-    w = io.ShardWriter(tmp_path / "s", rows_per_shard=64, d_model=4)
+    w = storage.ShardWriter(tmp_path / "s", rows_per_shard=64, d_model=4)
     for i in range(0, 250, 30):
         w.append(resid=x[i : i + 30])
     meta = w.close()
     assert meta == {"n_rows": 250, "n_shards": 4, "d_model": 4}
-    batches = list(io.iter_batches(tmp_path / "s", 100, ["resid"]))
+    batches = list(storage.iter_batches(tmp_path / "s", 100, ["resid"]))
     assert [len(b["resid"]) for b in batches] == [100, 100, 50]
     np.testing.assert_array_equal(np.concatenate([b["resid"] for b in batches]), x)
 
@@ -133,15 +137,15 @@ def test_shards_stream_in_batches_across_boundaries(tmp_path):
 def test_sparse_features_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     dense = rng.random((50, 20)).astype(np.float32) * (rng.random((50, 20)) < 0.15)
-    feats = io.SparseFeatures.from_dense(dense, k=20)
+    feats = storage.SparseFeatures.from_dense(dense, k=20)
     np.testing.assert_allclose(feats.to_dense(), dense)
     np.testing.assert_allclose(feats.to_csr().toarray(), dense)
-    top2 = io.SparseFeatures.from_dense(dense, k=2)
+    top2 = storage.SparseFeatures.from_dense(dense, k=2)
     assert ((top2.val > 0).sum(1) <= 2).all()
     kept = top2.to_dense()
     assert np.all((kept == 0) | (kept == dense))
     np.testing.assert_allclose(kept.max(1), dense.max(1))
-    io.write_sparse(tmp_path / "f", top2, rows_per_shard=16)
-    back = io.load_sparse(tmp_path / "f")
+    storage.write_sparse(tmp_path / "f", top2, rows_per_shard=16)
+    back = storage.load_sparse(tmp_path / "f")
     np.testing.assert_array_equal(back.to_dense(), kept)
     np.testing.assert_allclose(back.firing_frequency(), (kept > 0).mean(0))

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from neural_codec import io
-from neural_codec.io import SparseFeatures
-from neural_codec.params import ParamError, from_dict
+from neural_codec import storage
+from neural_codec.config import SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict
 from neural_codec.squeezer import (
     Codec,
     Squeezer,
     SqueezerCodec,
-    SqueezerConfig,
     batches_from_arrays,
     evaluate_codec,
     load_squeezer,
@@ -28,6 +28,7 @@ from neural_codec.squeezer import (
     squeezer_loss,
     train_squeezer,
 )
+from neural_codec.storage import SparseFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,10 +377,10 @@ def write_world(root: Path, params: dict | None = None) -> None:
     np.save(data / "activations/neuron_readin.npy", R)
     for split, N, seed in [("train", 3000, 0), ("heldout", 1000, 1)]:
         f = synthetic_features(N_FEAT, probs, N, seed, mean=1.0, std=0.2, k=TOP_K)
-        io.write_sparse(data / "features" / split, f, rows_per_shard=700)
+        storage.write_sparse(data / "features" / split, f, rows_per_shard=700)
         resid = (torch.from_numpy(f.to_dense()) @ sae.W_dec + sae.b_dec).detach().numpy()
         resid += 0.01 * np.random.default_rng(seed).standard_normal(resid.shape).astype(np.float32)
-        w = io.ShardWriter(
+        w = storage.ShardWriter(
             data / "activations" / split, rows_per_shard=800, d_model=D_MODEL, n_neurons=N_NEURONS
         )
         w.append(resid=resid, neurons=np.maximum(resid @ R, 0))
@@ -419,7 +420,7 @@ METRIC_KEYS = {
 
 def test_stage_end_to_end(world, monkeypatch):
     assert run_stage("squeeze", world, monkeypatch) == 0
-    m = io.read_json(world / "metrics/squeeze.json")
+    m = storage.read_json(world / "metrics/squeeze.json")
     assert METRIC_KEYS <= set(m)
     assert m["M"] == 6 and m["n_features"] == N_FEAT and m["samples_per_s"] > 0
     assert 0 <= m["fvu"] < 0.9
@@ -428,7 +429,7 @@ def test_stage_end_to_end(world, monkeypatch):
     assert m["sae_explained_variance"] < m["sae_explained_variance_ceiling"]
     assert m["sae_explained_variance"] > 0.2
     h = np.load(world / "data/squeeze/heldout_neurons.npy")
-    held = io.load_sparse(world / "data/features/heldout")
+    held = storage.load_sparse(world / "data/features/heldout")
     model = load_squeezer(world / "data/squeeze/squeezer.pt")
     assert h.shape == (1000, 6)
     np.testing.assert_allclose(h, neuron_activations(model, held), rtol=1e-6, atol=1e-6)
@@ -470,7 +471,7 @@ def test_stage_bad_inputs_fail_before_any_output(world, tmp_path, monkeypatch):
     _bad(root, monkeypatch, r"squeezer\.importance_given")
     params()
     # NaN in the last held-out shard
-    last = io.shard_paths(root / "data/features/heldout")[-1]
+    last = storage.shard_paths(root / "data/features/heldout")[-1]
     with np.load(last) as z:
         idx, val = z["idx"], z["val"].copy()
     val[-1, 0] = np.nan

@@ -5,14 +5,10 @@ import pytest
 import torch
 from pipeline_helpers import TINY_SYNTHETIC
 
-from neural_codec.params import ParamError, from_dict
-from neural_codec.synthetic import (
-    SyntheticConfig,
-    build_generator,
-    make_embedding,
-    toy_model_metrics,
-    train_toy_model,
-)
+from neural_codec.config import SyntheticConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict
+from neural_codec.synthetic import build_generator, make_embedding, toy_model_metrics, train_toy_model
 
 
 @pytest.fixture(scope="module")

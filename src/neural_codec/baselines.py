@@ -29,10 +29,8 @@ it is measured on held-out data, not read off weights, so it means the same for 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,62 +38,19 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
-from neural_codec.io import SparseFeatures
-from neural_codec.params import check
+from neural_codec.config import BaselinesConfig
 from neural_codec.squeezer import (
     Codec,
     CurveLogger,
     EvalBatch,
     SqueezerCodec,
-    SqueezerConfig,
     make_optimizer,
     reconstruction_loss,
     train_squeezer,
 )
+from neural_codec.storage import SparseFeatures
 
 Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
-METHODS: tuple[str, ...] = ("pca", "no_superposition", "random_encoder", "model_neurons")
-
-
-@dataclass
-class BaselinesConfig:
-    """params.yaml section `baselines` (M, importance come from `squeezer`, so a sweep over
-    squeezer.M moves both). steps/lr/batch_size/weight_decay/loss_sample train the decoders of
-    random_encoder and model_neurons; pca_dense_limit: largest n for the dense n x n moment
-    matrix (above it, eigsh on the sparse operator); methods: which baselines to run."""
-
-    steps: int = 3000
-    lr: float = 3e-3
-    batch_size: int = 1024
-    weight_decay: float = 0.0
-    loss_sample: int = 0
-    seed: int = 0
-    pca_dense_limit: int = 4096
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-
-    def __post_init__(self) -> None:
-        check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        check(self.pca_dense_limit >= 1, "pca_dense_limit", self.pca_dense_limit, "an integer >= 1")
-        for m in self.methods:
-            check(m in METHODS, "methods", self.methods, "a list drawn from " + ", ".join(METHODS))
-        check(len(set(self.methods)) == len(self.methods), "methods", self.methods, "no repeats")
-
-    def decoder_config(self, M: int) -> SqueezerConfig:
-        return SqueezerConfig(
-            M=M,
-            tied=False,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            steps=self.steps,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            loss_sample=self.loss_sample,
-        )
 
 
 def _row_batches(feats: SparseFeatures, batch_size: int) -> Iterator[SparseFeatures]:
@@ -272,7 +227,7 @@ def disk_batches(
 ) -> Iterator[tuple[np.ndarray, SparseFeatures]]:
     """Endless row-aligned (neurons, features) minibatches streamed from shards, shuffled
     within chunks of `shuffle_batches` batches (memory bounded by the chunk)."""
-    from neural_codec.io import iter_batches, read_meta
+    from neural_codec.storage import iter_batches, read_meta
 
     n_features = int(read_meta(features_dir)["n_features"])
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from neural_codec.io import SparseFeatures
+from neural_codec.storage import SparseFeatures
 
 # A column whose variance is below this fraction of its mean square (or below _ABS_VAR_EPS) is
 # treated as constant: correlations with it are 0 rather than noise divided by ~0.
@@ -511,64 +511,6 @@ def matched_order(C: np.ndarray, match: Matching) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------------------------
 # Stage configuration and the floor / ceiling Squeezers
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CompareConfig:
-    """params.yaml section `compare`.
-
-    - n_mantel_permutations: permutations of the Mantel test (p-value resolution 1/(n+1)).
-    - max_features_for_mantel: the interference Grams use at most this many features (alive in
-      train, represented by the main Squeezer, non-zero loading on the model's neurons), a seeded
-      subsample of them; the Mantel test costs O(n_perm * n^2).
-    - svcca_keep: fraction of variance each side keeps before CCA (Raghu et al. use 0.99).
-    - seed: Mantel permutations, feature subsample, and the column shuffle of the shuffled floor.
-    - floor_untrained / floor_shuffled / ceiling_squeezer_seed2 / ceiling_model_seed2: which
-      floors and ceilings to compute (the model's second seed only exists for the synthetic
-      source; it is skipped silently when the activations hold no `neurons_seed2`).
-    - retrain_steps: optimiser steps for the retrained Squeezers (shuffled floor, second seed);
-      null = exactly the main Squeezer's schedule (steps or epochs), the fair comparison.
-    - batch_size: rows per batch when computing neuron activations and streaming moments.
-    - plot_max_neurons: the correlation-matrix image shows at most this many matched pairs.
-    """
-
-    n_mantel_permutations: int = 999
-    max_features_for_mantel: int = 1000
-    svcca_keep: float = 0.99
-    seed: int = 0
-    floor_untrained: bool = True
-    floor_shuffled: bool = True
-    ceiling_squeezer_seed2: bool = True
-    ceiling_model_seed2: bool = True
-    retrain_steps: int | None = None
-    batch_size: int = 4096
-    plot_max_neurons: int = 256
-
-    def __post_init__(self) -> None:
-        from neural_codec.params import check
-
-        check(
-            self.n_mantel_permutations >= 1,
-            "n_mantel_permutations",
-            self.n_mantel_permutations,
-            "an integer >= 1",
-        )
-        check(
-            self.max_features_for_mantel >= 3,
-            "max_features_for_mantel",
-            self.max_features_for_mantel,
-            "an integer >= 3",
-        )
-        check(0 < self.svcca_keep <= 1, "svcca_keep", self.svcca_keep, "a number in (0, 1]")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        check(
-            self.retrain_steps is None or self.retrain_steps >= 1,
-            "retrain_steps",
-            self.retrain_steps,
-            "null (same as the squeezer) or an integer >= 1",
-        )
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
 
 
 def retrain_config(cfg: Any, seed: int | None = None, steps: int | None = None) -> Any:

@@ -7,33 +7,15 @@ frequency-matched controls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from neural_codec import io
-from neural_codec.params import check
-
-
-@dataclass
-class FeaturesConfig:
-    """`features` in params.yaml."""
-
-    top_k: int = 3
-    # TopK SAEs always fire k latents; on rows with fewer true features the extras are
-    # near-zero noise. Activations below min_value are dropped (0 keeps everything).
-    min_value: float = 0.05
-    batch_size: int = 4096
-    rows_per_shard: int = 65536
-
-    def __post_init__(self) -> None:
-        check(self.top_k >= 1, "features.top_k", self.top_k, "an integer >= 1")
-        check(self.min_value >= 0, "features.min_value", self.min_value, "a number >= 0")
-        check(self.batch_size >= 1, "features.batch_size", self.batch_size, "an integer >= 1")
-        check(self.rows_per_shard >= 1, "features.rows_per_shard", self.rows_per_shard, ">= 1")
+from neural_codec import storage
+from neural_codec.config import FeaturesConfig
+from neural_codec.errors import check
 
 
 def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,11 +34,11 @@ def validate_against_sae(cfg: FeaturesConfig, d_sae: int) -> None:
 def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Stream activation shards through the SAE encoder; write top-k (idx, val) shards."""
     d_sae = int(sae.cfg.d_sae)
-    writer = io.sparse_writer(out_dir, d_sae, cfg.top_k, cfg.rows_per_shard)
+    writer = storage.sparse_writer(out_dir, d_sae, cfg.top_k, cfg.rows_per_shard)
     counts = np.zeros(d_sae, dtype=np.int64)
     n = 0
     nnz = 0
-    for b in io.iter_batches(act_dir, cfg.batch_size, ["resid"]):
+    for b in storage.iter_batches(act_dir, cfg.batch_size, ["resid"]):
         x = torch.from_numpy(b["resid"].astype(np.float32))
         if not torch.isfinite(x).all():
             raise ValueError(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -24,11 +23,8 @@ import scipy.sparse as sp
 import scipy.stats
 from scipy.sparse.csgraph import connected_components
 
-from neural_codec.io import SparseFeatures
-from neural_codec.params import check
-
-DEFAULT_FRACTIONS = ("1", "3/4", "2/3", "1/2", "2/5", "3/8", "1/3")
-
+from neural_codec.config import DEFAULT_FRACTIONS, GeometryConfig, parse_fraction
+from neural_codec.storage import SparseFeatures
 
 # --------------------------------------------------------------------------------------------
 # Feature dimensionality
@@ -63,11 +59,6 @@ def represented_mask(W: np.ndarray, min_norm_frac: float) -> np.ndarray:
     norms = np.linalg.norm(np.asarray(W, dtype=np.float64), axis=1)
     top = norms.max() if len(norms) else 0.0
     return norms >= min_norm_frac * top if top > 0 else np.zeros(len(norms), bool)
-
-
-def parse_fraction(text: str) -> float:
-    """'2/5' -> 0.4 (raises ValueError on anything else)."""
-    return float(Fraction(str(text)))
 
 
 def line_test(
@@ -382,98 +373,6 @@ def family_circles(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GeometryConfig:
-    """params.yaml section `geometry` (also the knobs of `analyse`).
-
-    - interference_threshold: edge of the interference graph when |cos(W_i, W_j)| exceeds it.
-      Below 1/2 so a triangle's edges (cos -1/2) count; a pentagon is connected by its 0.81
-      diagonals, a digon by -1. A tetrahedron's edges (-1/3) need a threshold below 1/3, which
-      on hundreds of features in ~100 dimensions links most of them into one component.
-    - min_norm_frac: a feature is "represented" (enters the histogram and the graph) when its
-      norm is at least this fraction of the largest feature norm (scale-free, so the encoder's
-      and decoder's ReLU rescaling symmetry does not matter).
-    - polytope_tolerance: a component is an ideal polytope when the RMS difference of its
-      normalised Gram matrix to the ideal's (best ordering) is at most this.
-    - hist_bins: bins of the D histogram on [0, 1].
-    - fractions: where lines are tested ("a/b" strings in (0, 1]).
-    - line_half_width, line_flank_width: centre window f +- half_width against flanks of this
-      width on each side; line_alpha: family-wise level (Bonferroni over the fractions);
-      line_min_count: fewest features in the centre window for a line.
-    - n_permutations: label shuffles for the circle p-values; seed: all randomness here.
-    - null_rows: train rows (the first ones) used for the column-permuted null Squeezer;
-      null_steps: its optimiser steps (null = the Squeezer's own step count).
-    - max_plot_polytopes: polytopes drawn in plots/geometry/polytopes.png.
-    """
-
-    interference_threshold: float = 0.45
-    min_norm_frac: float = 0.1
-    polytope_tolerance: float = 0.1
-    hist_bins: int = 50
-    fractions: list[str] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    line_half_width: float = 0.01
-    line_flank_width: float = 0.02
-    line_alpha: float = 0.01
-    line_min_count: int = 5
-    n_permutations: int = 1000
-    seed: int = 0
-    null_rows: int = 50000
-    null_steps: int | None = None
-    max_plot_polytopes: int = 12
-
-    def __post_init__(self) -> None:
-        check(
-            0.0 < self.interference_threshold < 1.0,
-            "interference_threshold",
-            self.interference_threshold,
-            "a number in (0, 1)",
-        )
-        check(0.0 <= self.min_norm_frac < 1.0, "min_norm_frac", self.min_norm_frac, "a number in [0, 1)")
-        check(
-            0.0 < self.polytope_tolerance < 1.0,
-            "polytope_tolerance",
-            self.polytope_tolerance,
-            "a number in (0, 1)",
-        )
-        check(2 <= self.hist_bins <= 10000, "hist_bins", self.hist_bins, "an integer in [2, 10000]")
-        check(len(self.fractions) >= 1, "fractions", self.fractions, "a non-empty list like ['1', '2/5']")
-        for f in self.fractions:
-            try:
-                v = parse_fraction(f)
-            except (ValueError, ZeroDivisionError):
-                v = float("nan")
-            check(0.0 < v <= 1.0, "fractions", f, "fractions 'a/b' in (0, 1], e.g. '2/5'")
-        check(
-            0.0 < self.line_half_width < 0.25,
-            "line_half_width",
-            self.line_half_width,
-            "a number in (0, 0.25)",
-        )
-        check(
-            0.0 < self.line_flank_width < 0.5,
-            "line_flank_width",
-            self.line_flank_width,
-            "a number in (0, 0.5)",
-        )
-        check(0.0 < self.line_alpha < 1.0, "line_alpha", self.line_alpha, "a number in (0, 1)")
-        check(self.line_min_count >= 1, "line_min_count", self.line_min_count, "an integer >= 1")
-        check(
-            self.n_permutations >= 19,
-            "n_permutations",
-            self.n_permutations,
-            "an integer >= 19 (so p < 0.05 is reachable)",
-        )
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        check(self.null_rows >= 1, "null_rows", self.null_rows, "an integer >= 1")
-        check(
-            self.null_steps is None or self.null_steps >= 1,
-            "null_steps",
-            self.null_steps,
-            "null (the Squeezer's steps) or an integer >= 1",
-        )
-        check(self.max_plot_polytopes >= 0, "max_plot_polytopes", self.max_plot_polytopes, "an integer >= 0")
-
-
 def analyse(W: np.ndarray, families: list[dict[str, Any]], cfg: GeometryConfig) -> dict[str, Any]:
     """All geometry statistics of one weight matrix (rows = features) as a small dict, plus
     the bulky parts (D, histogram, polytopes, projections) under keys starting with '_'."""
@@ -569,7 +468,7 @@ def _plt():
 
 
 def _save(fig, path) -> None:
-    from neural_codec.io import atomic_path
+    from neural_codec.storage import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -24,11 +24,9 @@ import copy
 import dataclasses
 import json
 import logging
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,14 +34,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from neural_codec import io
+from neural_codec import storage
+from neural_codec.config import LMSourceConfig, hook_layer
+from neural_codec.errors import ParamError, check
 from neural_codec.features import sparsify
-from neural_codec.params import ParamError, check
 
 log = logging.getLogger(__name__)
 
-HOOK_RE = re.compile(r"^(blocks\.(\d+)\.[A-Za-z0-9_.]*hook_[A-Za-z0-9_]+|hook_embed|hook_pos_embed)$")
-NEURON_HOOK_RE = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
 LOCAL_CONFIG = "hooked_transformer_config.json"
 LOCAL_WEIGHTS = "model.safetensors"
 LOCAL_TOKENIZER = "tokenizer"
@@ -75,101 +72,6 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
-
-
-def hook_layer(hook: str) -> int | None:
-    """The block index a TransformerLens hook lives in (None for embeddings)."""
-    m = re.match(r"^blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else None
-
-
-@dataclass
-class LMSourceConfig:
-    """`source.lm` in params.yaml. None means: take it from the SAE's metadata, else the default."""
-
-    model_name: str = "gpt2"
-    model_from_pretrained_kwargs: dict = field(default_factory=dict)
-    dataset: str = ""
-    dataset_split: str = "train"
-    text_column: str = "text"
-    sae_hook: str | None = "blocks.8.hook_resid_pre"
-    neuron_hook: str = "blocks.8.mlp.hook_post"
-    context_size: int | None = 128
-    prepend_bos: bool | None = True
-    doc_separator: Literal["eos", "newline"] = "eos"
-    n_tokens_train: int = 200_000
-    n_tokens_heldout: int = 50_000
-    heldout_every: int = 10
-    batch_size: int = 8
-    exclude_special_tokens: bool = True
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        check(
-            bool(self.model_name),
-            "model_name",
-            self.model_name,
-            "a TransformerLens model name, 'local:<dir>' or 'glassllm'",
-        )
-        check(
-            self.sae_hook is None or bool(HOOK_RE.match(self.sae_hook)),
-            "sae_hook",
-            self.sae_hook,
-            "a TransformerLens hook name such as blocks.8.hook_resid_pre (or null: the SAE's own)",
-        )
-        check(
-            bool(NEURON_HOOK_RE.match(self.neuron_hook)),
-            "neuron_hook",
-            self.neuron_hook,
-            "blocks.L.mlp.hook_post (the MLP neurons of layer L)",
-        )
-        check(
-            self.context_size is None or 2 <= self.context_size <= 1_000_000,
-            "context_size",
-            self.context_size,
-            "an integer >= 2 (or null: the SAE's own)",
-        )
-        check(self.n_tokens_train >= 1, "n_tokens_train", self.n_tokens_train, "an integer >= 1")
-        check(self.n_tokens_heldout >= 1, "n_tokens_heldout", self.n_tokens_heldout, "an integer >= 1")
-        check(
-            self.heldout_every >= 2,
-            "heldout_every",
-            self.heldout_every,
-            "an integer >= 2 (every n-th context window goes to heldout)",
-        )
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(bool(self.text_column), "text_column", self.text_column, "a column name")
-        check(
-            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
-            "device",
-            self.device,
-            "cpu, cuda, cuda:N or mps",
-        )
-
-    @property
-    def hooks(self) -> list[str]:
-        return [h for h in dict.fromkeys([self.sae_hook, self.neuron_hook]) if h]
-
-    @property
-    def stop_at_layer(self) -> int | None:
-        """Run blocks up to and including the last needed one (None: the whole model)."""
-        layers = [hook_layer(h) for h in self.hooks]
-        if any(h.startswith(("ln_final", "unembed")) for h in self.hooks):
-            return None
-        return max((l for l in layers if l is not None), default=-1) + 1
-
-    @property
-    def neuron_layer(self) -> int:
-        return int(NEURON_HOOK_RE.match(self.neuron_hook).group(1))  # type: ignore[union-attr]
-
-    def resolved(self) -> LMSourceConfig:
-        """Fill the fields left null without an SAE (defaults)."""
-        return dataclasses.replace(
-            self,
-            sae_hook=self.sae_hook or "blocks.8.hook_resid_pre",
-            context_size=self.context_size or 128,
-            prepend_bos=True if self.prepend_bos is None else self.prepend_bos,
-        )
 
 
 def sae_settings(sae: Any) -> dict[str, Any]:
@@ -275,7 +177,7 @@ def save_local_model(model: Any, directory: str | Path, config_kwargs: dict[str,
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    with io.atomic_dir(directory) as tmp:
+    with storage.atomic_dir(directory) as tmp:
         (tmp / LOCAL_CONFIG).write_text(json.dumps(config_kwargs, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / LOCAL_WEIGHTS))
@@ -572,7 +474,7 @@ def extract_activations(
     storage `dtype` and `rows_per_shard` (as for the synthetic source; None: its defaults);
     token counts come from `source.lm`. Returns throughput figures.
     """
-    from neural_codec.source import ActivationsConfig
+    from neural_codec.config import ActivationsConfig
 
     cfg = cfg.resolved()
     act_cfg = act_cfg if act_cfg is not None else ActivationsConfig()
@@ -590,7 +492,7 @@ def extract_activations(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "heldout"):
-        writer = io.ShardWriter(
+        writer = storage.ShardWriter(
             out_dir / split,
             act_cfg.rows_per_shard,
             d_model=d_model,
@@ -640,7 +542,7 @@ def extract_activations(
             "seconds": secs,
             "tokens_per_s": n_tok / max(secs, 1e-9),
         }
-    with io.atomic_path(out_dir / "neuron_readin.npy") as tmp:
+    with storage.atomic_path(out_dir / "neuron_readin.npy") as tmp:
         with tmp.open("wb") as fh:
             np.save(fh, neuron_readin(model, cfg.neuron_layer))
     return figures
@@ -660,7 +562,7 @@ def sae_quality(sae: Any, activations_dir: str | Path, batch_size: int = 4096) -
     s1: torch.Tensor | None = None
     s2 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    for b in io.iter_batches(activations_dir, batch_size, ["resid"]):
+    for b in storage.iter_batches(activations_dir, batch_size, ["resid"]):
         x = torch.as_tensor(b["resid"], dtype=torch.float32, device=sae.device)
         f = sae.encode(x)
         xh = sae.decode(f)
@@ -704,7 +606,7 @@ def feature_labels(
     best_v = torch.zeros(0, d_sae)
     best_r = torch.zeros(0, d_sae, dtype=torch.long)
     offset = 0
-    for b in io.iter_batches(activations_dir, batch_size, ["resid"]):
+    for b in storage.iter_batches(activations_dir, batch_size, ["resid"]):
         f = sae.encode(torch.as_tensor(b["resid"], dtype=torch.float32, device=sae.device)).float().cpu()
         rows = torch.arange(offset, offset + len(f))[:, None].expand_as(f)
         v = torch.cat([best_v, f])
@@ -713,8 +615,8 @@ def feature_labels(
         best_v, i = torch.topk(v, k, dim=0)
         best_r = torch.gather(r, 0, i)
         offset += len(f)
-    tokens = io.load_array(activations_dir, "token")
-    ctx = io.load_array(activations_dir, "context_id")
+    tokens = storage.load_array(activations_dir, "token")
+    ctx = storage.load_array(activations_dir, "context_id")
     decode = lambda ids: tokenizer.convert_ids_to_tokens([int(t) for t in ids])  # noqa: E731
     labels = []
     for j in range(d_sae):
@@ -982,7 +884,7 @@ def write_labels_and_families(
     Returns metrics to merge into metrics/sae.json.
     """
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
-    meta = io.read_meta(activations_dir / "train")
+    meta = storage.read_meta(activations_dir / "train")
     settings = sae_settings(sae)
     cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
     check(
@@ -994,8 +896,8 @@ def write_labels_and_families(
     model = load_model(cfg)
     labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
     families = find_cyclic_families(labels)
-    io.write_json(out_dir / "latent_labels.json", labels)
-    io.write_json(out_dir / "families.json", families)
+    storage.write_json(out_dir / "latent_labels.json", labels)
+    storage.write_json(out_dir / "families.json", families)
     ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
     sae.to("cpu")
     return {

@@ -38,76 +38,11 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.stats
 
-from neural_codec.io import SparseFeatures
-from neural_codec.params import check
+from neural_codec.config import LogicConfig
+from neural_codec.errors import check
+from neural_codec.storage import SparseFeatures
 
 VERDICTS = ("anticorrelated_share", "correlated_share", "no_difference")
-
-
-@dataclass
-class LogicConfig:
-    """The `logic` section of params.yaml."""
-
-    weight_threshold_frac: float = 0.5  # member if weight > frac * the neuron's max |weight|
-    weight_threshold_abs: float = 0.0  # ... and > this absolute floor (guards near-dead neurons)
-    top_per_neuron: int = 16  # at most this many members of each sign per neuron
-    n_control_per_pair: int = 5  # frequency-matched non-sharing pairs sampled per shared pair
-    n_freq_bins: int = 20  # equal-count bins of log firing frequency used for matching
-    control_pool: str = "assigned"  # "assigned": controls drawn from features that are members
-    # of some neuron (like the shared pairs); "all": from every feature that fires
-    min_expected: float = 5.0  # drop pairs whose expected co-occurrence count is below this
-    pseudo_count: float = 0.5  # added to observed and expected counts in the lift
-    alpha: float = 0.01  # significance level of the two-sided Mann-Whitney test
-    min_effect: float = 0.147  # |Cliff's delta| below this is negligible (Romano et al. 2006)
-    cooccurrence_split: str = "train"  # rows used for lift and phi: "train" or "heldout"
-    n_truth_table_neurons: int = 8  # top neurons (by activation mass) given truth tables
-    n_truth_table_pairs: int = 3  # top member pairs (by weight product) per such neuron
-    batch_size: int = 65536
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(
-            0.0 < self.weight_threshold_frac <= 1.0,
-            "weight_threshold_frac",
-            self.weight_threshold_frac,
-            "a number in (0, 1]",
-        )
-        check(
-            self.weight_threshold_abs >= 0.0,
-            "weight_threshold_abs",
-            self.weight_threshold_abs,
-            "a number >= 0",
-        )
-        check(self.top_per_neuron >= 2, "top_per_neuron", self.top_per_neuron, "an integer >= 2")
-        check(self.n_control_per_pair >= 1, "n_control_per_pair", self.n_control_per_pair, "an integer >= 1")
-        check(self.n_freq_bins >= 1, "n_freq_bins", self.n_freq_bins, "an integer >= 1")
-        check(
-            self.control_pool in ("assigned", "all"),
-            "control_pool",
-            self.control_pool,
-            "one of 'assigned', 'all'",
-        )
-        check(self.min_expected >= 0.0, "min_expected", self.min_expected, "a number >= 0")
-        check(self.pseudo_count >= 0.0, "pseudo_count", self.pseudo_count, "a number >= 0")
-        check(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a number in (0, 1)")
-        check(0.0 <= self.min_effect < 1.0, "min_effect", self.min_effect, "a number in [0, 1)")
-        check(
-            self.cooccurrence_split in ("train", "heldout"),
-            "cooccurrence_split",
-            self.cooccurrence_split,
-            "one of 'train', 'heldout'",
-        )
-        check(
-            self.n_truth_table_neurons >= 0,
-            "n_truth_table_neurons",
-            self.n_truth_table_neurons,
-            "an integer >= 0",
-        )
-        check(
-            self.n_truth_table_pairs >= 1, "n_truth_table_pairs", self.n_truth_table_pairs, "an integer >= 1"
-        )
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,18 +33,7 @@ SECTIONS = (
 )
 
 
-class ParamError(ValueError):
-    """A bad value in params.yaml (or a missing upstream output): the message says how to fix it."""
-
-
-def fail(key: str, value: Any, allowed: str) -> None:
-    raise ParamError(f"params.yaml: {key} = {value!r} is not allowed; expected {allowed}")
-
-
-def check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raise a ParamError naming key, value and what is allowed unless `ok`."""
-    if not ok:
-        fail(key, value, allowed)
+from neural_codec.errors import ParamError, check, fail  # noqa: E402  (re-used by the loader)
 
 
 def _type_name(tp: Any) -> str:

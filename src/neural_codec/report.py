@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neural_codec import io
+from neural_codec import storage
 
 # The metrics files the report reads, in pipeline order (metrics/<stem>.json).
 STAGES = ("source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic", "compare")
@@ -117,7 +117,7 @@ class Metrics:
         for stage in STAGES:
             p = Path(metrics_dir) / f"{stage}.json"
             if p.exists():
-                data[stage] = io.read_json(p)
+                data[stage] = storage.read_json(p)
             else:
                 missing.append(str(p))
         return cls(data, missing)
@@ -1160,14 +1160,14 @@ def write_report(
     """Build the report and write out_dir/{REPORT.md, index.html, figures/*.png} atomically,
     with out_dir/fvu_at_m.csv (this run's M and FVUs, for `dvc plots diff` across experiments)."""
     r = build(metrics_dir, plots_dir)
-    with io.atomic_dir(out_dir) as tmp:
+    with storage.atomic_dir(out_dir) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the report is meant to be read
         (tmp / "figures").mkdir()
         for f in figures(r):
             (tmp / "figures" / f.name).write_bytes(f.png)
         (tmp / "REPORT.md").write_text(render_markdown(r))
         header, row = fvu_at_m(Metrics.load(metrics_dir))
-        io.write_csv(tmp / "fvu_at_m.csv", header, [row])
+        storage.write_csv(tmp / "fvu_at_m.csv", header, [row])
         (tmp / "index.html").write_text(render_html(r))
     return r
 
@@ -1231,7 +1231,7 @@ def write_sweep(rows: list[dict[str, Any]], csv_path: str | Path, png_path: str 
     table = [
         [r["M"], r["experiment"]] + ["" if r[c] is None else float(r[c]) for c in SWEEP_COLUMNS] for r in rows
     ]
-    io.write_csv(csv_path, header, table)
+    storage.write_csv(csv_path, header, table)
     if png_path is None:
         return
     plt = _plt()
@@ -1254,5 +1254,5 @@ def write_sweep(rows: list[dict[str, Any]], csv_path: str | Path, png_path: str 
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = _png(fig)
-    with io.atomic_path(png_path) as tmp:
+    with storage.atomic_path(png_path) as tmp:
         tmp.write_bytes(png)

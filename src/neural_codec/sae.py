@@ -9,55 +9,15 @@ truth: per true feature the best cosine with an SAE decoder row.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from neural_codec import io
-from neural_codec.params import check
-
-
-@dataclass
-class SAEConfig:
-    """`sae` in params.yaml."""
-
-    architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = "topk"
-    d_sae: int = 512
-    k: int = 3
-    l1_coefficient: float = 5.0
-    training_samples: int = 3_000_000
-    batch_size: int = 1024
-    lr: float = 1e-3
-    seed: int = 0
-    recovery_threshold: float = 0.9
-    # Use a pretrained SAE instead of training one (lm source): a SAELens registry entry or a folder.
-    pretrained_release: str | None = None
-    pretrained_sae_id: str | None = None
-    path: str | None = None
-
-    def __post_init__(self) -> None:
-        check(self.d_sae >= 1, "sae.d_sae", self.d_sae, "an integer >= 1")
-        check(self.k >= 1, "sae.k", self.k, "an integer >= 1")
-        check(self.k <= self.d_sae, "sae.k", self.k, f"<= sae.d_sae ({self.d_sae})")
-        check(self.l1_coefficient >= 0, "sae.l1_coefficient", self.l1_coefficient, ">= 0")
-        check(self.training_samples >= self.batch_size, "sae.training_samples",
-              self.training_samples, f">= sae.batch_size ({self.batch_size})")  # fmt: skip
-        check(self.batch_size >= 1, "sae.batch_size", self.batch_size, "an integer >= 1")
-        check(self.lr > 0, "sae.lr", self.lr, "a number > 0")
-        check(0 < self.recovery_threshold <= 1, "sae.recovery_threshold", self.recovery_threshold,
-              "in (0, 1]")  # fmt: skip
-        check((self.pretrained_release is None) == (self.pretrained_sae_id is None),
-              "sae.pretrained_sae_id", self.pretrained_sae_id,
-              "set together with sae.pretrained_release (both or neither)")  # fmt: skip
-        check(not (self.path and self.pretrained_release), "sae.path", self.path,
-              "null when sae.pretrained_release is set (choose one source of SAE)")  # fmt: skip
-
-    @property
-    def pretrained(self) -> bool:
-        return bool(self.pretrained_release or self.path)
+from neural_codec import storage
+from neural_codec.config import SAEConfig
+from neural_codec.errors import check
 
 
 def _training_sae(cfg: SAEConfig, d_in: int):
@@ -89,7 +49,7 @@ def _training_sae(cfg: SAEConfig, d_in: int):
 def _cycle_batches(directory: Path, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless stream of `resid` batches: shards in a seeded order, rows shuffled within a shard."""
     rng = np.random.default_rng(seed)
-    paths = io.shard_paths(directory)
+    paths = storage.shard_paths(directory)
     while True:
         for p in rng.permutation(len(paths)):
             with np.load(paths[p]) as z:
@@ -104,7 +64,7 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    d_in = int(io.read_meta(train_dir)["d_model"])
+    d_in = int(storage.read_meta(train_dir)["d_model"])
     sae = _training_sae(cfg, d_in)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.training_samples,
@@ -119,7 +79,7 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
         checkpoint_path=None,
         save_final_checkpoint=False,
     )
-    rows = int(io.read_meta(train_dir)["n_rows"])
+    rows = int(storage.read_meta(train_dir)["n_rows"])
     check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
           f"<= the number of training rows ({rows})")  # fmt: skip
     torch.manual_seed(cfg.seed)
@@ -143,7 +103,7 @@ def sae_quality(sae, heldout_dir: Path, batch_size: int = 4096) -> dict[str, flo
     l0_sum = sse = sq_sum = 0.0
     x_sum = None
     n = 0
-    for b in io.iter_batches(heldout_dir, batch_size, ["resid"]):
+    for b in storage.iter_batches(heldout_dir, batch_size, ["resid"]):
         x = torch.from_numpy(b["resid"].astype(np.float32))
         f = sae.encode(x)
         x_hat = sae.decode(f)

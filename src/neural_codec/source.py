@@ -7,17 +7,15 @@ synthetic run never needs the LM settings to make sense and vice versa.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from neural_codec import io
-from neural_codec.params import check, from_dict
+from neural_codec import storage
+from neural_codec.config import ActivationsConfig, SourceConfig, SyntheticConfig
 from neural_codec.synthetic import (
-    SyntheticConfig,
     build_generator,
     load_toy_model,
     make_embedding,
@@ -26,47 +24,6 @@ from neural_codec.synthetic import (
     train_toy_model,
 )
 
-
-@dataclass
-class SourceConfig:
-    """`source` in params.yaml."""
-
-    kind: Literal["synthetic", "lm"] = "synthetic"
-    seed: int = 0
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    lm: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check(self.seed >= 0, "source.seed", self.seed, "an integer >= 0")
-        if self.kind == "synthetic":
-            self.synthetic_cfg = from_dict(SyntheticConfig, self.synthetic, "source.synthetic")
-        else:
-            from neural_codec.lm import LMSourceConfig
-
-            self.lm_cfg = from_dict(LMSourceConfig, self.lm, "source.lm")
-
-
-@dataclass
-class ActivationsConfig:
-    """`activations` in params.yaml: how many samples to cache, in what shards."""
-
-    n_train: int = 200_000
-    n_heldout: int = 10_000
-    batch_size: int = 4096
-    rows_per_shard: int = 65536
-    dtype: Literal["float32", "float16"] = "float32"
-    true_top_k: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(self.n_train >= 1, "activations.n_train", self.n_train, "an integer >= 1")
-        check(self.n_heldout >= 1, "activations.n_heldout", self.n_heldout, "an integer >= 1")
-        check(self.batch_size >= 1, "activations.batch_size", self.batch_size, "an integer >= 1")
-        check(self.rows_per_shard >= 1, "activations.rows_per_shard", self.rows_per_shard, ">= 1")
-        check(self.true_top_k >= 1, "activations.true_top_k", self.true_top_k, "an integer >= 1")
-        check(self.seed >= 0, "activations.seed", self.seed, "an integer >= 0")
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage `source` (synthetic)
 # ---------------------------------------------------------------------------------------------
@@ -74,20 +31,20 @@ class ActivationsConfig:
 
 def build_synthetic_source(cfg: SourceConfig, out_dir: Path) -> dict[str, Any]:
     """Plant the true features, train the toy model (and a second seed), save truth and weights."""
-    scfg: SyntheticConfig = cfg.synthetic_cfg
+    scfg: SyntheticConfig = cfg.synthetic
     gen, families = build_generator(scfg, cfg.seed)
     embedding = make_embedding(scfg, cfg.seed)
     model, curve = train_toy_model(scfg, gen, embedding, cfg.seed)
     model2, curve2 = train_toy_model(scfg, gen, embedding, cfg.seed + 1)
     save_toy_model(out_dir / "model.pt", model, scfg, cfg.seed)
     save_toy_model(out_dir / "model_seed2.pt", model2, scfg, cfg.seed + 1)
-    io.save_npz(
+    storage.save_npz(
         out_dir / "truth.npz",
         directions=embedding.numpy(),
         firing_prob=gen.firing_probabilities.numpy(),
         importance=(scfg.importance_decay ** np.arange(scfg.n_features)).astype(np.float32),
     )
-    io.write_json(
+    storage.write_json(
         out_dir / "truth.json",
         {"n_true": scfg.n_features, "d_model": scfg.d_model, "n_neurons": scfg.n_neurons,
          "families": families},
@@ -113,7 +70,7 @@ def extract_synthetic(
     src: SourceConfig, acfg: ActivationsConfig, source_dir: Path, out_dir: Path
 ) -> dict[str, Any]:
     """Sample true features, run both toy models, stream residual/neuron activations into shards."""
-    scfg: SyntheticConfig = src.synthetic_cfg
+    scfg: SyntheticConfig = src.synthetic
     gen, _ = build_generator(scfg, src.seed)
     model = load_toy_model(source_dir / "model.pt")
     model2 = load_toy_model(source_dir / "model_seed2.pt")
@@ -121,7 +78,7 @@ def extract_synthetic(
     stats: dict[str, Any] = {}
     for split_no, (split, n_rows) in enumerate([("train", acfg.n_train), ("heldout", acfg.n_heldout)]):
         torch.manual_seed(acfg.seed * 1000 + split_no)  # distinct, reproducible streams per split
-        writer = io.ShardWriter(
+        writer = storage.ShardWriter(
             out_dir / split, acfg.rows_per_shard, d_model=scfg.d_model, n_neurons=scfg.n_neurons,
             n_true=scfg.n_features, source="synthetic",
         )  # fmt: skip
@@ -138,7 +95,7 @@ def extract_synthetic(
                 l0 = (f > 0).sum(1)
                 truncated += int((l0 > acfg.true_top_k).sum())
                 l0_sum += int(l0.sum())
-                true = io.SparseFeatures.from_dense(f.numpy(), acfg.true_top_k)
+                true = storage.SparseFeatures.from_dense(f.numpy(), acfg.true_top_k)
                 writer.append(
                     resid=x.numpy().astype(dtype),
                     neurons=model.neurons(x).numpy().astype(dtype),

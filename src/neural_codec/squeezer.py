@@ -16,23 +16,20 @@ streaming over held-out batches (memory bounded by a batch).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_codec.io import SparseFeatures, atomic_path
-from neural_codec.params import ParamError, check
-
-Importance = Literal["none", "frequency", "given"]
-Init = Literal["xavier", "orthogonal"]
+from neural_codec.config import SqueezerConfig
+from neural_codec.errors import ParamError, check
+from neural_codec.storage import SparseFeatures, atomic_path
 
 #: mean ReLU engagement below this flags a run as "linear regime" (Toy Models of Superposition:
 #: models whose ReLU almost never clips turn their biases positive and behave like PCA).
@@ -45,78 +42,6 @@ REPRESENTED_THRESHOLD = 0.5
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SqueezerConfig:
-    """params.yaml section `squeezer`.
-
-    - M: number of synthetic neurons (>= 1).
-    - tied: W_dec = W_enc^T (Toy Models of Superposition); otherwise a separate decoder
-      (initialised to W_enc^T, i.e. training starts from the tied solution).
-    - importance: per-feature loss weights. "none": all 1; "frequency": w_i = p_i / mean(p),
-      p = firing frequency on train (frequent features matter more); "given": importance_given
-      (length n_features, checked at train time; non-negative, not all zero).
-    - lr, batch_size, weight_decay: AdamW (decay on the weight matrices only, not the biases).
-    - steps: optimiser steps; epochs > 0 overrides it with ceil(epochs * N / batch_size).
-    - init: "xavier" (xavier-normal W_enc, as TMS) or "orthogonal" (orthonormal columns of
-      W_enc); biases start at 0.
-    - bias_init: "zero" (default; `Squeezer(...)` with the same seed reproduces the start
-      exactly) or "mean": b_dec = the train mean of F and b_enc = -mean @ W_enc, i.e. the code
-      starts centred. Needed when features are dense with large means: there the zero start
-      converges very slowly (n=30 dense features, M=5: FVU 18.8 after 3000 steps at lr 1e-2
-      vs 0.64 with "mean" at lr 3e-3, PCA 0.62). Sparse SAE features have small means.
-    - seed: makes init, minibatch order and loss sampling deterministic.
-    - loss_sample: 0 = exact loss over all n outputs. > 0 = unbiased sampled loss: exact on the
-      active outputs of each row, plus `loss_sample` output columns drawn uniformly without
-      replacement (shared by the batch) standing in for the inactive outputs, each reweighted by
-      n / loss_sample (a drawn column that is active in a row is skipped for that row, as it is
-      already counted exactly). For n ~ 25k features.
-    """
-
-    M: int = 128
-    tied: bool = False
-    importance: Importance = "none"
-    importance_given: list[float] | None = None
-    lr: float = 3e-3
-    batch_size: int = 1024
-    steps: int = 3000
-    epochs: float = 0.0
-    weight_decay: float = 0.0
-    init: Init = "xavier"
-    bias_init: Literal["zero", "mean"] = "zero"
-    seed: int = 0
-    loss_sample: int = 0
-
-    def __post_init__(self) -> None:
-        check(self.M >= 1, "M", self.M, "an integer >= 1 (the number of synthetic neurons)")
-        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.steps >= 1 or self.epochs > 0, "steps", self.steps, "an integer >= 1 (or epochs > 0)")
-        check(self.epochs >= 0 and math.isfinite(self.epochs), "epochs", self.epochs, "a number >= 0")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0 (0 = exact loss)")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        if self.importance == "given":
-            check(
-                self.importance_given is not None and len(self.importance_given) > 0,
-                "importance_given",
-                self.importance_given,
-                "a list of n_features non-negative numbers when importance is 'given'",
-            )
-        if self.importance_given is not None:
-            w = np.asarray(self.importance_given, dtype=float)
-            check(
-                bool(np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0),
-                "importance_given",
-                self.importance_given,
-                "finite non-negative numbers, not all zero",
-            )
-
-    def n_steps(self, n_rows: int) -> int:
-        if self.epochs > 0:
-            return max(1, math.ceil(self.epochs * n_rows / self.batch_size))
-        return self.steps
 
 
 def resolve_importance(
@@ -534,7 +459,7 @@ def iter_eval_batches(
     keys: tuple[str, ...] = ("resid",),
 ) -> Iterator[EvalBatch]:
     """Stream row-aligned held-out batches of features and (optionally) activations."""
-    from neural_codec.io import iter_batches, read_meta
+    from neural_codec.storage import iter_batches, read_meta
 
     n_features = int(read_meta(features_dir)["n_features"])
     fb = iter_batches(features_dir, batch_size, ["idx", "val"])
@@ -715,8 +640,8 @@ def check_upstream(
     n_features, features are finite / non-negative / in range (every shard scanned),
     held-out activations are row-aligned with held-out features.
     Returns {"n_features", "k", "firing_freq", "n_train", "n_heldout"}."""
-    from neural_codec.io import iter_sparse, read_meta
     from neural_codec.params import require_inputs
+    from neural_codec.storage import iter_sparse, read_meta
 
     features_dir, activations_dir, sae_dir = Path(features_dir), Path(activations_dir), Path(sae_dir)
     needed = [

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from neural_codec.params import ParamError
+from neural_codec.errors import ParamError
 
 
 def peak_rss_mb() -> float:

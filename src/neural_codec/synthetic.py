@@ -16,7 +16,6 @@ to reconstruct the features with importance weighting, as in Toy Models of Super
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,97 +30,13 @@ from sae_lens.synthetic import (
 )
 from torch import nn
 
-from neural_codec.params import check
+from neural_codec.config import SyntheticConfig
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
 ]  # fmt: skip
-
-
-@dataclass
-class SyntheticConfig:
-    """`source.synthetic` in params.yaml."""
-
-    n_features: int = 256
-    d_model: int = 64
-    n_neurons: int = 128
-    zipf_exponent: float = 1.0
-    max_prob: float = 0.08
-    min_prob: float = 0.004
-    magnitude_mean: float = 1.0
-    magnitude_std: float = 0.15
-    exclusive_families: int = 6
-    exclusive_family_size: int = 4
-    cyclic_families: list[int] = field(default_factory=lambda: [7, 12])
-    cyclic_prob: float = 0.1
-    correlated_pairs: int = 8
-    pair_correlation: float = 0.8
-    importance_decay: float = 1.0
-    resid_noise: float = 0.0
-    train_steps: int = 2000
-    train_batch_size: int = 512
-    train_pool: int = 50000
-    lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        check(self.n_features >= 2, "n_features", self.n_features, "an integer >= 2")
-        check(self.d_model >= 2, "d_model", self.d_model, "an integer >= 2")
-        check(self.n_neurons >= 1, "n_neurons", self.n_neurons, "an integer >= 1")
-        check(self.zipf_exponent > 0, "zipf_exponent", self.zipf_exponent, "a number > 0")
-        check(
-            0 < self.min_prob < self.max_prob <= 1,
-            "max_prob",
-            (self.min_prob, self.max_prob),
-            "0 < min_prob < max_prob <= 1",
-        )
-        check(self.magnitude_mean > 0, "magnitude_mean", self.magnitude_mean, "> 0")
-        check(self.magnitude_std >= 0, "magnitude_std", self.magnitude_std, ">= 0")
-        check(self.exclusive_families >= 0, "exclusive_families", self.exclusive_families, ">= 0")
-        check(
-            self.exclusive_family_size >= 2,
-            "exclusive_family_size",
-            self.exclusive_family_size,
-            "an integer >= 2",
-        )
-        for i, size in enumerate(self.cyclic_families):
-            check(size >= 3, f"cyclic_families[{i}]", size, "an integer >= 3")
-        check(0 < self.cyclic_prob <= 1, "cyclic_prob", self.cyclic_prob, "in (0, 1]")
-        check(self.correlated_pairs >= 0, "correlated_pairs", self.correlated_pairs, ">= 0")
-        check(
-            -1 < self.pair_correlation < 1,
-            "pair_correlation",
-            self.pair_correlation,
-            "in (-1, 1)",
-        )
-        check(
-            0 < self.importance_decay <= 1,
-            "importance_decay",
-            self.importance_decay,
-            "in (0, 1]",
-        )
-        check(self.resid_noise >= 0, "resid_noise", self.resid_noise, ">= 0")
-        check(self.train_steps >= 1, "train_steps", self.train_steps, ">= 1")
-        check(self.train_batch_size >= 1, "train_batch_size", self.train_batch_size, ">= 1")
-        check(
-            self.train_pool >= self.train_batch_size,
-            "train_pool",
-            self.train_pool,
-            f">= train_batch_size ({self.train_batch_size})",
-        )
-        check(self.lr > 0, "lr", self.lr, "a number > 0")
-        planted = (
-            self.exclusive_families * self.exclusive_family_size
-            + sum(self.cyclic_families)
-            + 2 * self.correlated_pairs
-        )
-        check(
-            planted <= self.n_features,
-            "n_features",
-            self.n_features,
-            f">= the {planted} features the planted families and pairs use",
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +243,7 @@ def toy_model_metrics(model: ToyModel, gen: ActivationGenerator, n: int = 8192) 
 
 
 def save_toy_model(path: Any, model: ToyModel, cfg: SyntheticConfig, seed: int) -> None:
-    from neural_codec.io import atomic_path
+    from neural_codec.storage import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save({"kind": "synthetic", "config": cfg.__dict__, "seed": seed,
