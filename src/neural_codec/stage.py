@@ -1,7 +1,9 @@
 """What every stage script shares: a timed, memory-reported `main` with clean errors.
 
 Bad params raise `ParamError` before any work; `run` turns it into one line on stderr and exit
-code 2 (no traceback to scroll through), and reports wall time and peak memory on success.
+code 2 (no traceback to scroll through). On success it reports wall time and peak memory and
+writes them, with whatever the stage passed to `record_timing`, to `timings/<stage>.json`: a file
+DVC does not track, so `dvc metrics diff` shows results, never run-to-run timing noise.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
+from neural_codec import paths, storage
 from neural_codec.errors import ParamError
+
+_TIMINGS: dict[str, Any] = {}
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def record_timing(key: str, value: Any) -> None:
+    """Keep a speed figure (samples/s, seconds) for this stage's timings file, not its metrics."""
+    _TIMINGS[key] = value
 
 
 def run(name: str, main: Callable[[], None]) -> None:
@@ -24,10 +35,14 @@ def run(name: str, main: Callable[[], None]) -> None:
 
     # Our tensors are small: more intra-op threads than cores only adds contention.
     torch.set_num_threads(int(os.environ.get("NEURAL_CODEC_THREADS", "1")))
+    _TIMINGS.clear()
     start = time.perf_counter()
     try:
         main()
     except ParamError as err:
         print(f"[{name}] error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"[{name}] done in {time.perf_counter() - start:.1f} s, peak memory {peak_rss_mb():.0f} MB")
+    wall = time.perf_counter() - start
+    rss = peak_rss_mb()
+    storage.write_json(paths.TIMINGS / f"{name}.json", {"wall_seconds": wall, "peak_rss_mb": rss, **_TIMINGS})
+    print(f"[{name}] done in {wall:.1f} s, peak memory {rss:.0f} MB")
