@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from neural_codec import geometry as g
+from neural_codec import nulls
+from neural_codec.analysis import geometry as g
+from neural_codec.config import GeometryConfig, parse_fraction
 
 
 def train_tms(n, m, p, importance, steps=2500, seed=0, batch=1024, lr=1e-2):
@@ -59,7 +61,7 @@ def test_pentagon_in_two_dims(pentagon_W):
     W = pentagon_W
     D = g.feature_dimensionality(W)
     np.testing.assert_allclose(D, 0.4, atol=0.02)
-    res = g.find_polytopes(W, threshold=g.GeometryConfig().interference_threshold, tolerance=0.1)
+    res = g.find_polytopes(W, threshold=GeometryConfig().interference_threshold, tolerance=0.1)
     assert res.counts()["pentagon"] == 1
     assert sorted(res.polytopes[0].members.tolist()) == [0, 1, 2, 3, 4]
     assert res.polytopes[0].error < 0.05
@@ -93,7 +95,7 @@ def test_dense_features_get_dedicated_dims_and_no_polytopes():
 def test_ideal_polytopes_have_their_fraction():
     for name, V in g.ideal_polytopes().items():
         D = g.feature_dimensionality(V)
-        np.testing.assert_allclose(D, g.parse_fraction(g.POLYTOPE_FRACTION[name]), atol=1e-9)
+        np.testing.assert_allclose(D, parse_fraction(g.POLYTOPE_FRACTION[name]), atol=1e-9)
         # rotated, scaled, re-ordered and embedded in a bigger space, it is still found
         rng = np.random.default_rng(1)
         Q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
@@ -106,7 +108,7 @@ def test_ideal_polytopes_have_their_fraction():
 def test_pipeline_threshold_finds_noisy_digons_triangles_and_pentagons():
     """At the params.yaml threshold (the dataclass default equals it, see test_params_io), a
     triangle whose cosines scatter around -1/2 is still connected (a threshold of 1/2 cuts it)."""
-    threshold = g.GeometryConfig().interference_threshold
+    threshold = GeometryConfig().interference_threshold
     rng = np.random.default_rng(3)
     Q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
     for name in ("digon", "triangle", "pentagon"):
@@ -211,7 +213,7 @@ def test_line_at_one_with_dedicated_features():
 
 
 def test_analyse_returns_small_json(pentagon_W):
-    res = g.analyse(pentagon_W, [], g.GeometryConfig(n_permutations=50))
+    res = g.analyse_weights(pentagon_W, [], GeometryConfig(n_permutations=50))
     pub = g.public(res)
     assert pub["polytopes"]["pentagon"] == 1
     assert pub["mean_D"] == pytest.approx(0.4, abs=0.02)
@@ -226,7 +228,7 @@ def test_permute_feature_columns_keeps_frequencies_and_breaks_cooccurrence():
     dense = (rng.random((N, n)) < 0.1) * rng.uniform(0.5, 1.5, (N, n))
     dense[:, 1] = np.where(dense[:, 0] > 0, 1.0, 0.0)  # feature 1 fires exactly with feature 0
     feats = SparseFeatures.from_dense(dense, k=n)
-    perm = g.permute_feature_columns(feats, seed=0)
+    perm = nulls.permute_feature_columns(feats, seed=0)
     a, b = feats.to_dense(), perm.to_dense()
     np.testing.assert_array_equal((a > 0).sum(0), (b > 0).sum(0))
     for j in range(n):
@@ -253,7 +255,7 @@ def _workspace(tmp_path, geometry_params):
 
     from neural_codec import storage
     from neural_codec.config import SqueezerConfig
-    from neural_codec.squeezer import save_squeezer
+    from neural_codec.squeezer.checkpoint import save_squeezer
 
     n, M = 30, 6
     sq = {"M": M, "steps": 40, "batch_size": 128, "seed": 0}
@@ -272,7 +274,7 @@ def _workspace(tmp_path, geometry_params):
     W[circle, 4:] = 0.7
     import torch
 
-    from neural_codec.squeezer import Squeezer
+    from neural_codec.squeezer.model import Squeezer
 
     cfg = SqueezerConfig(**sq)
     model = Squeezer(n, M)
@@ -292,16 +294,17 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
 
     _workspace(tmp_path, {"n_permutations": 99, "null_rows": 500, "null_steps": 30})
     monkeypatch.chdir(tmp_path)
-    m = _load_stage().main()
+    _load_stage().main()
     saved = storage.read_json("metrics/geometry.json")
-    assert saved["encoder"]["polytopes"]["pentagon"] == 1
-    assert saved["decoder"]["polytopes"]["pentagon"] == 1
-    circ = saved["encoder"]["circles"]["weekdays"]
+    assert {"trained", "untrained", "permuted"} <= set(saved)
+    assert saved["trained"]["encoder"]["polytopes"]["pentagon"] == 1
+    assert saved["trained"]["decoder"]["polytopes"]["pentagon"] == 1
+    circ = saved["trained"]["encoder"]["circles"]["weekdays"]
     assert circ["circular_corr"] > 0.95 and circ["p_value"] < 0.05 and 0.8 < circ["wrap_ratio"] < 1.2
-    for null in ("null_untrained", "null_permuted"):
+    for null in ("untrained", "permuted"):
         assert set(saved[null]) == {"encoder", "decoder"}
         assert saved[null]["encoder"]["polytopes"]["pentagon"] == 0
-    assert m["encoder"]["n_features"] == 30
+    assert saved["trained"]["encoder"]["n_features"] == 30
     header = (tmp_path / "plots/geometry/dimensionality_hist.csv").read_text().splitlines()[0]
     assert header.split(",")[0] == "D" and "trained_encoder" in header and "permuted_decoder" in header
     for png in ("dimensionality_hist.png", "polytopes.png", "circles.png"):

@@ -12,10 +12,8 @@ import pytest
 import yaml
 
 from neural_codec import storage
-from neural_codec.config import LogicConfig
-from neural_codec.errors import ParamError
-from neural_codec.logic import (
-    analyze,
+from neural_codec.analysis.logic import (
+    analyse_sharing,
     compare_lifts,
     cooccurrence,
     neuron_members,
@@ -23,7 +21,11 @@ from neural_codec.logic import (
     shared_pairs,
     truth_tables,
 )
+from neural_codec.config import LogicConfig, SqueezerConfig
+from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
+from neural_codec.squeezer.checkpoint import save_squeezer
+from neural_codec.squeezer.model import Squeezer
 from neural_codec.storage import SparseFeatures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +83,7 @@ CFG = dict(n_control_per_pair=5, n_freq_bins=2, min_expected=5.0, seed=0, top_pe
 
 def run(groups, feats, families=FAMILIES, batch=4096):
     cfg = LogicConfig(**CFG)
-    res, _ = analyze(
+    res, _ = analyse_sharing(
         planted_w(groups), lambda: (feats[s : s + batch] for s in range(0, len(feats), batch)), cfg, families
     )
     return res.metrics
@@ -216,10 +218,11 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     h = np.maximum(held.to_dense() @ w - 0.3, 0).astype(np.float32)
     (tmp_path / "data/squeeze").mkdir(parents=True)
     np.save(tmp_path / "data/squeeze/heldout_neurons.npy", h)
-    torch.save(
-        {"W_enc": torch.tensor(w, dtype=torch.float32), "config": {"M": w.shape[1]}},
-        tmp_path / "data/squeeze/squeezer.pt",
-    )
+    model = Squeezer(w.shape[0], w.shape[1])
+    with torch.no_grad():
+        model.W_enc.copy_(torch.tensor(w, dtype=torch.float32))
+        model.b_enc.zero_()
+    save_squeezer(tmp_path / "data/squeeze/squeezer.pt", model, SqueezerConfig(M=w.shape[1]))
     storage.write_json(tmp_path / "data/sae/families.json", FAMILIES)
     params = {"logic": {**CFG, "batch_size": 5000, "n_truth_table_neurons": 3, "n_truth_table_pairs": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -230,8 +233,10 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     stage.main()
     m = storage.read_json("metrics/logic.json")
     assert m["verdict"] == "anticorrelated_share"
-    assert len(m["truth_tables"]) == 6
-    for t in m["truth_tables"]:  # OR gate: fires on A alone and B alone, never sees A and B
+    assert "truth_tables" not in m  # a data output, not metrics
+    tables = storage.read_json("data/logic/truth_tables.json")
+    assert len(tables) == 6
+    for t in tables:  # OR gate: fires on A alone and B alone, never sees A and B
         assert t["n_both"] == 0 and t["p_fire_both"] is None
         assert t["p_fire_a_only"] == 1.0 and t["p_fire_b_only"] == 1.0
     csv = Path("plots/logic/lift.csv").read_text().splitlines()

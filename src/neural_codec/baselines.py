@@ -38,17 +38,11 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
+from neural_codec.codec import Codec, EvalBatch, SqueezerCodec, evaluate_codec
 from neural_codec.config import BaselinesConfig
-from neural_codec.squeezer import (
-    Codec,
-    CurveLogger,
-    EvalBatch,
-    SqueezerCodec,
-    make_optimizer,
-    reconstruction_loss,
-    train_squeezer,
-)
-from neural_codec.storage import SparseFeatures
+from neural_codec.squeezer.loss import reconstruction_loss
+from neural_codec.squeezer.train import CurveLogger, make_optimizer, train_squeezer
+from neural_codec.storage import SparseFeatures, iter_batches, read_meta
 
 Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
 
@@ -227,7 +221,6 @@ def disk_batches(
 ) -> Iterator[tuple[np.ndarray, SparseFeatures]]:
     """Endless row-aligned (neurons, features) minibatches streamed from shards, shuffled
     within chunks of `shuffle_batches` batches (memory bounded by the chunk)."""
-    from neural_codec.storage import iter_batches, read_meta
 
     n_features = int(read_meta(features_dir)["n_features"])
     rng = np.random.default_rng(seed)
@@ -308,26 +301,29 @@ def run_baselines(
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     init: str = "xavier",
     bias_init: str = "zero",
-) -> dict[str, dict[str, Any]]:
-    """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream."""
-    from neural_codec.squeezer import evaluate_codec
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream.
 
+    Returns ({method: metrics}, {method: timings}); timings (fit seconds, samples/s) are kept
+    apart so the metrics hold results only."""
     out: dict[str, dict[str, Any]] = {}
+    timings: dict[str, dict[str, float]] = {}
     for m in methods:
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
+        speed: dict[str, float] = {}
         if m == "pca":
             codec: Codec = fit_pca(train, M, cfg.pca_dense_limit)
         elif m == "no_superposition":
             codec = fit_no_superposition(train, M, weights)
         elif m == "random_encoder":
             codec, _ = fit_random_encoder(train, M, cfg, weights, init, bias_init)
-            extra["samples_per_s"] = codec.model.samples_per_s
+            speed["samples_per_s"] = codec.model.samples_per_s
         elif m == "model_neurons":
             if neuron_batches is None:
                 raise ValueError("model_neurons needs the model's neurons on the train split")
             codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights)
-            extra["samples_per_s"] = sps
+            speed["samples_per_s"] = sps
             extra["M"] = int(codec.W.shape[0])  # the model's width, not squeezer.M
         else:
             raise ValueError(f"unknown baseline {m!r}")
@@ -337,6 +333,6 @@ def run_baselines(
             "M": M,
             "n_features": train.n_features,
             **extra,
-            "fit_seconds": time.perf_counter() - t0,
         }
-    return out
+        timings[m] = {**speed, "fit_seconds": time.perf_counter() - t0}
+    return out, timings

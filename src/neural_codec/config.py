@@ -593,11 +593,11 @@ class CompareConfig:
       train, represented by the main Squeezer, non-zero loading on the model's neurons), a seeded
       subsample of them; the Mantel test costs O(n_perm * n^2).
     - svcca_keep: fraction of variance each side keeps before CCA (Raghu et al. use 0.99).
-    - seed: Mantel permutations, feature subsample, and the column shuffle of the shuffled floor.
-    - floor_untrained / floor_shuffled / ceiling_squeezer_seed2 / ceiling_model_seed2: which
+    - seed: Mantel permutations, feature subsample, and the column permutation of the permuted floor.
+    - floor_untrained / floor_permuted / ceiling_squeezer_seed2 / ceiling_model_seed2: which
       floors and ceilings to compute (the model's second seed only exists for the synthetic
       source; it is skipped silently when the activations hold no `neurons_seed2`).
-    - retrain_steps: optimiser steps for the retrained Squeezers (shuffled floor, second seed);
+    - retrain_steps: optimiser steps for the retrained Squeezers (permuted floor, second seed);
       null = exactly the main Squeezer's schedule (steps or epochs), the fair comparison.
     - batch_size: rows per batch when computing neuron activations and streaming moments.
     - plot_max_neurons: the correlation-matrix image shows at most this many matched pairs.
@@ -608,7 +608,7 @@ class CompareConfig:
     svcca_keep: float = 0.99
     seed: int = 0
     floor_untrained: bool = True
-    floor_shuffled: bool = True
+    floor_permuted: bool = True
     ceiling_squeezer_seed2: bool = True
     ceiling_model_seed2: bool = True
     retrain_steps: int | None = None
@@ -616,7 +616,6 @@ class CompareConfig:
     plot_max_neurons: int = 256
 
     def __post_init__(self) -> None:
-        from neural_codec.params import check
 
         check(
             self.n_mantel_permutations >= 1,

@@ -293,3 +293,17 @@ def load_sparse(directory: str | Path) -> SparseFeatures:
     return SparseFeatures(
         np.concatenate([s["idx"] for s in shards]), np.concatenate([s["val"] for s in shards]), n_features
     )
+
+
+def read_first_rows(directory: str | Path, n_rows: int) -> SparseFeatures:
+    """The first `n_rows` rows of a sparse split (streamed: memory ~ n_rows, not the split)."""
+    parts = []
+    got = 0
+    for b in iter_sparse(directory, min(n_rows, 65536)):
+        parts.append(b[: n_rows - got])
+        got += len(parts[-1])
+        if got >= n_rows:
+            break
+    return SparseFeatures(
+        np.concatenate([p.idx for p in parts]), np.concatenate([p.val for p in parts]), parts[0].n_features
+    )

@@ -24,8 +24,6 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from neural_codec.storage import SparseFeatures
-
 # A column whose variance is below this fraction of its mean square (or below _ABS_VAR_EPS) is
 # treated as constant: correlations with it are 0 rather than noise divided by ~0.
 _REL_VAR_EPS = 1e-10
@@ -413,35 +411,6 @@ def mantel(G1: np.ndarray, G2: np.ndarray, n_perm: int = 999, seed: int = 0) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def shuffle_feature_columns(feats: SparseFeatures, seed: int) -> SparseFeatures:
-    """Permute each feature's column independently across rows (the shuffled-feature floor).
-
-    Each feature keeps exactly its activation values (so its firing frequency and magnitude
-    distribution), but which features co-occur in a row becomes chance. Rows may then hold more
-    than k non-zeros; the result is as wide as the fullest row (padding has val 0).
-    """
-    n = len(feats)
-    csc = feats.to_csr().tocsc()
-    rng = np.random.default_rng(seed)
-    new_rows = np.empty(csc.nnz, dtype=np.int64)
-    for j in range(csc.shape[1]):
-        s, e = csc.indptr[j], csc.indptr[j + 1]
-        if e > s:
-            new_rows[s:e] = rng.choice(n, e - s, replace=False)
-    cols = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
-    order = np.argsort(new_rows, kind="stable")
-    rows, cols, vals = new_rows[order], cols[order], csc.data[order]
-    counts = np.bincount(rows, minlength=n)
-    width = max(int(counts.max()) if n else 0, 1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(len(rows)) - starts[rows]
-    idx = np.zeros((n, width), dtype=np.int32)
-    val = np.zeros((n, width), dtype=np.float32)
-    idx[rows, slot] = cols
-    val[rows, slot] = vals
-    return SparseFeatures(idx, val, feats.n_features)
-
-
 # --------------------------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------------------------
@@ -511,30 +480,6 @@ def matched_order(C: np.ndarray, match: Matching) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------------------------
 # Stage configuration and the floor / ceiling Squeezers
 # --------------------------------------------------------------------------------------------
-
-
-def retrain_config(cfg: Any, seed: int | None = None, steps: int | None = None) -> Any:
-    """The main Squeezer's config with another seed and/or a fixed number of steps."""
-    import dataclasses
-
-    changes: dict[str, Any] = {}
-    if seed is not None:
-        changes["seed"] = seed
-    if steps is not None:
-        changes["steps"] = steps
-        changes["epochs"] = 0.0
-    return dataclasses.replace(cfg, **changes)
-
-
-def untrained_squeezer(n_features: int, cfg: Any) -> Any:
-    """The main Squeezer at initialisation: same config and seed, so the same initial weights
-    `train_squeezer` starts from (the init is the first draw from its seeded generator)."""
-    import torch
-
-    from neural_codec.squeezer import Squeezer
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return Squeezer(n_features, cfg.M, cfg.tied, cfg.init, generator=gen).eval()
 
 
 def interference(G_a: np.ndarray, G_b: np.ndarray, n_perm: int, seed: int) -> dict[str, Any]:

@@ -408,7 +408,7 @@ def _summary(x: np.ndarray) -> dict[str, Any]:
     return {"n": int(len(x)), "median": float(np.median(x)), "mean": float(np.mean(x))}
 
 
-def analyze(
+def analyse_sharing(
     w_enc: np.ndarray,
     cooc_feats: Callable[[], Iterable[SparseFeatures]],
     cfg: LogicConfig,

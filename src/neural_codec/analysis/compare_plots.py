@@ -1,0 +1,34 @@
+"""Figure of the compare stage: candidate-vs-model correlation matrices in matched order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neural_codec.analysis.compare import NeuronComparison, matched_order
+from neural_codec.plotting import pyplot, save_png
+
+
+def plot_matrices(path: Path, panels: list[tuple[str, NeuronComparison]], max_n: int) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    for ax, (name, comp) in zip(axes[0], panels, strict=False):
+        ro, co = matched_order(comp.corr, comp.matching)
+        k = min(max_n, len(comp.matching.rows))
+        im = ax.imshow(
+            comp.corr[np.ix_(ro[:k], co[:k])],
+            cmap="RdBu_r",
+            vmin=-1,
+            vmax=1,
+            interpolation="nearest",
+            aspect="auto",
+        )
+        m = comp.metrics
+        ax.set_title(
+            f"{name}\nHungarian mean |r| = {m['hungarian_mean_r']:.3f}, CKA = {m['cka']:.3f}", fontsize=9
+        )
+        ax.set_xlabel(f"model neuron (matched order, first {k})")
+        ax.set_ylabel(f"synthetic neuron (by matched |r|, first {k})")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="Pearson r")
+    save_png(fig, path)

@@ -1,0 +1,234 @@
+"""The metric every codec reports: the Squeezer and each baseline are scored by `evaluate_codec`.
+
+A method is a `Codec` (codes and reconstructions per held-out batch), so all methods report
+identical keys computed the same way, streaming over held-out batches (memory bounded by a batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neural_codec.squeezer.model import Squeezer, dense_target
+from neural_codec.storage import SparseFeatures, iter_batches, read_meta
+
+#: mean ReLU engagement below this flags a run as "linear regime" (Toy Models of Superposition:
+#: models whose ReLU almost never clips turn their biases positive and behave like PCA).
+LINEAR_REGIME_THRESHOLD = 0.05
+
+
+#: a feature counts as represented when its reconstruction follows it: the held-out least-squares
+#: slope of F_hat_i on F_i exceeds this (1 = carried through, 0 = replaced by a constant).
+REPRESENTED_THRESHOLD = 0.5
+
+
+@dataclass
+class EvalBatch:
+    """One held-out batch: the features, and (when available) the row-aligned original
+    activations `resid` (what the SAE reads) and the model's `neurons`."""
+
+    feats: SparseFeatures
+    resid: np.ndarray | None = None
+    neurons: np.ndarray | None = None
+
+
+class Codec:
+    """What `evaluate_codec` needs from a method: codes and reconstructions per batch.
+
+    `code(batch) -> (pre, h)`: pre-activations (None when the method has no ReLU) and neurons;
+    `decode(h) -> f_hat` (B, n).
+    """
+
+    relu: bool = True
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SqueezerCodec(Codec):
+    def __init__(self, model: Squeezer):
+        self.model = model
+
+    def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.model.preactivations(torch.from_numpy(batch.feats.idx), torch.from_numpy(batch.feats.val))
+        return pre, torch.relu(pre)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(h)
+
+
+def iter_eval_batches(
+    features_dir: str | Path,
+    activations_dir: str | Path | None = None,
+    batch_size: int = 1024,
+    keys: tuple[str, ...] = ("resid",),
+) -> Iterator[EvalBatch]:
+    """Stream row-aligned held-out batches of features and (optionally) activations."""
+
+    n_features = int(read_meta(features_dir)["n_features"])
+    fb = iter_batches(features_dir, batch_size, ["idx", "val"])
+    ab = iter_batches(activations_dir, batch_size, list(keys)) if activations_dir is not None else None
+    for f in fb:
+        a = next(ab) if ab is not None else {}
+        feats = SparseFeatures(f["idx"], f["val"], n_features)
+        for arr in a.values():
+            if len(arr) != len(feats):
+                raise ValueError(
+                    f"activations and features are not row-aligned ({len(arr)} vs {len(feats)} rows)"
+                )
+        yield EvalBatch(feats, a.get("resid"), a.get("neurons"))
+
+
+def batches_from_arrays(
+    feats: SparseFeatures,
+    resid: np.ndarray | None = None,
+    neurons: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> Iterator[EvalBatch]:
+    """In-memory version of `iter_eval_batches` (tests, small data)."""
+    for s in range(0, len(feats), batch_size):
+        sl = slice(s, s + batch_size)
+        yield EvalBatch(
+            feats[sl], None if resid is None else resid[sl], None if neurons is None else neurons[sl]
+        )
+
+
+@torch.no_grad()
+def evaluate_codec(
+    codec: Codec,
+    batches: Iterable[EvalBatch],
+    sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The metrics every method reports (streaming; float64 accumulators):
+
+    - fvu: sum (F - F_hat)^2 / sum (F - mean F)^2 over all held-out entries.
+    - recovery_mean, recovery_frac_above_0_5: R_i = 1 - E[(F_i - F_hat_i)^2 | F_i > 0] /
+      E[F_i^2 | F_i > 0] over features that fire on held-out (`n_features_firing`).
+    - features_represented: features that fire on held-out and whose held-out self-gain
+      g_i = Cov(F_i, F_hat_i) / Var(F_i) (the least-squares slope of F_hat_i on F_i over all rows)
+      exceeds 0.5; median_self_gain over firing features. Measured on data, so it is the same
+      for every method and does not depend on the init scale: a weight-norm criterion (TMS's
+      ||W_i|| > 0.5) counts rarely-firing, barely-trained features whose xavier rows already
+      have norm ~sqrt(2M/(n+M)) = 0.63 at n=512, M=128; a dropped feature predicted by its
+      mean has g_i = 0, a perfect copy g_i = 1.
+    - dead_neurons: fraction of neurons never > 0 on held-out (linear codes: never != 0).
+    - relu_engagement: mean over live neurons of the fraction of pre-activations < 0 (dead
+      neurons, always clipped, would otherwise mask a live code that never clips);
+      linear_regime: engagement < LINEAR_REGIME_THRESHOLD (always true without a ReLU);
+      linear_neurons: fraction of live neurons whose own engagement is below that threshold.
+    - sae_explained_variance: F_hat decoded by the SAE (`sae_decode`, x_hat = F_hat W_dec + b_dec)
+      against the original activations `resid`: 1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2;
+      sae_explained_variance_ceiling: the same for the SAE's own top-k features F (what an exact
+      re-compression, F_hat = F, scores; a method whose errors lean toward x, e.g. a readout
+      from the model's neurons, which see all of x, can exceed it).
+    """
+    n_rows = 0
+    sse = 0.0
+    s1 = s2 = None  # per-feature sums of F and F^2
+    s_hat = s_cross = None  # per-feature sums of F_hat (all rows) and F * F_hat
+    err_act = sq_act = cnt_act = None  # per-feature sums on rows where F_i > 0
+    ever_active = neg_pre = None
+    x_sse = x_sse_ceiling = 0.0
+    x_s1 = None
+    x_s2 = 0.0
+    x_rows = 0
+    for batch in batches:
+        feats = batch.feats
+        n = feats.n_features
+        if s1 is None:
+            s1, s2 = np.zeros(n), np.zeros(n)
+            err_act, sq_act, cnt_act = np.zeros(n), np.zeros(n), np.zeros(n)
+            s_hat, s_cross = np.zeros(n), np.zeros(n)
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        val = torch.from_numpy(feats.val.astype(np.float32))
+        pre, h = codec.code(batch)
+        f_hat = codec.decode(h)
+        target = dense_target(idx, val, n)
+        sse += float(((target - f_hat).double() ** 2).sum())
+        n_rows += len(feats)
+        active = feats.val > 0
+        a_idx = feats.idx[active]
+        a_val = feats.val[active].astype(np.float64)
+        np.add.at(s1, a_idx, a_val)
+        np.add.at(s2, a_idx, a_val**2)
+        fh_act = torch.gather(f_hat, 1, idx).numpy()[active].astype(np.float64)
+        np.add.at(err_act, a_idx, (a_val - fh_act) ** 2)
+        np.add.at(sq_act, a_idx, a_val**2)
+        np.add.at(cnt_act, a_idx, 1.0)
+        np.add.at(s_cross, a_idx, a_val * fh_act)
+        s_hat += f_hat.double().sum(0).numpy()
+        hn = h.numpy()
+        if ever_active is None:
+            ever_active = np.zeros(hn.shape[1], dtype=bool)
+            neg_pre = np.zeros(hn.shape[1])
+        ever_active |= ((hn > 0) if codec.relu else (hn != 0)).any(0)
+        if pre is not None:
+            neg_pre += (pre.numpy() < 0).sum(0)
+        if sae_decode is not None and batch.resid is not None:
+            x = torch.from_numpy(np.asarray(batch.resid, dtype=np.float32)).double()
+            x_hat = sae_decode(f_hat.float()).double()
+            x_f = sae_decode(target).double()
+            x_sse += float(((x - x_hat) ** 2).sum())
+            x_sse_ceiling += float(((x - x_f) ** 2).sum())
+            x_s1 = x.sum(0) if x_s1 is None else x_s1 + x.sum(0)
+            x_s2 += float((x**2).sum())
+            x_rows += len(x)
+    if n_rows == 0:
+        raise ValueError("no held-out rows to evaluate")
+    sst = float((s2 - s1**2 / n_rows).sum())
+    fired = cnt_act > 0
+    R = 1.0 - err_act[fired] / np.maximum(sq_act[fired], 1e-30)
+    var = s2 - s1**2 / n_rows
+    gain = np.where(var > 0, (s_cross - s1 * s_hat / n_rows) / np.maximum(var, 1e-300), 0.0)
+    live = ever_active if ever_active.any() else np.ones_like(ever_active)
+    per_neuron = neg_pre[live] / n_rows if codec.relu else np.zeros(int(live.sum()))
+    engagement = float(per_neuron.mean())
+    out: dict[str, Any] = {
+        "fvu": sse / sst if sst > 0 else float("nan"),
+        "recovery_mean": float(R.mean()) if R.size else float("nan"),
+        "recovery_frac_above_0_5": float((R > 0.5).mean()) if R.size else float("nan"),
+        "features_represented": int(((gain > REPRESENTED_THRESHOLD) & fired).sum()),
+        "median_self_gain": float(np.median(gain[fired])) if fired.any() else float("nan"),
+        "dead_neurons": float(1.0 - ever_active.mean()),
+        "relu_engagement": engagement,
+        "linear_regime": bool(engagement < LINEAR_REGIME_THRESHOLD),
+        "linear_neurons": float((per_neuron < LINEAR_REGIME_THRESHOLD).mean()),
+        "sae_explained_variance": None,
+        "sae_explained_variance_ceiling": None,
+        "n_features_firing": int(fired.sum()),
+        "n_heldout_rows": n_rows,
+    }
+    if x_rows:
+        x_sst = x_s2 - float((x_s1**2).sum()) / x_rows
+        out["sae_explained_variance"] = 1.0 - x_sse / x_sst
+        out["sae_explained_variance_ceiling"] = 1.0 - x_sse_ceiling / x_sst
+    return out
+
+
+def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    sae.eval()
+
+    def decode(f: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sae.decode(f.to(sae.W_dec.dtype))
+
+    decode.n_features = int(sae.W_dec.shape[0])  # type: ignore[attr-defined]
+    decode.W_dec = sae.W_dec.detach()  # type: ignore[attr-defined]
+    return decode
+
+
+def eval_batch_size(n_features: int, budget_floats: int = 1 << 24) -> int:
+    """Held-out batch size keeping a dense (B, n) reconstruction within ~64 MB."""
+    return int(max(64, min(4096, budget_floats // max(n_features, 1))))

@@ -1,0 +1,248 @@
+"""Stage `compare`: do the Squeezer's synthetic neurons fire like the model's neurons?
+
+Compares, on the same held-out inputs, the main Squeezer's neurons with the original model's
+neurons (correlation matrix, best |r|, Hungarian matching, CKA, SVCCA) and the Squeezer's
+feature-interference Gram with the model's (Mantel test), each beside
+  floors:   an untrained Squeezer (the main one's initial weights) and a Squeezer trained on
+            permuted features (each feature column permuted across rows: same marginals, no
+            co-occurrence structure);
+  ceilings: the main Squeezer against a second Squeezer seed and, for the synthetic source,
+            the model's own second seed (model neurons vs seed-2 neurons);
+  and a second measurement: the seed-2 Squeezer against the model.
+The retrained Squeezers use the config stored in squeezer.pt (what produced the main Squeezer),
+with `compare.retrain_steps` optionally overriding the number of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neural_codec import nulls, paths, storage
+from neural_codec.analysis import compare as cmp
+from neural_codec.analysis import compare_plots
+from neural_codec.config import CompareConfig, SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict, load_params, require_inputs
+from neural_codec.sae import load_sae
+from neural_codec.squeezer.checkpoint import load_squeezer
+from neural_codec.squeezer.model import Squeezer, resolve_importance
+from neural_codec.squeezer.train import neuron_activations, train_squeezer
+
+READIN = paths.ACTIVATIONS / "neuron_readin.npy"
+
+
+def squeezer_config(model: Squeezer) -> SqueezerConfig:
+    """The config that produced squeezer.pt; the `squeezer` params section if it holds none."""
+    stored = getattr(model, "config", None)
+    if isinstance(stored, dict) and stored:
+        known = {f.name for f in dataclasses.fields(SqueezerConfig)}
+        return from_dict(SqueezerConfig, {k: v for k, v in stored.items() if k in known}, "squeezer")
+    return from_dict(SqueezerConfig, load_params().get("squeezer"), "squeezer")
+
+
+def activation_keys(directory: Path) -> set[str]:
+    with np.load(storage.shard_paths(directory)[0]) as z:
+        return set(z.files)
+
+
+def seed2_readin(path: Path) -> np.ndarray | None:
+    """W_in (d_model, n_neurons) of the synthetic source's second seed, if it exists."""
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    sd = blob.get("state_dict", {}) if isinstance(blob, dict) else {}
+    w = sd.get("W_in")
+    return None if w is None else w.detach().float().cpu().numpy()
+
+
+def stream_moments(
+    pairs: dict[str, tuple[str, str]], arrays: dict[str, np.ndarray], batch_size: int, act_keys: list[str]
+) -> dict[str, cmp.CrossMoments]:
+    """One pass over the held-out activations, updating CrossMoments for every (a, b) pair.
+
+    Populations named in `act_keys` are streamed from data/activations/heldout (model neurons);
+    the others are in-memory (N, M) arrays of synthetic neurons, sliced to the same rows.
+    """
+    heldout = paths.ACTIVATIONS / "heldout"
+    dims = dict(storage.read_meta(heldout))
+    width = {k: a.shape[1] for k, a in arrays.items()}
+    first = next(storage.iter_shards(heldout, act_keys))
+    width.update({k: first[k].shape[1] for k in act_keys})
+    used = sorted({x for pair in pairs.values() for x in pair})
+    pop = {k: cmp.Moments(width[k]) for k in used}  # shared: each population's X^T X once
+    mom = {name: cmp.CrossMoments(width[a], width[b], ma=pop[a], mb=pop[b]) for name, (a, b) in pairs.items()}
+    start = 0
+    for batch in storage.iter_batches(heldout, batch_size, act_keys):
+        n = len(batch[act_keys[0]])
+        rows = {k: np.asarray(batch[k], dtype=np.float32) for k in act_keys}
+        rows.update({k: a[start : start + n] for k, a in arrays.items()})
+        shifted = {k: pop[k].update(rows[k]) for k in used}
+        for name, (a, b) in pairs.items():
+            mom[name].update_cross(shifted[a], shifted[b])
+        start += n
+    if start != dims["n_rows"]:
+        raise ParamError(f"read {start} held-out activation rows, meta.json says {dims['n_rows']}")
+    return mom
+
+
+@dataclass
+class CompareRun:
+    metrics: dict[str, Any]
+    comparisons: dict[str, cmp.NeuronComparison]
+
+
+def candidate_populations(
+    cfg: CompareConfig, main_sq: Squeezer, sq_cfg: SqueezerConfig, heldout: storage.SparseFeatures
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Synthetic neurons on the held-out features (and encoder weights) of the main Squeezer,
+    its untrained and permuted-feature floors and its second seed."""
+    n_features = main_sq.n_features
+    arrays = {"squeezer": np.asarray(np.load(paths.HELDOUT_NEURONS, mmap_mode="r"), dtype=np.float32)}
+    weights = {"squeezer": main_sq.W_enc.detach().numpy()}
+    if cfg.floor_untrained:
+        un = nulls.untrained_squeezer(n_features, sq_cfg)
+        arrays["untrained"] = neuron_activations(un, heldout, cfg.batch_size)
+        weights["untrained"] = un.W_enc.detach().numpy()
+    if cfg.floor_permuted or cfg.ceiling_squeezer_seed2:
+        train = storage.load_sparse(paths.FEATURES / "train")
+        imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
+        if cfg.floor_permuted:
+            permuted = nulls.permute_feature_columns(train, cfg.seed)
+            pm, _ = train_squeezer(
+                permuted, nulls.retrain_config(sq_cfg, steps=cfg.retrain_steps), imp, n_features
+            )
+            arrays["permuted"] = neuron_activations(pm, heldout, cfg.batch_size)
+            weights["permuted"] = pm.W_enc.detach().numpy()
+            del permuted
+        if cfg.ceiling_squeezer_seed2:
+            s2_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + 1, steps=cfg.retrain_steps)
+            s2, _ = train_squeezer(train, s2_cfg, imp, n_features)
+            arrays["squeezer_seed2"] = neuron_activations(s2, heldout, cfg.batch_size)
+            weights["squeezer_seed2"] = s2.W_enc.detach().numpy()
+        del train
+    return arrays, weights
+
+
+def run(cfg: CompareConfig) -> CompareRun:
+    act_dir, features = paths.ACTIVATIONS / "heldout", paths.FEATURES
+    require_inputs(
+        paths.SQUEEZER,
+        paths.HELDOUT_NEURONS,
+        act_dir,
+        READIN,
+        paths.SAE,
+        features / "train",
+        features / "heldout",
+        paths.FIRING_FREQ,
+    )
+    main_sq = load_squeezer(paths.SQUEEZER)
+    sq_cfg = squeezer_config(main_sq)
+    n_features = main_sq.n_features
+    heldout = storage.load_sparse(features / "heldout")
+    n_main = len(np.load(paths.HELDOUT_NEURONS, mmap_mode="r"))
+    n_act = int(storage.read_meta(act_dir)["n_rows"])
+    if not (len(heldout) == n_main == n_act):
+        raise ParamError(
+            f"held-out rows differ: features {len(heldout)}, squeezer neurons "
+            f"{n_main}, activations {n_act}; re-run `dvc repro`"
+        )
+    if heldout.n_features != n_features:
+        raise ParamError(f"features have {heldout.n_features} latents, the Squeezer {n_features}")
+    keys = activation_keys(act_dir)
+    if "neurons" not in keys:
+        raise ParamError(f"{act_dir} holds no `neurons`: re-run the activations stage")
+    has_seed2 = cfg.ceiling_model_seed2 and "neurons_seed2" in keys
+    arrays, weights = candidate_populations(cfg, main_sq, sq_cfg, heldout)
+
+    # --- neuron-level comparisons (one streaming pass) ----------------------------------------
+    conditions: dict[str, tuple[str, str]] = {"squeezer_vs_model": ("squeezer", "neurons")}
+    if "untrained" in arrays:
+        conditions["floor_untrained"] = ("untrained", "neurons")
+    if "permuted" in arrays:
+        conditions["floor_permuted"] = ("permuted", "neurons")
+    if "squeezer_seed2" in arrays:
+        conditions["squeezer_seed2_vs_model"] = ("squeezer_seed2", "neurons")
+        conditions["ceiling_squeezer_vs_seed2"] = ("squeezer_seed2", "squeezer")
+    if has_seed2:
+        conditions["ceiling_model_vs_model_seed2"] = ("neurons_seed2", "neurons")
+    act_keys = ["neurons"] + (["neurons_seed2"] if has_seed2 else [])
+    mom = stream_moments(conditions, arrays, cfg.batch_size, act_keys)
+    comps = {name: cmp.compare_populations(m, cfg.svcca_keep) for name, m in mom.items()}
+
+    # --- feature-interference structure ---------------------------------------------------------
+    readin = np.load(READIN)
+    W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
+    if W_sae.shape[0] != n_features:
+        raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
+    loadings = cmp.model_feature_loadings(W_sae, readin)
+    alive = np.load(paths.FIRING_FREQ) > 0
+    # a weight criterion (no held-out gains here): the Squeezer's rows for the feature have
+    # sqrt(||enc_i|| ||dec_i||) > 0.5; not `features_represented` of metrics/squeeze.json
+    represented = main_sq.feature_gain() > 0.5
+    loaded = np.linalg.norm(loadings, axis=1) > 0
+    feats = cmp.select_features([alive, represented, loaded], cfg.max_features_for_mantel, cfg.seed)
+    grams = {name: cmp.squeezer_feature_gram(w, feats) for name, w in weights.items()}
+    grams["neurons"] = cmp.normalized_gram(loadings[feats])
+    if has_seed2:
+        r2 = seed2_readin(paths.MODEL_SEED2)
+        if r2 is not None and r2.shape == readin.shape:
+            grams["neurons_seed2"] = cmp.model_feature_gram(W_sae, r2, feats)
+    for name, (a, b) in conditions.items():
+        if len(feats) >= 3 and a in grams and b in grams:
+            comps[name].metrics.update(
+                cmp.interference(grams[a], grams[b], cfg.n_mantel_permutations, cfg.seed)
+            )
+        else:
+            comps[name].metrics.update({"interference_mantel_r": None, "interference_mantel_p": None})
+
+    metrics: dict[str, Any] = {name: c.metrics for name, c in comps.items()}
+    metrics["interference_features"] = {
+        "n_alive": int(alive.sum()),
+        "n_represented": int((alive & represented).sum()),
+        "n_used": int(len(feats)),
+        "n_permutations": cfg.n_mantel_permutations,
+    }
+    if len(feats) >= 3:
+        # How much of the model's interference is simply the residual-stream geometry of the
+        # SAE's decoder directions (which any model reading that stream inherits, and the
+        # Squeezer, reading features directly, does not): a context figure for the Mantel rows.
+        res = cmp.mantel(
+            cmp.normalized_gram(W_sae[feats]), grams["neurons"], cfg.n_mantel_permutations, cfg.seed
+        )
+        metrics["interference_features"]["model_vs_sae_decoder_geometry_r"] = res.r
+        metrics["interference_features"]["model_vs_sae_decoder_geometry_p"] = res.p
+    metrics["n_heldout_rows"] = n_act
+    return CompareRun(metrics, comps)
+
+
+def write(r: CompareRun, cfg: CompareConfig) -> None:
+    plot_dir = paths.plot_dir("compare")
+    names = list(r.comparisons)
+    sorted_r = {n: np.sort(r.comparisons[n].matching.abs_r)[::-1] for n in names}
+    n_rows = max(len(v) for v in sorted_r.values())
+    rows = [
+        [i] + [float(sorted_r[n][i]) if i < len(sorted_r[n]) else "" for n in names] for i in range(n_rows)
+    ]
+    storage.write_csv(plot_dir / "matched_r.csv", ["rank"] + names, rows)
+    panels = [(n, r.comparisons[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in r.comparisons]
+    compare_plots.plot_matrices(plot_dir / "correlation_matrix.png", panels, cfg.plot_max_neurons)
+    storage.write_json(paths.metrics_file("compare"), r.metrics)
+
+
+def summary(r: CompareRun) -> str:
+    out = []
+    for name in r.comparisons:
+        m = r.metrics[name]
+        mantel = m["interference_mantel_r"]
+        out.append(
+            f"{name:34s} hungarian |r| {m['hungarian_mean_r']:.3f}  best |r| "
+            f"{m['mean_best_abs_r']:.3f}  CKA {m['cka']:.3f}  SVCCA {m['svcca']:.3f}  "
+            f"Mantel r {mantel if mantel is None else round(mantel, 3)}"
+        )
+    return "\n".join(out)

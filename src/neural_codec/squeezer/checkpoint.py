@@ -1,0 +1,43 @@
+"""The one reader and the one writer of `squeezer.pt` (weights, config, extra)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from neural_codec.config import SqueezerConfig
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.storage import atomic_path
+
+
+def save_squeezer(path: str | Path, model: Squeezer, cfg: SqueezerConfig, extra: dict | None = None) -> None:
+    """torch.save a dict: W_enc (n, M), b_enc (M,), W_dec (M, n), b_dec (n,), config, extra."""
+    state = {
+        "W_enc": model.W_enc.detach().clone(),
+        "b_enc": model.b_enc.detach().clone(),
+        "W_dec": model.W_dec.detach().clone().contiguous(),
+        "b_dec": model.b_dec.detach().clone(),
+        "config": dataclasses.asdict(cfg),
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_squeezer(path: str | Path) -> Squeezer:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    n, M = state["W_enc"].shape
+    tied = bool(state["config"].get("tied", False))
+    model = Squeezer(n, M, tied)
+    with torch.no_grad():
+        model.W_enc.copy_(state["W_enc"])
+        model.b_enc.copy_(state["b_enc"])
+        model.b_dec.copy_(state["b_dec"])
+        if not tied:
+            model.W_dec_T.copy_(state["W_dec"].T)
+    model.config = state["config"]
+    model.extra = state.get("extra", {})
+    model.eval()
+    return model
