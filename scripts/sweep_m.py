@@ -5,7 +5,7 @@ Run after a sweep, e.g.
     python scripts/sweep_m.py          # reads `dvc exp show --json`
     dvc plots show plots/sweep/fvu_vs_m.csv
 Each finished experiment contributes one row: its squeezer.M and the held-out FVU of the Squeezer
-and of every baseline (metrics/squeeze.json, metrics/baselines.json). `--json FILE` reads a saved
+and of every baseline (metrics/squeeze.json squeezer.fvu, metrics/baselines.json <method>.fvu). `--json FILE` reads a saved
 `dvc exp show --json` instead of running dvc; `-A` passes --all-commits to dvc.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neural_codec.report import parse_exp_show, write_sweep
+from neural_codec.report.sweep import parse_exp_show, write_sweep
 
 
 def exp_show_json(all_commits: bool) -> list:

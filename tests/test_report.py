@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from pipeline_helpers import run_stage
 
-from neural_codec import report
+from neural_codec.report.metrics import BASELINES
+from neural_codec.report.sweep import parse_exp_show, write_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -189,13 +190,13 @@ METRICS = {
         "heldout": {"rows": 4000, "mean_l0": 2.21},
     },
     "squeeze": {
-        **codec(0.01234, 0.9456, 64, 0.0712),
-        "k": 3,
-        "tied": False,
-        "importance": "none",
-        "samples_per_s": 5.0e4,
-        "train_seconds": 3.2,
-        "final_loss": 0.0041,
+        "squeezer": {
+            **codec(0.01234, 0.9456, 64, 0.0712),
+            "k": 3,
+            "tied": False,
+            "importance": "none",
+            "final_loss": 0.0041,
+        }
     },
     "baselines": {
         "pca": codec(0.3456, 0.7123, 20, 0.0),
@@ -204,18 +205,20 @@ METRICS = {
         "model_neurons": codec(0.6543, 0.3654, 40, 0.115),
     },
     "geometry": {
-        "encoder": geo(0.2345, 1, 4, 0.9812, 1.234),
-        "decoder": geo(0.2222, 0, 3, 0.9711, 1.111),
-        "null_untrained": {
+        "trained": {
+            "encoder": geo(0.2345, 1, 4, 0.9812, 1.234),
+            "decoder": geo(0.2222, 0, 3, 0.9711, 1.111),
+        },
+        "untrained": {
             "encoder": geo(0.5123, 0, 0, 0.4321, 4.567),
             "decoder": geo(0.5012, 0, 0, 0.3999, 4.444),
         },
-        "null_permuted": {
+        "permuted": {
             "encoder": geo(0.2456, 0, 1, 0.6543, 3.21),
             "decoder": geo(0.2411, 0, 2, 0.6111, 3.33),
         },
-        "null_permuted_training": {"rows": 5000, "max_row_nnz": 9, "steps": 300, "final_loss": 0.02},
-        "params": {"interference_threshold": 0.25, "fractions": ["1", "1/2"]},
+        "n_firing_latents_analysed": 101,
+        "permuted_training": {"rows": 5000, "max_row_nnz": 9, "steps": 300, "final_loss": 0.02},
     },
     "logic": {
         "n_features": 128,
@@ -248,38 +251,39 @@ METRICS = {
                 },
             }
         },
-        "truth_tables": [
-            {
-                "neuron": 5,
-                "feature_a": 12,
-                "feature_b": 40,
-                "n_neither": 3900,
-                "fires_neither": 3700,
-                "p_fire_neither": 0.9487,
-                "n_a_only": 50,
-                "fires_a_only": 49,
-                "p_fire_a_only": 0.98,
-                "n_b_only": 50,
-                "fires_b_only": 45,
-                "p_fire_b_only": 0.9,
-                "n_both": 0,
-                "fires_both": 0,
-                "p_fire_both": None,
-                "weight_a": 0.41,
-                "weight_b": 0.33,
-            }
-        ],
     },
     "compare": {
         "squeezer_vs_model": cmp_block(0.5432, 0.3123, 0.2109),
         "floor_untrained": cmp_block(0.1234, 0.0812, 0.0123),
-        "floor_shuffled": cmp_block(0.2345, 0.4012, 0.0456),  # CKA floor above the Squeezer
-        "ceiling_squeezer_seed2_vs_model": cmp_block(0.5301, 0.3012, 0.1987),
+        "floor_permuted": cmp_block(0.2345, 0.4012, 0.0456),  # CKA floor above the Squeezer
+        "squeezer_seed2_vs_model": cmp_block(0.5301, 0.3012, 0.1987),
         "ceiling_squeezer_vs_seed2": cmp_block(0.8765, 0.9123, 0.8111),
         "ceiling_model_vs_model_seed2": cmp_block(0.7654, 0.8012, 0.6543),
         "interference_features": {"n_alive": 101, "n_represented": 90, "n_used": 90, "n_permutations": 99},
         "n_heldout_rows": 4000,
     },
+    # not a metrics file: data/logic/truth_tables.json (paths.TRUTH_TABLES), cited as truth_tables.json:<i>.<key>
+    "truth_tables": [
+        {
+            "neuron": 5,
+            "feature_a": 12,
+            "feature_b": 40,
+            "n_neither": 3900,
+            "fires_neither": 3700,
+            "p_fire_neither": 0.9487,
+            "n_a_only": 50,
+            "fires_a_only": 49,
+            "p_fire_a_only": 0.98,
+            "n_b_only": 50,
+            "fires_b_only": 45,
+            "p_fire_b_only": 0.9,
+            "n_both": 0,
+            "fires_both": 0,
+            "p_fire_both": None,
+            "weight_a": 0.41,
+            "weight_b": 0.33,
+        }
+    ],
 }
 
 
@@ -312,7 +316,7 @@ PNG_PLOTS = [
 
 def make_tree(root: Path, metrics: dict = METRICS) -> Path:
     for stage, data in metrics.items():
-        p = root / "metrics" / f"{stage}.json"
+        p = root / ("data/logic" if stage == "truth_tables" else "metrics") / f"{stage}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(data, indent=2))
     plots = root / "plots"
@@ -330,7 +334,7 @@ def make_tree(root: Path, metrics: dict = METRICS) -> Path:
     write_csv(
         plots / "baselines/fvu.csv",
         ["method", "fvu"],
-        [[b, metrics["baselines"][b]["fvu"]] for b in report.BASELINES],
+        [[b, metrics["baselines"][b]["fvu"]] for b in BASELINES],
     )
     names = [k for k in METRICS["compare"] if k.startswith(("squeezer_", "floor_", "ceiling_"))]
     write_csv(
@@ -487,42 +491,44 @@ def verdict_row(page: Page, first_cite: str) -> list[str]:
 
 def test_verdict_rows_cite_the_right_metrics(rendered):
     _, page, md = rendered
-    fvu = verdict_row(page, "squeeze.json:fvu")
+    fvu = verdict_row(page, "squeeze.json:squeezer.fvu")
     assert fvu[1:4] == [
         "baselines.json:pca.fvu",
         "baselines.json:no_superposition.fvu",
         "baselines.json:random_encoder.fvu",
     ]
-    ev = verdict_row(page, "squeeze.json:sae_explained_variance")
+    ev = verdict_row(page, "squeeze.json:squeezer.sae_explained_variance")
     assert ev[1:3] == [
         "baselines.json:pca.sae_explained_variance",
-        "squeeze.json:sae_explained_variance_ceiling",
+        "squeeze.json:squeezer.sae_explained_variance_ceiling",
     ]
     cka = verdict_row(page, "compare.json:squeezer_vs_model.cka")
     assert cka[1:5] == [
         "compare.json:floor_untrained.cka",
-        "compare.json:floor_shuffled.cka",
+        "compare.json:floor_permuted.cka",
         "compare.json:ceiling_squeezer_vs_seed2.cka",
         "compare.json:ceiling_model_vs_model_seed2.cka",
     ]
     corr = [
         r
         for r in page.verdict_rows
-        if any(c == "geometry.json:encoder.circles.weekdays.circular_corr" for c, _ in r)
+        if any(c == "geometry.json:trained.encoder.circles.weekdays.circular_corr" for c, _ in r)
     ][0]
     cites = [c for c, _ in corr]
-    at = cites.index("geometry.json:encoder.circles.weekdays.circular_corr")
-    assert cites[at - 1] == "geometry.json:encoder.circles.weekdays.p_value"  # in the measure
+    at = cites.index("geometry.json:trained.encoder.circles.weekdays.circular_corr")
+    assert cites[at - 1] == "geometry.json:trained.encoder.circles.weekdays.p_value"  # in the measure
     assert cites[at + 1 : at + 3] == [
-        "geometry.json:null_untrained.encoder.circles.weekdays.circular_corr",
-        "geometry.json:null_permuted.encoder.circles.weekdays.circular_corr",
+        "geometry.json:untrained.encoder.circles.weekdays.circular_corr",
+        "geometry.json:permuted.encoder.circles.weekdays.circular_corr",
     ]
     logic = [r for r in page.verdict_rows if ("logic.json:same_sign.verdict", "anticorrelated_share") in r]
     assert logic and ("logic.json:same_sign.p_value", "3.2e-06") in logic[0]
     # outcomes follow the numbers: FVU 0.0123 < 0.0457 (random encoder, the best floor) holds;
-    # CKA 0.312 is below the shuffled floor 0.401 -> not above every floor
+    # CKA 0.312 is below the permuted floor 0.401 -> not above every floor
     assert "below every floor: 0.0123 < 0.0457 (random encoder" in md
-    assert "not above every floor: 0.312 <= 0.401 (shuffled-feature Squeezer)" in md
+    assert "not above every floor: 0.312 <= 0.401 (permuted-feature Squeezer)" in md
+    # the truth tables are read from data/logic/truth_tables.json
+    assert ("truth_tables.json:0.neuron", "5") in page.spans
 
 
 def test_markdown_verdict_matches_html(rendered):
@@ -542,7 +548,7 @@ def test_markdown_verdict_matches_html(rendered):
 def test_missing_metrics_show_na_and_stage_is_deterministic(tmp_path, rendered):
     metrics = copy.deepcopy(METRICS)
     del metrics["compare"]
-    del metrics["geometry"]["encoder"]["circles"]
+    del metrics["geometry"]["trained"]["encoder"]["circles"]
     metrics["sae"]["lm"] = {
         "ce": {
             "ce_clean": 3.21,
@@ -574,13 +580,13 @@ def test_missing_metrics_show_na_and_stage_is_deterministic(tmp_path, rendered):
 EXP_SHOW = json.loads("""
 [{"rev": "workspace", "name": null, "data": {"rev": "workspace", "timestamp": null,
   "params": {"params.yaml": {"data": {"squeezer": {"M": 64, "tied": false}}}},
-  "metrics": {"metrics/squeeze.json": {"data": {"fvu": 0.015625, "M": 64}},
+  "metrics": {"metrics/squeeze.json": {"data": {"squeezer": {"fvu": 0.015625, "M": 64}}},
               "metrics/baselines.json": {"data": {"pca": {"fvu": 0.03125}}}},
   "deps": {}, "outs": {}, "meta": {}}, "error": null, "experiments": null},
  {"rev": "058552ed7e25e5119e4c0df3306a920a4d1c0ef0", "name": "main",
   "data": {"rev": "058552ed7e25e5119e4c0df3306a920a4d1c0ef0", "timestamp": "2026-11-25T17:42:35",
    "params": {"params.yaml": {"data": {"squeezer": {"M": 128, "tied": false}}}},
-   "metrics": {"metrics/squeeze.json": {"data": {"fvu": 0.0078125, "M": 128}},
+   "metrics": {"metrics/squeeze.json": {"data": {"squeezer": {"fvu": 0.0078125, "M": 128}}},
                "metrics/baselines.json": {"data": {"pca": {"fvu": 0.015625},
                                                    "no_superposition": {"fvu": 0.0234375}}}},
    "deps": {}, "outs": {}, "meta": {}}, "error": null,
@@ -588,7 +594,7 @@ EXP_SHOW = json.loads("""
    {"revs": [{"rev": "ed8c31d67e31e6814bf1de421ac034d410c34e63", "name": "dolce-kefs",
      "data": {"rev": "ed8c31d67e31e6814bf1de421ac034d410c34e63", "timestamp": "2026-11-25T17:42:43",
       "params": {"params.yaml": {"data": {"squeezer": {"M": 64, "tied": false}}}},
-      "metrics": {"metrics/squeeze.json": {"data": {"fvu": 0.015625, "M": 64}},
+      "metrics": {"metrics/squeeze.json": {"data": {"squeezer": {"fvu": 0.015625, "M": 64}}},
                   "metrics/baselines.json": {"data": {"pca": {"fvu": 0.03125},
                                                       "no_superposition": {"fvu": 0.046875}}}},
       "deps": {}, "outs": {}, "meta": {}}, "error": null, "experiments": null}],
@@ -596,7 +602,7 @@ EXP_SHOW = json.loads("""
    {"revs": [{"rev": "3339b13b36acf3f5a4a25ef465041b86c0bdc561", "name": "m32",
      "data": {"rev": "3339b13b36acf3f5a4a25ef465041b86c0bdc561", "timestamp": "2026-11-25T17:42:39",
       "params": {"params.yaml": {"data": {"squeezer": {"M": 32, "tied": false}}}},
-      "metrics": {"metrics/squeeze.json": {"data": {"fvu": 0.03125, "M": 32}},
+      "metrics": {"metrics/squeeze.json": {"data": {"squeezer": {"fvu": 0.03125, "M": 32}}},
                   "metrics/baselines.json": {"data": {"pca": {"fvu": 0.0625},
                                                       "no_superposition": {"fvu": 0.09375}}}},
       "deps": {}, "outs": {}, "meta": {}}, "error": null, "experiments": null}],
@@ -613,14 +619,14 @@ EXP_SHOW = json.loads("""
 
 
 def test_sweep_parser_on_dvc_exp_show(tmp_path):
-    rows = report.parse_exp_show(EXP_SHOW)
+    rows = parse_exp_show(EXP_SHOW)
     assert [(r["M"], r["experiment"]) for r in rows] == [(32, "m32"), (64, "dolce-kefs"), (128, "main")]
     assert [r["squeezer"] for r in rows] == [0.03125, 0.015625, 0.0078125]
     assert rows[0]["no_superposition"] == 0.09375 and rows[0]["random_encoder"] is None
-    with_ws = report.parse_exp_show(EXP_SHOW, include_workspace=True)
+    with_ws = parse_exp_show(EXP_SHOW, include_workspace=True)
     assert ("workspace", 64) in {(r["experiment"], r["M"]) for r in with_ws}
     csv_path = tmp_path / "plots/sweep/fvu_vs_m.csv"
-    report.write_sweep(rows, csv_path, tmp_path / "plots/sweep/fvu_vs_m.png")
+    write_sweep(rows, csv_path, tmp_path / "plots/sweep/fvu_vs_m.png")
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "M,experiment,squeezer,pca,no_superposition,random_encoder,model_neurons"
     assert lines[1] == "32,m32,0.03125,0.0625,0.09375,,"

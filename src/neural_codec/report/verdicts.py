@@ -1,0 +1,308 @@
+"""The verdict table: one block of rows per hypothesis (H1 compression, H2 geometry, H3 logic,
+H4 validation), each measure beside its floors (nulls, controls, linear baselines) and ceilings
+(second seeds, the SAE itself). The outcome column is a comparison of the shown numbers only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neural_codec.report.metrics import BASELINE_LABELS, NA, Metrics, Num
+from neural_codec.report.page import Cell, Row, Table
+
+IDEAL_POLYTOPES = ("digon", "triangle", "tetrahedron", "pentagon", "square_antiprism")
+#: the Squeezer's trained weights and the two nulls, as geometry.json groups them
+GEOMETRY_NULLS = (("untrained", "untrained"), ("permuted", "co-occurrence permuted"))
+
+
+@dataclass
+class VerdictRow:
+    """One measure of one hypothesis: the Squeezer's value beside its floors and ceilings.
+
+    `better`: "higher", "lower" or "" (no direction; the outcome then just states the numbers).
+    The outcome is decided from the shown numbers only: the value beats every floor.
+    """
+
+    hypothesis: str
+    measure: Cell
+    value: Num
+    floors: list[Num] = field(default_factory=list)
+    ceilings: list[Num] = field(default_factory=list)
+    better: str = "higher"
+    outcome: list[Cell] | None = None  # set explicitly (e.g. the logic verdict) or computed
+
+    def decide(self) -> list[Cell]:
+        if self.outcome is not None:
+            return self.outcome
+        if not self.better:
+            return ["no direction (descriptive)"]
+        v = self.value.number
+        floors = [(f.number, f) for f in self.floors if f.number is not None]
+        if v is None or not floors:
+            return [NA]
+        if self.better == "higher":
+            bound, best = max(floors, key=lambda p: p[0])
+            ok = v > bound
+            words = ("above every floor: ", "not above every floor: ", " > ", " <= ")
+        else:
+            bound, best = min(floors, key=lambda p: p[0])
+            ok = v < bound
+            words = ("below every floor: ", "not below every floor: ", " < ", " >= ")
+        return [words[0] if ok else words[1], self.value, words[2] if ok else words[3], best, f" ({best.label})"]
+
+
+def _labelled(nums: list[Num]) -> list[Cell]:
+    out: list[Cell] = []
+    for i, n in enumerate(nums):
+        if i:
+            out.append("; ")
+        out += [f"{n.label} ", n] if n.label else [n]
+    return out or ["—"]
+
+
+def verdict_table(rows: list[VerdictRow]) -> Table:
+    header = ["Hypothesis", "Measure", "Squeezer", "Floor(s)", "Ceiling(s)", "Outcome"]
+    body: list[Row] = []
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1].hypothesis != r.hypothesis  # name each block once
+        body.append(
+            [
+                r.hypothesis if first else "",
+                r.measure,
+                r.value,
+                _labelled(r.floors),
+                _labelled(r.ceilings),
+                r.decide(),
+            ]
+        )
+    return Table(header, body, css="verdict")
+
+
+def _reference_row(h: str, measure: str, value: Num, ref: Num) -> VerdictRow:
+    """Squeezer against a reference code (lower is better), shown in the floor column."""
+    v, r = value.number, ref.number
+    if v is None or r is None:
+        outcome: list[Cell] = [NA]
+    else:
+        op = " < " if v < r else " >= "
+        outcome = ["Squeezer", op, "reference: ", value, op, ref]
+    return VerdictRow(h, measure, value, [ref], [], better="lower", outcome=outcome)
+
+
+def compression_rows(m: Metrics) -> list[VerdictRow]:
+    h = "H1 compression: a ReLU bottleneck of M neurons carries F better than codes without superposition"
+    sq = "squeeze.json:squeezer"
+    floors = [
+        m.num(f"baselines.json:{b}.fvu", BASELINE_LABELS[b])
+        for b in ("pca", "no_superposition", "random_encoder")
+    ]
+    rows = [
+        VerdictRow(
+            h,
+            "FVU of F on held-out rows (lower is better)",
+            m.num(f"{sq}.fvu"),
+            floors,
+            [],
+            better="lower",
+        ),
+        _reference_row(
+            h,
+            "against the model's own codec: FVU of F read out from the model's "
+            "neurons (a reference, not a floor)",
+            m.num(f"{sq}.fvu"),
+            m.num("baselines.json:model_neurons.fvu", BASELINE_LABELS["model_neurons"]),
+        ),
+        VerdictRow(
+            h,
+            "explained variance of the SAE input, F_hat through the SAE decoder",
+            m.num(f"{sq}.sae_explained_variance"),
+            [m.num("baselines.json:pca.sae_explained_variance", "PCA")],
+            [m.num(f"{sq}.sae_explained_variance_ceiling", "SAE on its own top-k F")],
+        ),
+        VerdictRow(
+            h,
+            "features represented (held-out slope of F_hat_i on F_i > 0.5)",
+            m.num(f"{sq}.features_represented"),
+            [
+                m.num("baselines.json:pca.features_represented", "PCA"),
+                m.num("baselines.json:no_superposition.features_represented", "no superposition"),
+                m.num(
+                    "baselines.json:random_encoder.features_represented", BASELINE_LABELS["random_encoder"]
+                ),
+            ],
+            [m.num(f"{sq}.n_features_firing", "features that fire on held-out")],
+        ),
+    ]
+    ce = m.first([f"{sq}.lm.ce_loss_score_reconstruct", f"{sq}.lm.ce.ce_loss_score_reconstruct"])
+    if ce.value is not None:  # lm runs: next-token loss with the Squeezer's reconstruction
+        rows.append(
+            VerdictRow(
+                h,
+                "CE-loss score (0 = zero ablation, 1 = clean model)",
+                ce,
+                [],
+                [
+                    m.first(
+                        [f"{sq}.lm.ce_loss_score_topk", f"{sq}.lm.ce.ce_loss_score_topk"],
+                        "top-k F without the Squeezer",
+                    ),
+                    m.first(["sae.json:lm.ce.ce_loss_score_sae", "sae.json:lm.ce_loss_score_sae"], "SAE"),
+                ],
+                better="",
+                outcome=["between ", ce, " and its ceilings"],
+            )
+        )
+    return rows
+
+
+def polytope_kinds(m: Metrics) -> list[str]:
+    """The ideal polytope kinds geometry.json counts (all but "other" and "isolated")."""
+    counts = m.get("geometry.json:trained.encoder.polytopes")
+    if not isinstance(counts, dict):
+        return list(IDEAL_POLYTOPES)
+    return [k for k in counts if k not in ("other", "isolated")]
+
+
+def cyclic_families(m: Metrics) -> list[str]:
+    circles = m.get("geometry.json:trained.encoder.circles")
+    return sorted(circles) if isinstance(circles, dict) else []
+
+
+def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
+    h = f"H2 geometry: the Squeezer's {part} weights form polytopes, lines and circles beyond nulls"
+    g = "geometry.json"
+    t = f"{g}:trained.{part}"
+
+    def nulls(key: str) -> list[Num]:
+        return [m.num(f"{g}:{null}.{part}.{key}", label) for null, label in GEOMETRY_NULLS]
+
+    kinds = polytope_kinds(m)
+
+    def polytopes(group: str) -> str:
+        return "+".join(f"{group}.{part}.polytopes.{k}" for k in kinds)
+
+    lines = m.get(f"{t}.lines")
+    found = (
+        [f for f, v in lines.items() if isinstance(v, dict) and v.get("is_line")]
+        if isinstance(lines, dict)
+        else []
+    )
+    rows = [
+        VerdictRow(
+            h,
+            "D* = M / ||W||_F^2, dimensions per feature",
+            m.num(f"{t}.D_star"),
+            nulls("D_star"),
+            better="",
+        ),
+        VerdictRow(
+            h,
+            "lines: polytope fractions (1, 3/4, ..., 1/3) where D piles up, count"
+            + (f" (at {', '.join(found)})" if found else ""),
+            m.num(f"{t}.n_lines"),
+            nulls("n_lines"),
+        ),
+        VerdictRow(
+            h,
+            f"ideal polytopes in the interference graph ({', '.join(kinds)}), count",
+            m.num(f"{g}:{polytopes('trained')}"),
+            [m.num(f"{g}:{polytopes(null)}", label) for null, label in GEOMETRY_NULLS],
+        ),
+    ]
+    for fam in cyclic_families(m):
+        c = f"circles.{fam}"
+        rows.append(
+            VerdictRow(
+                h,
+                [
+                    f"circle '{fam}': circular correlation (label-permutation p = ",
+                    m.num(f"{t}.{c}.p_value"),
+                    ")",
+                ],
+                m.num(f"{t}.{c}.circular_corr"),
+                nulls(f"{c}.circular_corr"),
+            )
+        )
+        rows.append(
+            VerdictRow(
+                h,
+                f"circle '{fam}': fraction of cyclic neighbours adjacent in angle (1 = in order)",
+                m.num(f"{t}.{c}.neighbour_frac"),
+                nulls(f"{c}.neighbour_frac"),
+            )
+        )
+        rows.append(
+            VerdictRow(
+                h,
+                f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle, K-1 = open arc)",
+                m.num(f"{t}.{c}.wrap_ratio"),
+                nulls(f"{c}.wrap_ratio"),
+                better="",
+            )
+        )
+    return rows
+
+
+def logic_rows(m: Metrics) -> list[VerdictRow]:
+    h = "H3 logic (OR gate): features sharing a neuron co-occur less than matched controls"
+    rows = []
+    for group, desc in (
+        ("same_sign", "same-sign sharing pairs"),
+        ("opposite_sign", "opposite-sign sharing pairs"),
+    ):
+        p = f"logic.json:{group}"
+        rows.append(
+            VerdictRow(
+                h,
+                [f"{desc}: median lift P(i,j)/(P(i)P(j)) (n = ", m.num(f"{p}.n_shared"), ")"],
+                m.num(f"{p}.median_lift_shared"),
+                [m.num(f"{p}.median_lift_control", "frequency-matched control")],
+                [],
+                better="",
+                outcome=[
+                    "verdict ",
+                    m.num(f"{p}.verdict"),
+                    ": Mann-Whitney p = ",
+                    m.num(f"{p}.p_value"),
+                    ", Cliff's delta = ",
+                    m.num(f"{p}.cliffs_delta"),
+                    " (control n = ",
+                    m.num(f"{p}.n_control"),
+                    ")",
+                ],
+            )
+        )
+    return rows
+
+
+COMPARE_MEASURES = (
+    ("hungarian_mean_r", "matched-neuron |r| (Hungarian mean)"),
+    ("cka", "linear CKA"),
+    ("svcca", "SVCCA"),
+    ("interference_mantel_r", "feature-interference Mantel r"),
+)
+
+
+def validation_rows(m: Metrics) -> list[VerdictRow]:
+    h = "H4 validation: the synthetic neurons fire like the model's neurons on the same inputs"
+    c = "compare.json"
+    return [
+        VerdictRow(
+            h,
+            desc,
+            m.num(f"{c}:squeezer_vs_model.{key}"),
+            [
+                m.num(f"{c}:floor_untrained.{key}", "untrained Squeezer"),
+                m.num(f"{c}:floor_permuted.{key}", "permuted-feature Squeezer"),
+            ],
+            [
+                m.num(f"{c}:ceiling_squeezer_vs_seed2.{key}", "Squeezer vs its seed 2"),
+                m.num(f"{c}:ceiling_model_vs_model_seed2.{key}", "model vs its seed 2"),
+            ],
+        )
+        for key, desc in COMPARE_MEASURES
+    ]
+
+
+def verdict_rows(m: Metrics) -> list[VerdictRow]:
+    return compression_rows(m) + geometry_rows(m) + logic_rows(m) + validation_rows(m)
