@@ -27,6 +27,7 @@ from neural_codec import storage
 from neural_codec.config import CompareConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict, load_params, load_section, require_inputs
+from neural_codec.sae import load_sae
 
 SQUEEZER = Path("data/squeeze/squeezer.pt")
 HELDOUT_NEURONS = Path("data/squeeze/heldout_neurons.npy")
@@ -61,9 +62,7 @@ def activation_keys(directory: Path) -> set[str]:
 
 def sae_decoder_weights(path: Path) -> np.ndarray:
     """W_dec (d_sae, d_in) of the SAELens SAE on disk."""
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(str(path), device="cpu")
+    sae = load_sae(path)
     return sae.W_dec.detach().float().cpu().numpy()
 
 

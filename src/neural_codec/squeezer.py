@@ -29,6 +29,7 @@ from torch import nn
 
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError, check
+from neural_codec.sae import load_sae
 from neural_codec.storage import SparseFeatures, atomic_path
 
 #: mean ReLU engagement below this flags a run as "linear regime" (Toy Models of Superposition:
@@ -603,9 +604,7 @@ def evaluate_codec(
 
 def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    sae = load_sae(sae_dir)
     sae.eval()
 
     def decode(f: torch.Tensor) -> torch.Tensor:
