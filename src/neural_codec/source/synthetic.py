@@ -176,6 +176,8 @@ def build_generator(cfg: SyntheticConfig, seed: int) -> tuple[ActivationGenerato
 class ToyModel(nn.Module):
     """x = f E (no privileged basis); h = ReLU(x W_in + b_in) (the neurons); f_hat = ReLU(h W_out + b_out)."""
 
+    embedding: torch.Tensor
+
     def __init__(self, embedding: torch.Tensor, n_neurons: int, seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)

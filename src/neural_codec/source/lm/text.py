@@ -125,6 +125,7 @@ def iter_windows(model: Any, cfg: LMSourceConfig) -> Iterator[tuple[int, np.ndar
         sep_ids = tok("\n\n", add_special_tokens=False)["input_ids"]
     else:
         sep_ids = [tok.eos_token_id if tok.eos_token_id is not None else bos]
+    assert cfg.context_size is not None  # resolved() fills it
     body = cfg.context_size - (1 if cfg.prepend_bos else 0)
     buf: list[int] = []
     w = 0
@@ -148,6 +149,7 @@ def token_batches(
     cfg = cfg.resolved()
     check(split in ("train", "heldout"), "split", split, "train or heldout")
     budget = cfg.n_tokens_train if split == "train" else cfg.n_tokens_heldout
+    assert cfg.context_size is not None  # resolved() fills it
     n_windows = -(-budget // cfg.context_size)
     ids: list[int] = []
     rows: list[np.ndarray] = []
