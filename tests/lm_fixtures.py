@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neural_codec.source.lm.load import save_local_model
+
 # capitalised, as in real text (lower-case "may" and "march" are not months)
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [
@@ -89,8 +91,6 @@ def make_tokenizer(text_dir: Path, out: Path):
 def make_model(root: Path, train_steps: int = 100):
     """Text, tokenizer and a briefly trained tiny HookedTransformer saved as `root/model`."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from neural_codec.lm import save_local_model
 
     text = write_text(root / "text")
     tok = make_tokenizer(text, root / "tokenizer")

@@ -32,7 +32,7 @@ def test_outputs_and_metrics_exist(workdir):
 def test_activations_are_the_toy_model_on_true_features(workdir):
     import torch
 
-    from neural_codec.synthetic import load_toy_model
+    from neural_codec.source.synthetic import load_toy_model
 
     model = load_toy_model(workdir / "data/source/model.pt")
     shard = next(storage.iter_shards(workdir / "data/activations/heldout"))

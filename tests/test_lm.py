@@ -9,10 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from neural_codec import lm, storage
+from neural_codec import storage
 from neural_codec.config import ActivationsConfig, LMSourceConfig
-from neural_codec.errors import ParamError
+from neural_codec.errors import LMUnavailable, ParamError
 from neural_codec.params import from_dict
+from neural_codec.sae import load_sae, sae_quality
+from neural_codec.source.lm.ce import ce_scores, squeezer_reconstruct_fn
+from neural_codec.source.lm.extract import check_hooks, extract_activations, prepare_source
+from neural_codec.source.lm.labels import (
+    _matches,
+    feature_labels,
+    find_cyclic_families,
+    write_labels_and_families,
+)
+from neural_codec.source.lm.load import load_model
+from neural_codec.source.lm.offline import GLASSLLM_SOURCE
+from neural_codec.source.lm.settings import config_for_sae, honour_sae_settings, sae_settings
+from neural_codec.source.lm.text import special_token_ids, token_batches
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -40,8 +53,8 @@ def world(tmp_path_factory, one_thread):
         n_tokens_heldout=480,
         batch_size=8,
     )
-    model = lm.load_model(cfg)
-    figures = lm.extract_activations(cfg, root / "acts", ActivationsConfig(rows_per_shard=500), model=model)
+    model = load_model(cfg)
+    figures = extract_activations(cfg, root / "acts", ActivationsConfig(rows_per_shard=500), model=model)
     return root, cfg, model, figures
 
 
@@ -76,13 +89,13 @@ def test_sae_settings_are_honoured():
         "prepend_bos": True,
         "model_from_pretrained_kwargs": {"center_writing_weights": True},
     }
-    out = lm.honour_sae_settings(cfg, s)
+    out = honour_sae_settings(cfg, s)
     assert (out.sae_hook, out.context_size, out.prepend_bos) == ("blocks.8.hook_resid_pre", 128, True)
     assert out.model_from_pretrained_kwargs == {"center_writing_weights": True, "dtype": "float32"}
     with pytest.warns(UserWarning, match="context"):
-        assert lm.honour_sae_settings(dataclasses.replace(cfg, context_size=1024), s).context_size == 128
+        assert honour_sae_settings(dataclasses.replace(cfg, context_size=1024), s).context_size == 128
     with pytest.raises(ParamError, match="sae_hook = 'blocks.6.hook_resid_pre'"):
-        lm.honour_sae_settings(dataclasses.replace(cfg, sae_hook="blocks.6.hook_resid_pre"), s)
+        honour_sae_settings(dataclasses.replace(cfg, sae_hook="blocks.6.hook_resid_pre"), s)
 
 
 def test_extraction_shapes_special_tokens_and_split(world):
@@ -96,7 +109,7 @@ def test_extraction_shapes_special_tokens_and_split(world):
         tok = storage.load_array(root / "acts" / split, "token")
         pos = storage.load_array(root / "acts" / split, "position")
         assert resid.shape == (meta["n_rows"], 32) and neurons.shape == (meta["n_rows"], 64)
-        assert not np.isin(tok, lm.special_token_ids(model)).any()  # BOS / separators excluded
+        assert not np.isin(tok, special_token_ids(model)).any()  # BOS / separators excluded
         assert pos.min() == 1  # position 0 is always BOS
         # fewer rows than tokens: exactly the special tokens (one BOS per window + EOS separators)
         assert meta["n_rows"] < figures[split]["tokens"]
@@ -111,9 +124,9 @@ def test_extraction_shapes_special_tokens_and_split(world):
 def test_rows_equal_a_direct_full_forward(world):
     """Rows match run_with_cache on the same windows without names_filter or stop_at_layer."""
     root, cfg, model, _ = world
-    windows, tokens = next(lm.token_batches(model, cfg, "train"))
+    windows, tokens = next(token_batches(model, cfg, "train"))
     _, cache = model.run_with_cache(tokens)
-    keep = ~torch.isin(tokens, torch.tensor(lm.special_token_ids(model)))
+    keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model)))
     n = int(keep.sum())
     got = next(storage.iter_batches(root / "acts/train", n, ["resid", "neurons", "token", "context_id"]))
     np.testing.assert_allclose(got["resid"], cache[cfg.sae_hook][keep].numpy(), rtol=1e-5, atol=1e-5)
@@ -132,7 +145,7 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
     cfg16 = dataclasses.replace(
         cfg, dataset=str(tmp_path / "ds"), text_column="body", n_tokens_train=640, n_tokens_heldout=64
     )
-    lm.extract_activations(cfg16, tmp_path / "acts", ActivationsConfig(dtype="float16"), model=model)
+    extract_activations(cfg16, tmp_path / "acts", ActivationsConfig(dtype="float16"), model=model)
     r16 = storage.load_array(tmp_path / "acts/train", "resid")
     assert r16.dtype == np.float16
     r32 = storage.load_array(root / "acts/train", "resid")[: len(r16)]
@@ -142,20 +155,20 @@ def test_float16_storage_and_hf_dataset_folder(world, tmp_path):
 def test_load_sae_from_disk_and_errors(world, tmp_path, monkeypatch):
     root, cfg, _, _ = world
     sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
-    back = lm.load_sae(path=tmp_path / "sae")
+    back = load_sae(tmp_path / "sae")
     torch.testing.assert_close(back.W_enc, sae.W_enc)
-    assert lm.sae_settings(back)["hook_name"] == cfg.sae_hook
-    with pytest.raises(lm.LMUnavailable, match="not a SAELens SAE folder"):
-        lm.load_sae(path=tmp_path)
+    assert sae_settings(back)["hook_name"] == cfg.sae_hook
+    with pytest.raises(LMUnavailable, match="not a SAELens SAE folder"):
+        load_sae(tmp_path)
     with pytest.raises(
         ParamError, match="pretrained_sae_id = 'blocks.99.hook_resid_pre'.*blocks.0.hook_resid_pre"
     ):
-        lm.load_sae("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
+        load_sae(release="gpt2-small-res-jb", sae_id="blocks.99.hook_resid_pre")
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(lm.LMUnavailable) as err:
-        lm.load_sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    with pytest.raises(LMUnavailable) as err:
+        load_sae(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre")
     msg = str(err.value)
     assert "\n" not in msg and "Hugging Face hub" in msg and "sae.path" in msg
 
@@ -164,12 +177,12 @@ def test_model_offline_error_is_one_line_with_alternatives(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(lm.LMUnavailable) as err:
-        lm.load_model(LMSourceConfig(model_name="gpt2"))
+    with pytest.raises(LMUnavailable) as err:
+        load_model(LMSourceConfig(model_name="gpt2"))
     msg = str(err.value)
     assert "\n" not in msg and "'gpt2'" in msg and "local:<dir>" in msg and "glassllm" in msg
-    with pytest.raises(lm.LMUnavailable, match="no hooked_transformer_config.json"):
-        lm.load_model(LMSourceConfig(model_name="local:/nonexistent"))
+    with pytest.raises(LMUnavailable, match="no hooked_transformer_config.json"):
+        load_model(LMSourceConfig(model_name="local:/nonexistent"))
 
 
 def test_ce_scores(world, tmp_path):
@@ -182,7 +195,7 @@ def test_ce_scores(world, tmp_path):
         def decode(self, f):
             return f
 
-    perfect = lm.ce_scores(model, Identity(), cfg, n_batches=2)
+    perfect = ce_scores(model, Identity(), cfg, n_batches=2)
     assert perfect["ce_sae"] == pytest.approx(perfect["ce_clean"], abs=1e-5)
     assert perfect["ce_zero_ablation"] > perfect["ce_clean"] + 0.5  # the trained model needs its residual
     assert perfect["ce_loss_score_sae"] == pytest.approx(1.0, abs=1e-4)
@@ -190,14 +203,14 @@ def test_ce_scores(world, tmp_path):
     sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
     with torch.no_grad():
         sae.b_dec.zero_()
-    s = lm.ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=torch.zeros_like)
+    s = ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=torch.zeros_like)
     assert s["ce_clean"] == pytest.approx(perfect["ce_clean"]) and s["ce_zero_ablation"] == pytest.approx(
         perfect["ce_zero_ablation"]
     )
     # decoding all-zero features with b_dec = 0 is exactly zero ablation
     assert s["ce_reconstruct"] == pytest.approx(s["ce_zero_ablation"], abs=1e-5)
     assert s["ce_loss_score_reconstruct"] == pytest.approx(0.0, abs=1e-5)
-    same = lm.ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=lambda f: f)
+    same = ce_scores(model, sae, cfg, n_batches=2, reconstruct_fn=lambda f: f)
     assert same["ce_reconstruct"] == pytest.approx(same["ce_sae"], abs=1e-6)
     assert s["ce_sae"] != pytest.approx(s["ce_clean"], abs=1e-3)
 
@@ -215,10 +228,11 @@ def test_sae_quality(world, tmp_path):
         def decode(self, f):
             return f
 
-    q = lm.sae_quality(Identity(), root / "acts/heldout")
-    assert q["explained_variance"] == pytest.approx(1.0) and q["mse"] == pytest.approx(0.0)
+    q = sae_quality(Identity(), root / "acts/heldout")
+    assert q["explained_variance"] == pytest.approx(1.0) and q["d_sae"] == 32
+    assert "dead_fraction" not in q and 0 <= q["dead_latent_fraction"] <= 1
     sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
-    r = lm.sae_quality(sae, root / "acts/heldout")
+    r = sae_quality(sae, root / "acts/heldout")
     assert 0 < r["l0"] <= 64 and r["explained_variance"] < 0.99
 
 
@@ -227,17 +241,17 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
     # plant on the token embedding stream (blocks.0.hook_resid_pre), where words are linearly
     # separable; deeper residuals of this tiny model mix in what it predicts next
     cfg0 = dataclasses.replace(cfg, sae_hook="blocks.0.hook_resid_pre")
-    lm.extract_activations(cfg0, tmp_path / "acts", model=model)
+    extract_activations(cfg0, tmp_path / "acts", model=model)
     acts = tmp_path / "acts/train"
     x, tok = storage.load_array(acts, "resid"), storage.load_array(acts, "token")
     _, planted = fx.planted_weekday_sae(tmp_path / "planted", x, tok, model.tokenizer, cfg0.sae_hook)
-    sae = lm.load_sae(path=tmp_path / "planted")  # through SAELens's own disk loader
-    labels = lm.feature_labels(sae, acts, model.tokenizer, top_n=5)
+    sae = load_sae(tmp_path / "planted")  # through SAELens's own disk loader
+    labels = feature_labels(sae, acts, model.tokenizer, top_n=5)
     assert len(labels) == sae.cfg.d_sae
     for word, j in planted.items():
         assert labels[j]["top_tokens"][0][0] == word
         assert "[[" + word + "]]" in labels[j]["examples"][0]["context"]
-    fams = lm.find_cyclic_families(labels)
+    fams = find_cyclic_families(labels)
     assert [f["name"] for f in fams] == ["weekdays"]  # no month latents planted
     assert fams[0]["kind"] == "cyclic"
     assert fams[0]["members"] == [planted[d] for d in fx.WEEKDAYS]  # cyclic order, one per day
@@ -245,39 +259,39 @@ def test_labels_and_cyclic_family_on_planted_sae(world, tmp_path):
 
     # controls: a random SAE, and the planted labels with their tokens shuffled across latents
     rand = fx.random_sae(tmp_path / "rand", 32, 64, cfg0.sae_hook, seed=1)
-    assert lm.find_cyclic_families(lm.feature_labels(rand, acts, model.tokenizer)) == []
+    assert find_cyclic_families(feature_labels(rand, acts, model.tokenizer)) == []
     rng = np.random.default_rng(0)
     all_tokens = [t for lab in labels for t in lab["top_tokens"]]
     shuffled = [
         dict(lab, top_tokens=[all_tokens[i] for i in rng.choice(len(all_tokens), 5)]) for lab in labels
     ]
-    fam = lm.find_cyclic_families(shuffled)
+    fam = find_cyclic_families(shuffled)
     assert not fam or fam[0]["members"] != fams[0]["members"]
 
 
 def test_throughput_reported(world):
     _, _, _, figures = world
-    assert figures["train"]["tokens_per_s"] > 0 and figures["stop_at_layer"] == 2
+    assert figures["timings"]["train"]["tokens_per_s"] > 0 and figures["stop_at_layer"] == 2
 
 
 def test_stage_entry_points(world, tmp_path):
     root, cfg, model, _ = world
-    res = lm.prepare_source(cfg, tmp_path)
+    res = prepare_source(cfg, tmp_path)
     assert res["metrics"]["n_layers"] == 2 and (tmp_path / "model.pt").exists()
     with pytest.raises(ParamError, match=r"source\.lm\.sae_hook = 'blocks\.5\.hook_resid_pre'"):
-        lm.prepare_source(dataclasses.replace(cfg, sae_hook="blocks.5.hook_resid_pre"), tmp_path)
+        prepare_source(dataclasses.replace(cfg, sae_hook="blocks.5.hook_resid_pre"), tmp_path)
     sae = fx.random_sae(tmp_path / "sae", 32, 64, cfg.sae_hook)
     assert (
-        lm.config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook
+        config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook
         == cfg.sae_hook
     )
-    m = lm.write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
+    m = write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
     assert 0 < m["labelled_latents"] <= 64 and np.isfinite(m["ce"]["ce_loss_score_sae"])
     assert len(storage.read_json(tmp_path / "out" / "latent_labels.json")) == 64
     assert storage.read_json(tmp_path / "out" / "families.json") == []
     wrong = fx.random_sae(tmp_path / "sae0", 32, 64, "blocks.0.hook_resid_pre")
     with pytest.raises(ParamError, match="the SAE reads 'blocks.0.hook_resid_pre'"):
-        lm.write_labels_and_families(wrong, cfg, root / "acts", tmp_path / "out")
+        write_labels_and_families(wrong, cfg, root / "acts", tmp_path / "out")
 
 
 def test_squeezer_reconstruct_fn_keeps_top_k():
@@ -288,19 +302,18 @@ def test_squeezer_reconstruct_fn_keeps_top_k():
         return torch.zeros(idx.shape[0], 10).scatter_add_(1, idx, val)
 
     f = torch.tensor([[0.0, 3.0, 1.0, 0.0, 2.0, 0.5, 0, 0, 0, 0]])
-    out = lm.squeezer_reconstruct_fn(squeezer, top_k=2)(f)
+    out = squeezer_reconstruct_fn(squeezer, top_k=2)(f)
     assert sorted(seen["idx"][0].tolist()) == [1, 4]
     torch.testing.assert_close(out, torch.tensor([[0.0, 3.0, 0, 0, 2.0, 0, 0, 0, 0, 0]]))
 
 
 def test_glassllm_real_weights_match_its_own_forward():
     glassllm = pytest.importorskip("glassllm")
-    from neural_codec.offline_models import GLASSLLM_SOURCE
 
     gm, gtok = glassllm.load_pretrained("en")
     cfg = LMSourceConfig(**{**GLASSLLM_SOURCE, "dataset": "unused"})
-    model = lm.load_model(cfg)
-    lm.check_hooks(model, cfg)
+    model = load_model(cfg)
+    check_hooks(model, cfg)
     text = "Alice was beginning to get very tired of sitting by her sister on the bank, on Monday in May."
     ids = gtok.encode(text)
     assert model.tokenizer(text, add_special_tokens=False)["input_ids"] == ids
@@ -312,6 +325,6 @@ def test_glassllm_real_weights_match_its_own_forward():
 
 
 def test_month_and_day_names_must_be_capitalised():
-    assert lm._matches(" May", "may") and lm._matches("March", "march") and lm._matches(" Mondays", "monday")
-    assert not lm._matches(" may", "may") and not lm._matches("march", "march")  # the modal, the verb
-    assert lm._matches(" Sept", "september") and not lm._matches(" sept", "september")
+    assert _matches(" May", "may") and _matches("March", "march") and _matches(" Mondays", "monday")
+    assert not _matches(" may", "may") and not _matches("march", "march")  # the modal, the verb
+    assert _matches(" Sept", "september") and not _matches(" sept", "september")

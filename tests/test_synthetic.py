@@ -8,7 +8,7 @@ from pipeline_helpers import TINY_SYNTHETIC
 from neural_codec.config import SyntheticConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
-from neural_codec.synthetic import build_generator, make_embedding, toy_model_metrics, train_toy_model
+from neural_codec.source.synthetic import build_generator, make_embedding, toy_model_metrics, train_toy_model
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_planted_pairs_are_frequent_enough_to_measure():
     """Exclusive and correlated members take the frequent end of the Zipf curve (a permutation:
     the total firing mass, hence the true L0, is unchanged), so in the default 200k rows every
     planted exclusive pair expects >= 5 co-occurrences under independence."""
-    from neural_codec.synthetic import firing_probabilities, plant_families
+    from neural_codec.source.synthetic import firing_probabilities, plant_families
 
     cfg = SyntheticConfig()
     fams = plant_families(cfg)

@@ -213,22 +213,6 @@ def evaluate_codec(
     return out
 
 
-def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
-    sae.eval()
-
-    def decode(f: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return sae.decode(f.to(sae.W_dec.dtype))
-
-    decode.n_features = int(sae.W_dec.shape[0])  # type: ignore[attr-defined]
-    decode.W_dec = sae.W_dec.detach()  # type: ignore[attr-defined]
-    return decode
-
-
 def eval_batch_size(n_features: int, budget_floats: int = 1 << 24) -> int:
     """Held-out batch size keeping a dense (B, n) reconstruction within ~64 MB."""
     return int(max(64, min(4096, budget_floats // max(n_features, 1))))

@@ -18,3 +18,28 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a ParamError naming key, value and what is allowed unless `ok`."""
     if not ok:
         fail(key, value, allowed)
+
+
+class LMUnavailable(ParamError):
+    """A model, SAE or dataset could not be loaded (typically: the hub is unreachable).
+
+    A ParamError so that stage scripts print it as one line: the fix is a params.yaml change
+    to one of the offline alternatives the message names (`OFFLINE_*` below)."""
+
+
+OFFLINE_MODELS = (
+    "model_name 'local:<dir>' (a folder written by neural_codec.source.lm.load.save_local_model), "
+    "'glassllm' (pip install glassllm: real pretrained weights, runs offline), "
+    "or source.kind: synthetic"
+)
+OFFLINE_SAES = (
+    "sae.path: <a local SAELens folder (cfg.json + sae_weights.safetensors)>, "
+    "or no pretrained SAE (the sae stage trains one with SAELens on the extracted activations)"
+)
+OFFLINE_DATA = "a local .txt file, a folder of .txt files, or a datasets.save_to_disk folder"
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line (type and first line of its message), for LMUnavailable."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]

@@ -16,6 +16,7 @@ import torch
 from neural_codec import storage
 from neural_codec.config import FeaturesConfig
 from neural_codec.errors import check
+from neural_codec.sae import load_sae
 
 
 def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +32,7 @@ def validate_against_sae(cfg: FeaturesConfig, d_sae: int) -> None:
 
 
 @torch.no_grad()
-def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict[str, Any]:
+def encode_split(sae: Any, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Stream activation shards through the SAE encoder; write top-k (idx, val) shards."""
     d_sae = int(sae.cfg.d_sae)
     writer = storage.sparse_writer(out_dir, d_sae, cfg.top_k, cfg.rows_per_shard)
@@ -59,3 +60,22 @@ def encode_split(sae, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) -> dict
         n += len(idx_np)
     writer.close()
     return {"rows": n, "mean_l0": nnz / n, "firing_freq": counts / n}
+
+
+def encode_features(
+    cfg: FeaturesConfig, sae_dir: Path, activations_dir: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Stage `features`: both splits encoded into `out_dir/{train,heldout}`, the training split's
+    per-latent firing frequencies in `out_dir/firing_freq.npy`; returns metrics/features.json."""
+    sae = load_sae(sae_dir)
+    validate_against_sae(cfg, sae.cfg.d_sae)
+    metrics: dict[str, Any] = {"top_k": cfg.top_k, "n_features": int(sae.cfg.d_sae)}
+    for split in ("train", "heldout"):
+        stats = encode_split(sae, cfg, activations_dir / split, out_dir / split)
+        if split == "train":
+            freq = stats["firing_freq"]
+            np.save(out_dir / "firing_freq.npy", freq)
+            metrics["alive_features"] = int((freq > 0).sum())
+            metrics["max_firing_freq"] = float(freq.max())
+        metrics[split] = {"rows": stats["rows"], "mean_l0": stats["mean_l0"]}
+    return metrics

@@ -1,4 +1,5 @@
-"""Stage `sae`: train (or load) a SAELens SAE on the cached activations, and score it.
+"""SAEs: the one SAELens loader (a local folder or the pretrained registry), training on the
+cached activations, quality on held-out activations, and recovery of a synthetic ground truth.
 
 Training uses SAELens's own `SAETrainer` fed by a streaming iterator over the activation shards
 (memory bounded by a batch). The result is saved in SAELens's inference format so that
@@ -8,7 +9,7 @@ truth: per true feature the best cosine with an SAE decoder row.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from neural_codec import storage
 from neural_codec.config import SAEConfig
-from neural_codec.errors import check
+from neural_codec.errors import OFFLINE_SAES, LMUnavailable, ParamError, check, first_line
 
 
 def _training_sae(cfg: SAEConfig, d_in: int):
@@ -89,14 +90,54 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     return trainer.fit()
 
 
-def load_sae(path: str | Path):
+def load_sae(
+    path: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    release: str | None = None,
+    sae_id: str | None = None,
+) -> Any:
+    """A SAELens SAE: from a local SAELens folder (`SAE.load_from_disk`, the one place it is
+    called), or else from the pretrained registry (release, sae_id)."""
     from sae_lens import SAE
 
-    return SAE.load_from_disk(str(path), device="cpu")
+    if path is not None:
+        path = Path(path)
+        if not (path / "cfg.json").exists():
+            raise LMUnavailable(
+                f"{path} is not a SAELens SAE folder (no cfg.json); write one with sae.save_model(path)"
+            )
+        return SAE.load_from_disk(str(path), device=device)
+    if not (release and sae_id):
+        raise ParamError(
+            "params.yaml: sae.pretrained_release / sae.pretrained_sae_id = "
+            f"{release!r} / {sae_id!r} is not allowed; expected both set, or sae.path set"
+        )
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release in directory and sae_id not in directory[release].saes_map:
+        ids = list(directory[release].saes_map)
+        raise ParamError(
+            f"params.yaml: sae.pretrained_sae_id = {sae_id!r} is not allowed; expected one of "
+            f"{', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''} (release {release})"
+        )
+    if release not in directory and "/" not in release:
+        raise ParamError(
+            f"params.yaml: sae.pretrained_release = {release!r} is not allowed; expected a release "
+            "of the SAELens registry (e.g. gpt2-small-res-jb) or a Hugging Face repo id"
+        )
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as err:
+        raise LMUnavailable(
+            f"cannot load SAE {release}/{sae_id} from the Hugging Face hub ({first_line(err)}); "
+            f"offline alternatives: {OFFLINE_SAES}"
+        ) from err
 
 
 @torch.no_grad()
-def sae_quality(sae, heldout_dir: Path, batch_size: int = 4096) -> dict[str, float]:
+def sae_quality(sae: Any, heldout_dir: str | Path, batch_size: int = 4096) -> dict[str, float]:
     """L0, explained variance and dead-latent fraction on the held-out activations (streamed)."""
     d_sae = sae.cfg.d_sae
     fired = torch.zeros(d_sae, dtype=torch.bool)
@@ -104,15 +145,16 @@ def sae_quality(sae, heldout_dir: Path, batch_size: int = 4096) -> dict[str, flo
     x_sum = None
     n = 0
     for b in storage.iter_batches(heldout_dir, batch_size, ["resid"]):
-        x = torch.from_numpy(b["resid"].astype(np.float32))
+        x = torch.from_numpy(b["resid"].astype(np.float32)).to(sae.device)
         f = sae.encode(x)
         x_hat = sae.decode(f)
-        fired |= (f > 0).any(0)
+        fired |= (f > 0).any(0).cpu()
         l0_sum += float((f > 0).sum())
         sse += float(((x - x_hat) ** 2).sum())
         sq_sum += float((x**2).sum())
         x_sum = x.sum(0) if x_sum is None else x_sum + x.sum(0)
         n += len(x)
+    assert x_sum is not None, f"no activations in {heldout_dir}"
     total_var = sq_sum - float((x_sum**2).sum()) / n
     return {
         "l0": l0_sum / n,
@@ -167,3 +209,17 @@ def latent_labels(families: list[dict[str, Any]], best_latent: np.ndarray, best_
         if c > entry["cosine"]:
             entry.update(true_feature=t, cosine=float(c), label=label_of.get(t, f"true{t}"))
     return labels
+
+
+def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
+    sae = load_sae(sae_dir)
+    sae.eval()
+
+    def decode(f: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sae.decode(f.to(sae.W_dec.dtype))
+
+    decode.n_features = int(sae.W_dec.shape[0])  # type: ignore[attr-defined]
+    decode.W_dec = sae.W_dec.detach()  # type: ignore[attr-defined]
+    return decode

@@ -16,10 +16,11 @@ import numpy as np
 
 from neural_codec import paths, storage
 from neural_codec.baselines import disk_batches, run_baselines
-from neural_codec.codec import eval_batch_size, iter_eval_batches, load_sae_decoder
+from neural_codec.codec import eval_batch_size, iter_eval_batches
 from neural_codec.config import BaselinesConfig, SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
+from neural_codec.sae import load_sae_decoder
 from neural_codec.squeezer.inputs import check_upstream
 from neural_codec.squeezer.model import resolve_importance
 

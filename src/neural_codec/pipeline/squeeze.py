@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural_codec import lm, paths, storage
-from neural_codec.codec import (
-    SqueezerCodec,
-    eval_batch_size,
-    evaluate_codec,
-    iter_eval_batches,
-    load_sae_decoder,
-)
+from neural_codec import paths, storage
+from neural_codec.codec import SqueezerCodec, eval_batch_size, evaluate_codec, iter_eval_batches
 from neural_codec.config import FeaturesConfig, SourceConfig, SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
+from neural_codec.sae import load_sae_decoder
+from neural_codec.source.lm.ce import squeezer_ce_scores
 from neural_codec.squeezer.checkpoint import save_squeezer
 from neural_codec.squeezer.inputs import check_upstream
 from neural_codec.squeezer.model import Squeezer, resolve_importance
@@ -62,7 +58,7 @@ def run(params: dict[str, Any]) -> SqueezeRun:
     metrics = evaluate_codec(SqueezerCodec(model), batches, sae_decode)
     if src.kind == "lm":  # lm: the Squeezer's reconstruction, SAE-decoded and patched into the model
         feats_cfg = from_dict(FeaturesConfig, params.get("features"), "features")
-        metrics["lm"] = lm.squeezer_ce_scores(src.lm, paths.SAE, model, info["k"], feats_cfg.min_value)
+        metrics["lm"] = squeezer_ce_scores(src.lm, paths.SAE, model, info["k"], feats_cfg.min_value)
     metrics.update(
         {
             "M": cfg.M,

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from neural_codec.errors import LMUnavailable
+
 GLASSLLM_SOURCE = {  # a ready `source.lm` block for params.yaml (text: see tests/README of lm)
     "model_name": "glassllm",
     "sae_hook": "blocks.2.hook_resid_pre",
@@ -82,8 +84,6 @@ def glassllm_model(device: str = "cpu", lang: str = "en") -> Any:
     try:
         import glassllm
     except ImportError as err:
-        from neural_codec.lm import LMUnavailable
-
         raise LMUnavailable(
             "model_name 'glassllm' needs the glassllm package: pip install glassllm==0.1.0"
         ) from err
