@@ -12,28 +12,17 @@ No timings are asserted anywhere.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.harness import QUICK, random_pairs, topk_features, traced
+from benchmarks.naive import NaiveSqueezer, naive_gram_step, naive_loss, naive_pair_counts
+from benchmarks.run import main as run_benchmarks
+from neural_codec import storage
 from neural_codec.logic import cooccurrence
 from neural_codec.squeezer import Squeezer, _DecoderSquaredError, reconstruction_loss, squeezer_loss
 from neural_codec.storage import SparseFeatures
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -166,52 +155,52 @@ def test_sampled_loss_padding_index_is_not_skipped():
 # --------------------------------------------------------------------------------------------
 
 
-def test_benchmark_naive_squeezer_equals_ours(bench):
+def test_benchmark_naive_squeezer_equals_ours():
     n, M, k, B = 60, 8, 6, 40
-    f = bench.topk_features(B, n, k, seed=0)
+    f = topk_features(B, n, k, seed=0)
     idx, val = torch.from_numpy(f.idx.astype(np.int64)), torch.from_numpy(f.val)
     model = Squeezer(n, M, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.b_dec.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(1))
-    naive = bench.NaiveSqueezer.like(model)
+    naive = NaiveSqueezer.like(model)
     w = torch.rand(n, generator=torch.Generator().manual_seed(2)) + 0.5
-    ours_loss = squeezer_loss(model, idx, val, w)
-    naive_loss = bench.naive_loss(naive, idx, val, w)
-    torch.testing.assert_close(ours_loss, naive_loss)
-    ours_loss.backward()
-    naive_loss.backward()
+    ours = squeezer_loss(model, idx, val, w)
+    reference = naive_loss(naive, idx, val, w)
+    torch.testing.assert_close(ours, reference)
+    ours.backward()
+    reference.backward()
     torch.testing.assert_close(model.W_enc.grad, naive.enc.weight.grad.T)
     torch.testing.assert_close(model.b_enc.grad, naive.enc.bias.grad)
     torch.testing.assert_close(model.W_dec_T.grad, naive.dec.weight.grad)
     torch.testing.assert_close(model.b_dec.grad, naive.dec.bias.grad)
 
 
-def test_benchmark_data_and_naive_cooccurrence(bench):
+def test_benchmark_data_and_naive_cooccurrence():
     n, k, N = 300, 8, 2000
-    f = bench.topk_features(N, n, k, seed=1)
+    f = topk_features(N, n, k, seed=1)
     assert isinstance(f, SparseFeatures) and f.idx.dtype == np.int32 and (f.val >= 0).all()
     for r in range(0, N, 97):  # active indices distinct within a row
         a = f.idx[r][f.val[r] > 0]
         assert len(np.unique(a)) == len(a) and len(a) >= 1
     freq = np.sort(f.firing_frequency())[::-1]
     assert freq[:10].mean() > 10 * np.median(freq)  # heavy-tailed, like a real SAE
-    pairs = bench.random_pairs(n, 500, seed=0)
+    pairs = random_pairs(n, 500, seed=0)
     assert (pairs[:, 0] < pairs[:, 1]).all()
     dense = np.asfortranarray(f.to_dense() > 0)
     expected = cooccurrence([f], pairs).counts
-    np.testing.assert_array_equal(bench.naive_pair_counts(dense, pairs), expected)
+    np.testing.assert_array_equal(naive_pair_counts(dense, pairs), expected)
     gram = np.zeros((n, n), np.float32)
     for s in range(0, N, N // 3 + 1):  # accumulated over batches, as the benchmark's naive does
-        bench.naive_gram_step(gram, f[s : s + N // 3 + 1])
+        naive_gram_step(gram, f[s : s + N // 3 + 1])
     np.testing.assert_array_equal(np.rint(gram[pairs[:, 0], pairs[:, 1]]).astype(np.int64), expected)
     assert expected.sum() > 0
 
 
-def test_benchmark_quick_sampled_section_writes_json(bench, tmp_path):
-    assert bench.main(["--quick", "--only", "sampled", "--out", str(tmp_path)]) == 0
-    r = bench.storage.read_json(tmp_path / "latest_quick.json")
+def test_benchmark_quick_sampled_section_writes_json(tmp_path):
+    assert run_benchmarks(["--quick", "--only", "sampled", "--out", str(tmp_path)]) == 0
+    r = storage.read_json(tmp_path / "latest_quick.json")
     s = r["sampled"]
-    assert s["draws"] == bench.QUICK.sample_draws
+    assert s["draws"] == QUICK.sample_draws
     # averaging draws shrinks the error against the exact loss and gradient (the JSON's figures
     # are sane; unbiasedness itself is tested against many draws in tests/test_squeezer.py)
     assert s["loss_rel_error_of_mean"] < s["loss_rel_std_single_draw"]
@@ -220,15 +209,15 @@ def test_benchmark_quick_sampled_section_writes_json(bench, tmp_path):
     assert "| benchmark |" in r["table_markdown"]
 
 
-def test_cooccurrence_memory_is_one_batch_not_the_stream(bench):
+def test_cooccurrence_memory_is_one_batch_not_the_stream():
     """Traced peak over 4 batches stays at the 1-batch peak (the previous batch's product is freed
     before the next one is built); counts still equal a single pass."""
     n, k = 500, 16
-    f = bench.topk_features(4 * 4000, n, k, seed=2)
-    pairs = bench.random_pairs(n, 20000, seed=1)
+    f = topk_features(4 * 4000, n, k, seed=2)
+    pairs = random_pairs(n, 20000, seed=1)
     batches = lambda m: (f[s : s + 4000] for s in range(0, m * 4000, 4000))  # noqa: E731
-    one, _, peak1 = bench._traced(lambda: cooccurrence(batches(1), pairs))
-    four, _, peak4 = bench._traced(lambda: cooccurrence(batches(4), pairs))
+    one, _, peak1 = traced(lambda: cooccurrence(batches(1), pairs))
+    four, _, peak4 = traced(lambda: cooccurrence(batches(4), pairs))
     assert peak4 < 1.25 * peak1, (peak1, peak4)
     np.testing.assert_array_equal(four.counts, cooccurrence([f], pairs).counts)
     assert four.counts.sum() > one.counts.sum() > 0
