@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neural_codec.squeezer import Squeezer
+from neural_codec.squeezer.model import Squeezer
 from neural_codec.storage import SparseFeatures
 
 

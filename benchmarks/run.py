@@ -30,13 +30,13 @@ Sections
   3 x (2 k M + 2 M n) (encoder gather-sum + decoder matmul; backward ~ 2 x forward).
 - sampled: the unbiased sampled-output loss (`SqueezerConfig.loss_sample`): speed-up against the
   exact loss, and its loss / gradient error against the exact loss on the same batch.
-- cooccurrence: `neural_codec.logic.cooccurrence` (sparse B_U^T B_U per batch) over N rows for
+- cooccurrence: `neural_codec.analysis.logic.cooccurrence` (sparse B_U^T B_U per batch) over N rows for
   the number of pairs the logic stage asks for at this scale; naive: a per-pair loop over dense
   boolean columns (affine in rows from two subset sizes) and a dense B^T B accumulated per batch
   (one batch timed), each checked equal to ours. Peak memory by
   tracemalloc (numpy / scipy allocations).
 - extraction: `run_with_cache(names_filter=<2 hooks>, stop_at_layer=...)` as in
-  `neural_codec.lm.extract_activations` against a naive `run_with_cache` of every hook over the
+  `neural_codec.source.lm.extract.extract_activations` against a naive `run_with_cache` of every hook over the
   whole model; tokens/s.
 - memory: peak RSS (VmHWM) of fresh child processes doing two Squeezer steps, ours vs naive,
   against a child that only builds the inputs.

@@ -20,8 +20,9 @@ from benchmarks.harness import QUICK, random_pairs, topk_features, traced
 from benchmarks.naive import NaiveSqueezer, naive_gram_step, naive_loss, naive_pair_counts
 from benchmarks.run import main as run_benchmarks
 from neural_codec import storage
-from neural_codec.logic import cooccurrence
-from neural_codec.squeezer import Squeezer, _DecoderSquaredError, reconstruction_loss, squeezer_loss
+from neural_codec.analysis.logic import cooccurrence
+from neural_codec.squeezer.loss import _DecoderSquaredError, reconstruction_loss, squeezer_loss
+from neural_codec.squeezer.model import Squeezer
 from neural_codec.storage import SparseFeatures
 
 

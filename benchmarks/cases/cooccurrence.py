@@ -1,4 +1,4 @@
-"""cooccurrence: `neural_codec.logic.cooccurrence` (sparse B_U^T B_U per batch) over N rows for
+"""cooccurrence: `neural_codec.analysis.logic.cooccurrence` (sparse B_U^T B_U per batch) over N rows for
 the number of pairs the logic stage asks for at this scale, against `naive.naive_pair_counts`
 (a per-pair loop, affine in rows from two subset sizes) and `naive.naive_gram_step` (a dense
 B^T B accumulated per batch, one batch timed), each checked equal to ours; peak memory by
@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks.harness import Sizes, random_pairs, topk_features, traced
 from benchmarks.naive import naive_gram_step, naive_pair_counts
-from neural_codec.logic import cooccurrence
+from neural_codec.analysis.logic import cooccurrence
 
 
 def bench_cooccurrence(sz: Sizes) -> dict[str, Any]:

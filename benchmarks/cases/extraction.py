@@ -1,5 +1,5 @@
 """extraction: `run_with_cache(names_filter=<2 hooks>, stop_at_layer=...)` as in
-`neural_codec.lm.extract_activations` against `naive.naive_extract` (every hook over the whole
+`neural_codec.source.lm.extract.extract_activations` against `naive.naive_extract` (every hook over the whole
 model); tokens/s, on glassllm (real weights, if installed) and, at real scale, a GPT-2-small
 shaped model with random weights."""
 
@@ -12,8 +12,8 @@ import torch
 from benchmarks.harness import Sizes, interleaved, med
 from benchmarks.naive import naive_extract
 from neural_codec.config import LMSourceConfig
-from neural_codec.lm import load_model
-from neural_codec.offline_models import GLASSLLM_SOURCE
+from neural_codec.source.lm.load import load_model
+from neural_codec.source.lm.offline import GLASSLLM_SOURCE
 
 
 def _extract_case(

@@ -15,7 +15,9 @@ import torch
 
 from benchmarks.harness import Sizes, child_peak_rss, make_batch, print_child_peak, sizes, train_step
 from benchmarks.naive import NaiveSqueezer, naive_loss
-from neural_codec.squeezer import Squeezer, make_optimizer, squeezer_loss
+from neural_codec.squeezer.loss import squeezer_loss
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.squeezer.train import make_optimizer
 
 MODULE = "benchmarks.cases.memory"  # what a child runs: `python -m MODULE <kind> [--quick]`
 KINDS = ("inputs", "ours_exact", "ours_sampled", "naive")

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import Sizes, make_batch, med
-from neural_codec.squeezer import Squeezer, squeezer_loss
+from neural_codec.squeezer.loss import squeezer_loss
+from neural_codec.squeezer.model import Squeezer
 
 
 def _grads(model: Squeezer, loss: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,9 @@ from benchmarks.harness import Sizes, interleaved, make_batch, med, topk_feature
 from neural_codec import storage
 from neural_codec.config import SqueezerConfig
 from neural_codec.plotting import pyplot, save_png
-from neural_codec.squeezer import Squeezer, make_optimizer, squeezer_loss, train_squeezer
+from neural_codec.squeezer.loss import squeezer_loss
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.squeezer.train import make_optimizer, train_squeezer
 
 
 def bench_scaling(sz: Sizes) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import torch
 
 from benchmarks.harness import Sizes, interleaved, make_batch, med, train_step
 from benchmarks.naive import NaiveSqueezer, naive_loss
-from neural_codec.squeezer import Squeezer, make_optimizer, squeezer_loss
+from neural_codec.squeezer.loss import squeezer_loss
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.squeezer.train import make_optimizer
 
 
 def squeezer_flops_per_sample(n: int, M: int, k: int, decoded: int | None = None) -> float:
