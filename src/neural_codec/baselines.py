@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from neural_codec.codec import Codec, EvalBatch, SqueezerCodec, evaluate_codec
-from neural_codec.config import BaselinesConfig
+from neural_codec.config import BaselinesConfig, BiasInit, Init
 from neural_codec.squeezer.loss import reconstruction_loss
 from neural_codec.squeezer.train import CurveLogger, make_optimizer, train_squeezer
 from neural_codec.storage import SparseFeatures, iter_batches, read_meta
@@ -169,8 +169,8 @@ def fit_random_encoder(
     M: int,
     cfg: BaselinesConfig,
     weights: np.ndarray | None = None,
-    init: str = "xavier",
-    bias_init: str = "zero",
+    init: Init = "xavier",
+    bias_init: BiasInit = "zero",
 ) -> tuple[SqueezerCodec, list[dict[str, float]]]:
     scfg = cfg.decoder_config(M)
     scfg.init, scfg.bias_init = init, bias_init  # as the Squeezer's (b_enc stays 0: frozen)
@@ -299,8 +299,8 @@ def run_baselines(
     weights: np.ndarray | None = None,
     neuron_batches: Callable[[], Iterator[tuple[np.ndarray, SparseFeatures]]] | None = None,
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    init: str = "xavier",
-    bias_init: str = "zero",
+    init: Init = "xavier",
+    bias_init: BiasInit = "zero",
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
     """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream.
 

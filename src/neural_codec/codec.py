@@ -132,12 +132,18 @@ def evaluate_codec(
     """
     n_rows = 0
     sse = 0.0
-    s1 = s2 = None  # per-feature sums of F and F^2
-    s_hat = s_cross = None  # per-feature sums of F_hat (all rows) and F * F_hat
-    err_act = sq_act = cnt_act = None  # per-feature sums on rows where F_i > 0
-    ever_active = neg_pre = None
+    # per-feature float64 accumulators, allocated on the first batch (when n is known)
+    s1: Any = None  # sums of F
+    s2: Any = None  # sums of F^2
+    s_hat: Any = None  # sums of F_hat (all rows)
+    s_cross: Any = None  # sums of F * F_hat
+    err_act: Any = None  # sums of (F - F_hat)^2 on rows where F_i > 0
+    sq_act: Any = None  # sums of F^2 on rows where F_i > 0
+    cnt_act: Any = None  # rows where F_i > 0
+    ever_active: Any = None  # per neuron: ever > 0 (or != 0 for a linear code)
+    neg_pre: Any = None  # per neuron: count of negative pre-activations
     x_sse = x_sse_ceiling = 0.0
-    x_s1 = None
+    x_s1: Any = None
     x_s2 = 0.0
     x_rows = 0
     for batch in batches:

@@ -24,6 +24,7 @@ NEURON_HOOK_RE = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
 
 Importance = Literal["none", "frequency", "given"]
 Init = Literal["xavier", "orthogonal"]
+BiasInit = Literal["zero", "mean"]
 
 #: the baselines, all fitted at the Squeezer's M on the same data and scored by the same metric
 BASELINE_METHODS: tuple[str, ...] = ("pca", "no_superposition", "random_encoder", "model_neurons")

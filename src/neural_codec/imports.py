@@ -98,7 +98,8 @@ def code_deps(src: Path, script: Path) -> set[Path]:
         p = module_path(src, m)
         if p is not None:
             todo.extend(imported_modules(src, p) - seen)
-    return {module_path(src, m) for m in seen if m != PACKAGE} - {None}  # type: ignore[misc]
+    found = (module_path(src, m) for m in seen if m != PACKAGE)
+    return {p for p in found if p is not None}
 
 
 if __name__ == "__main__":

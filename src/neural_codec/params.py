@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import yaml
 
@@ -69,7 +69,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         check(isinstance(value, (list, tuple)), key, value, _type_name(tp))
         (arg,) = get_args(tp)[:1] or (Any,)
         return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is Any:
         return value
@@ -109,7 +109,7 @@ def from_dict(cls: type[T], data: Any, section: str) -> T:
         data = {}
     check(isinstance(data, dict), section, data, "a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = unknown[0]

@@ -9,7 +9,7 @@ truth: per true feature the best cosine with an SAE decoder row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,15 +211,20 @@ def latent_labels(families: list[dict[str, Any]], best_latent: np.ndarray, best_
     return labels
 
 
-def load_sae_decoder(sae_dir: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The SAE's decoder (SAELens `SAE.load_from_disk(...).decode`: F W_dec + b_dec)."""
-    sae = load_sae(sae_dir)
-    sae.eval()
+class SAEDecoder:
+    """The SAE's decoder as a function of features, F W_dec + b_dec (SAELens `SAE.decode`), with
+    the SAE's width: what the codec metrics use to score reconstructions in activation space."""
 
-    def decode(f: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return sae.decode(f.to(sae.W_dec.dtype))
+    def __init__(self, sae: Any):
+        self.sae = sae.eval()
+        self.W_dec = sae.W_dec.detach()
+        self.n_features = int(sae.W_dec.shape[0])
 
-    decode.n_features = int(sae.W_dec.shape[0])  # type: ignore[attr-defined]
-    decode.W_dec = sae.W_dec.detach()  # type: ignore[attr-defined]
-    return decode
+    @torch.no_grad()
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        return self.sae.decode(f.to(self.W_dec.dtype))
+
+
+def load_sae_decoder(sae_dir: str | Path) -> SAEDecoder:
+    """The decoder of the SAELens SAE saved in `sae_dir`."""
+    return SAEDecoder(load_sae(sae_dir))

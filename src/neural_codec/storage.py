@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -93,7 +93,7 @@ def read_json(path: str | Path) -> Any:
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with tmp.open("wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **cast(dict[str, Any], arrays))
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -148,7 +148,7 @@ class ShardWriter:
         joined = {k: np.concatenate(v) for k, v in self._buffer.items()}
         out = {k: a[:n] for k, a in joined.items()}
         rest = {k: a[n:] for k, a in joined.items()}
-        np.savez(self.directory / f"shard_{self.n_shards:05d}.npz", **out)
+        np.savez(self.directory / f"shard_{self.n_shards:05d}.npz", **cast(dict[str, Any], out))
         self.n_shards += 1
         self.n_rows += n
         self._buffer = {k: [a] for k, a in rest.items()}

@@ -52,6 +52,11 @@ class Moments:
         self.S = np.zeros((d, d)) if full else None
         self._cache: dict[Any, Any] = {}  # derived results (covariance, whitener), keyed with n
 
+    @property
+    def offset(self) -> np.ndarray:
+        """The shift the sums are kept around (zeros before the first batch)."""
+        return self.shift if self.shift is not None else np.zeros(self.d)
+
     def shifted(self, x: np.ndarray) -> np.ndarray:
         """x minus this population's shift (set from the first batch seen)."""
         x = np.asarray(x, dtype=np.float64)
@@ -140,7 +145,7 @@ class CrossMoments:
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         self._need()
-        return self.ma.shift + self.ma.s / self.n, self.mb.shift + self.mb.s / self.n
+        return self.ma.offset + self.ma.s / self.n, self.mb.offset + self.mb.s / self.n
 
     def variances(self) -> tuple[np.ndarray, np.ndarray]:
         self._need()

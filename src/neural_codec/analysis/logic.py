@@ -445,15 +445,14 @@ def analyse_sharing(
     }
 
     # Family pairs (ground truth, synthetic): every within-family pair of distinct members.
-    fam_pairs: dict[str, np.ndarray] = {}
+    fam_lists: dict[str, list[np.ndarray]] = {}
     for fam in families:
         mem = np.unique(np.asarray(fam.get("members", []), dtype=np.int64))
         mem = mem[(mem >= 0) & (mem < n)]
         if len(mem) >= 2:
             a, b = np.triu_indices(len(mem), k=1)
-            fam_pairs.setdefault(fam["kind"], [])
-            fam_pairs[fam["kind"]].append(np.stack([mem[a], mem[b]], axis=1))
-    fam_pairs = {k: np.unique(np.concatenate(v), axis=0) for k, v in fam_pairs.items()}
+            fam_lists.setdefault(fam["kind"], []).append(np.stack([mem[a], mem[b]], axis=1))
+    fam_pairs = {k: np.unique(np.concatenate(v), axis=0) for k, v in fam_lists.items()}
 
     # Pass 2: counts for every pair we need, in one stream.
     blocks = [p for p, _ in groups.values()] + list(controls.values()) + list(fam_pairs.values())

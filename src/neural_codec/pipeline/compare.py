@@ -230,7 +230,9 @@ def write(r: CompareRun, cfg: CompareConfig) -> None:
         [i] + [float(sorted_r[n][i]) if i < len(sorted_r[n]) else "" for n in names] for i in range(n_rows)
     ]
     storage.write_csv(plot_dir / "matched_r.csv", ["rank"] + names, rows)
-    panels = [(n, r.comparisons[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in r.comparisons]
+    panels: list[tuple[str, cmp.NeuronComparison]] = [
+        (n, r.comparisons[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in r.comparisons
+    ]
     compare_plots.plot_matrices(plot_dir / "correlation_matrix.png", panels, cfg.plot_max_neurons)
     storage.write_json(paths.metrics_file("compare"), r.metrics)
 

@@ -52,6 +52,8 @@ class Squeezer(nn.Module):
     `W_dec` (M, n): column i is feature i's decoder direction; when tied it is `W_enc.T`.
     """
 
+    samples_per_s: float = 0.0  # training throughput, set by `train_squeezer`
+
     def __init__(
         self,
         n_features: int,

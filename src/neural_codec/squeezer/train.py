@@ -117,7 +117,7 @@ def train_squeezer(
         opt.step()
         seen += len(rows)
         log.add(step, loss.item())
-    model.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)
+    model.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)  # training throughput
     model.eval()
     return model, log.curve
 
