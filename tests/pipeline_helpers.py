@@ -60,8 +60,16 @@ def run_stage(workdir: Path, name: str) -> None:
 
 
 def copy_repo(dest: Path) -> Path:
-    """Copy the tracked project (no data, no venv) into dest for an isolated pipeline run."""
-    ignore = shutil.ignore_patterns(".git", ".venv", "data", "__pycache__", "*.egg-info",
-                                    ".pytest_cache", "metrics", "plots", "report", "dvc.lock")  # fmt: skip
+    """Copy the tracked project (no data, no venv, no recorded outputs) into dest for an
+    isolated pipeline run. Outputs are skipped at the top level only (src/neural_codec/report is code)."""
+    everywhere = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+    top_level = {"data", "metrics", "plots", "report", "timings", "dvc.lock"}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n in everywhere or n.endswith(".egg-info")}
+        if Path(directory).resolve() == REPO:
+            skip |= top_level & set(names)
+        return skip
+
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest

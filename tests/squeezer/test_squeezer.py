@@ -23,7 +23,7 @@ from neural_codec.squeezer.model import Squeezer
 from neural_codec.squeezer.train import neuron_activations, train_squeezer
 from neural_codec.storage import SparseFeatures
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -243,7 +243,7 @@ def _load_stage():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "stages" / "geometry.py"
+    path = Path(__file__).resolve().parents[2] / "stages" / "geometry.py"
     spec = importlib.util.spec_from_file_location("stage_geometry", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -393,7 +393,7 @@ def _run_stage(root, monkeypatch):
     from pathlib import Path
 
     monkeypatch.chdir(root)
-    path = Path(__file__).resolve().parents[1] / "stages" / "compare.py"
+    path = Path(__file__).resolve().parents[2] / "stages" / "compare.py"
     spec = importlib.util.spec_from_file_location("compare_stage", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

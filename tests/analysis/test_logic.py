@@ -28,7 +28,7 @@ from neural_codec.squeezer.checkpoint import save_squeezer
 from neural_codec.squeezer.model import Squeezer
 from neural_codec.storage import SparseFeatures
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 N_FAM, FAM_SIZE, N_INDEP = 5, 4, 20
 N_FEAT = N_FAM * FAM_SIZE + N_INDEP  # 40: features 0..19 in exclusive families, 20..39 not
