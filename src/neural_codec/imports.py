@@ -9,6 +9,7 @@ no others). `python -m neural_codec.imports stages/squeeze.py` prints one stage'
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -102,8 +103,51 @@ def code_deps(src: Path, script: Path) -> set[Path]:
     return {p for p in found if p is not None}
 
 
+def sync_dvc_yaml(root: Path) -> list[str]:
+    """Rewrite each stage's `src/` deps in dvc.yaml (text-level: comments and order kept) to the
+    stage script's code deps; returns the stages whose deps changed."""
+    path = root / "dvc.yaml"
+    out: list[str] = []
+    changed: list[str] = []
+    stage: str | None = None
+    in_deps = False
+    for line in path.read_text().split("\n"):
+        m = re.match(r"^  (\w+):\s*$", line)
+        if m:
+            stage = m.group(1)
+        if re.match(r"^    deps:\s*$", line):
+            in_deps = True
+            out.append(line)
+            script = root / "stages" / f"{stage}.py"
+            new = (
+                sorted(str(p.relative_to(root)) for p in code_deps(root / "src", script))
+                if script.exists()
+                else []
+            )
+            old: list[str] = []
+            continue
+        if in_deps and line.startswith("      - "):
+            if line.strip().startswith("- src/") and new:
+                old.append(line.strip()[2:])
+                if len(old) == 1:
+                    out.extend(f"      - {p}" for p in new)
+                continue
+            out.append(line)
+            continue
+        if in_deps:
+            in_deps = False
+            if new and sorted(old) != new and stage is not None:
+                changed.append(stage)
+        out.append(line)
+    path.write_text("\n".join(out))
+    return changed
+
+
 if __name__ == "__main__":
     root = Path.cwd()
+    if sys.argv[1:] == ["--sync"]:
+        print("dvc.yaml deps updated:", ", ".join(sync_dvc_yaml(root)) or "none")
+        sys.exit(0)
     for script in sys.argv[1:]:
         for p in sorted(code_deps(root / "src", Path(script))):
             print(p.relative_to(root))
