@@ -24,6 +24,7 @@ NEURON_HOOK_RE = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
 
 Importance = Literal["none", "frequency", "given"]
 Init = Literal["xavier", "orthogonal"]
+Hidden = Literal["relu", "linear"]
 BiasInit = Literal["zero", "mean"]
 
 #: the baselines, all fitted at the Squeezer's M on the same data and scored by the same metric
@@ -334,6 +335,8 @@ class SqueezerConfig:
       replacement (shared by the batch) standing in for the inactive outputs, each reweighted by
       n / loss_sample (a drawn column that is active in a row is skipped for that row, as it is
       already counted exactly). For n ~ 25k features.
+    - hidden: "relu" (default: h = ReLU(W_enc f + b_enc), a privileged neuron basis) or "linear"
+      (h = W_enc f + b_enc; with tied = true this is the TMS model x' = ReLU(W^T W x + b)).
     """
 
     M: int = 128
@@ -349,6 +352,7 @@ class SqueezerConfig:
     bias_init: Literal["zero", "mean"] = "zero"
     seed: int = 0
     loss_sample: int = 0
+    hidden: Hidden = "relu"
 
     def __post_init__(self) -> None:
         check(self.M >= 1, "M", self.M, "an integer >= 1 (the number of synthetic neurons)")
@@ -436,14 +440,17 @@ class GeometryConfig:
       diagonals, a digon by -1. A tetrahedron's edges (-1/3) need a threshold below 1/3, which
       on hundreds of features in ~100 dimensions links most of them into one component.
     - min_norm_frac: a feature is "represented" (enters the histogram and the graph) when its
-      norm is at least this fraction of the largest feature norm (scale-free, so the encoder's
-      and decoder's ReLU rescaling symmetry does not matter).
+      norm is at least this fraction of the largest feature norm. 0.5 (was 0.1): TMS's features
+      are either kept (norm ~ 1) or dropped (~ 0), and at 0.1 weak features (18-35% of the top
+      norm) joined a clean pentagon's component and made it 'other'. Scale-free; the per-neuron
+      ReLU rescaling symmetry of an untied codec is removed before (the geometry stage analyses
+      balanced weights, `neural_codec.squeezer.model.balance_neurons`).
     - polytope_tolerance: a component is an ideal polytope when the RMS difference of its
       normalised Gram matrix to the ideal's (best ordering) is at most this.
     - hist_bins: bins of the D histogram on [0, 1].
     - fractions: where lines are tested ("a/b" strings in (0, 1]).
     - line_half_width, line_flank_width: centre window f +- half_width against flanks of this
-      width on each side; line_alpha: family-wise level (Bonferroni over the fractions);
+      width on each side; line_alpha: family-wise level (Tarone-corrected over the fractions that can reach it);
       line_min_count: fewest features in the centre window for a line.
     - n_permutations: label shuffles for the circle p-values; seed: all randomness here.
     - null_rows: train rows (the first ones) used for the column-permuted null Squeezer;
@@ -452,7 +459,7 @@ class GeometryConfig:
     """
 
     interference_threshold: float = 0.45
-    min_norm_frac: float = 0.1
+    min_norm_frac: float = 0.5
     polytope_tolerance: float = 0.1
     hist_bins: int = 50
     fractions: list[str] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))

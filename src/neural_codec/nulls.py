@@ -56,7 +56,7 @@ def untrained_squeezer(n_features: int, cfg: SqueezerConfig) -> Squeezer:
     """The main Squeezer at initialisation: same config and seed, so the same initial weights
     `train_squeezer` starts from (it seeds a generator with cfg.seed and draws the init first)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    return Squeezer(n_features, cfg.M, cfg.tied, cfg.init, generator=gen).eval()
+    return Squeezer(n_features, cfg.M, cfg.tied, cfg.init, generator=gen, hidden=cfg.hidden).eval()
 
 
 def retrain_config(cfg: SqueezerConfig, seed: int | None = None, steps: int | None = None) -> SqueezerConfig:

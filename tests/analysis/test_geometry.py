@@ -322,3 +322,136 @@ def test_stage_rejects_bad_params_before_work(tmp_path, monkeypatch):
     with pytest.raises(ParamError, match=r"geometry\.fractions"):
         _load_stage().main()
     assert not (tmp_path / "metrics").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 11: closure, rank correlation, weak features, a single pentagon, rescaling invariance
+# --------------------------------------------------------------------------------------------
+
+
+def arc_points(K, frac, dim=16, noise=0.02, seed=0):
+    """K points on `frac` of a circle (frac = 1: evenly spaced and closed; else from 0 to
+    frac * 2 pi inclusive), seen through a random non-orthogonal map into `dim` dims."""
+    rng = np.random.default_rng(seed)
+    t = 2 * np.pi * frac * np.arange(K) / (K if frac == 1 else K - 1)
+    X = np.stack([np.cos(t), np.sin(t)], 1) @ rng.normal(size=(2, dim)) + rng.normal(size=dim)
+    return X + noise * rng.normal(size=(K, dim))
+
+
+@pytest.mark.parametrize("K", [7, 12])
+def test_closure_separates_three_quarter_arc_from_full_circle(K):
+    for seed in range(5):
+        full = g.circle_stats(arc_points(K, 1.0, seed=seed), 50)
+        arc = g.circle_stats(arc_points(K, 0.75, seed=seed), 50)
+        assert full["closed"] and full["max_gap_ratio"] < 1.2
+        assert not arc["closed"] and arc["max_gap_ratio"] > 1.6
+    # the old statistic cannot: a 3/4 arc's wrap ratio is ~2, inside a random cloud's range
+    assert g.circle_stats(arc_points(7, 0.75), 50)["wrap_ratio"] < 2.5
+
+
+def test_circle_plot_draws_no_closing_segment_for_an_open_arc(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from neural_codec.analysis import geometry_plots
+
+    drawn = []
+    orig = Axes.plot
+
+    def plot(self, x, y, *a, **k):
+        drawn.append(np.column_stack([x, y]))
+        return orig(self, x, y, *a, **k)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    fams = [{"name": "arc", "kind": "cyclic", "members": list(range(7))}]
+    for frac, closes in ((0.75, False), (1.0, True)):
+        W = arc_points(7, frac)
+        res = {"w": g.analyse_weights(W, fams, GeometryConfig(n_permutations=20))}
+        drawn.clear()
+        geometry_plots.plot_circles(tmp_path / "c.png", {"w": W}, fams, res)
+        (path,) = drawn
+        assert len(path) == (8 if closes else 7)
+
+
+def test_circular_rank_correlation_is_computed_on_ranks():
+    K = 12
+    phase = 2 * np.pi * np.arange(K) / K
+    # in order but unevenly spaced: the ranks are perfect, the raw angles are not
+    warped = phase + 0.45 * np.sin(phase * 2)
+    X = np.stack([np.cos(warped), np.sin(warped)], 1)
+    s = g.circle_stats(X, 50)
+    assert s["circular_rank_corr"] == pytest.approx(1.0)
+    assert s["circular_corr"] < 0.99
+    assert g.fisher_lee(g.circular_ranks(warped), phase) == pytest.approx(1.0)
+
+
+def pentagon_with_weak_features():
+    ang = 2 * np.pi * np.arange(5) / 5
+    penta = np.stack([np.cos(ang), np.sin(ang)], 1)
+    weak_ang = np.array([0.3, 1.9, 4.0])
+    weak = np.stack([np.cos(weak_ang), np.sin(weak_ang)], 1) * np.array([0.18, 0.26, 0.35])[:, None]
+    return np.vstack([penta, weak])
+
+
+def test_default_norm_cut_finds_a_clean_pentagon_among_weak_features():
+    W = pentagon_with_weak_features()
+    res = g.public(g.analyse_weights(W, [], GeometryConfig(n_permutations=20)))
+    assert res["polytopes"]["pentagon"] == 1 and res["polytopes"]["other"] == 0
+    # the old cut (0.1) let the weak features into the component: no pentagon
+    old = g.public(g.analyse_weights(W, [], GeometryConfig(n_permutations=20, min_norm_frac=0.1)))
+    assert old["polytopes"]["pentagon"] == 0
+
+
+def test_a_single_perfect_pentagon_registers_as_a_line():
+    lines = g.find_lines(np.full(5, 0.4))
+    assert lines["2/5"]["is_line"], lines["2/5"]
+    assert [k for k, v in lines.items() if v["is_line"]] == ["2/5"]
+    # Bonferroni over the 7 fractions could not: (1/3)^5 = 0.0041 > 0.01 / 7
+    assert lines["2/5"]["p_value"] == pytest.approx(3.0**-5)
+    assert lines["2/5"]["p_value"] > 0.01 / 7
+    # and four features are not a line (min_count), nor is a uniform smear
+    assert not g.find_lines(np.full(4, 0.4))["2/5"]["is_line"]
+    rng = np.random.default_rng(0)
+    for s in range(20):
+        D = np.random.default_rng(s).uniform(0, 1, 40)
+        assert not any(v["is_line"] for v in g.find_lines(D).values())
+    del rng
+
+
+def _geometry_stats(model):
+    from neural_codec.pipeline.geometry import weights_of
+
+    out = {}
+    for part, W in weights_of(model).items():
+        r = g.analyse_weights(W, [], GeometryConfig(n_permutations=20, interference_threshold=0.3))
+        out[part] = (r["D_star"], r["_D"], r["n_lines"], r["polytopes"], r["_mask"])
+    return out
+
+
+def test_geometry_is_invariant_to_per_neuron_rescaling():
+    from neural_codec.config import SqueezerConfig
+    from neural_codec.squeezer.train import train_squeezer
+    from neural_codec.storage import SparseFeatures
+
+    rng = np.random.default_rng(0)
+    n, M, N = 24, 6, 4000
+    dense = rng.uniform(0, 1, (N, n)) * (rng.uniform(size=(N, n)) < 0.05)
+    feats = SparseFeatures.from_dense(dense.astype(np.float32), 6)
+    model, _ = train_squeezer(feats, SqueezerConfig(M=M, tied=False, steps=400, lr=1e-2, batch_size=256))
+    before = _geometry_stats(model)
+    idx, val = torch.from_numpy(feats.idx[:500]), torch.from_numpy(feats.val[:500])
+    with torch.no_grad():
+        out0 = model(idx, val).clone()
+        c = torch.from_numpy(rng.uniform(0.2, 5.0, M)).float()
+        model.W_enc.mul_(c)
+        model.b_enc.mul_(c)
+        model.W_dec_T.div_(c)
+        assert torch.allclose(model(idx, val), out0, atol=1e-5)  # the function is unchanged
+    after = _geometry_stats(model)
+    for part in before:
+        (d0, D0, l0, p0, m0), (d1, D1, l1, p1, m1) = before[part], after[part]
+        assert d1 == pytest.approx(d0, abs=1e-6)
+        np.testing.assert_allclose(D1, D0, atol=1e-6)
+        assert (l1, p1) == (l0, p0) and np.array_equal(m1, m0)
+    # the raw encoder rows are not invariant (what the stage analysed before)
+    raw = g.dimensions_per_feature(model.W_enc.detach().double().numpy())
+    assert abs(raw - before["encoder"][0]) > 1e-3

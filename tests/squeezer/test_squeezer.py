@@ -476,3 +476,39 @@ def test_stage_bad_inputs_fail_before_any_output(world, tmp_path, monkeypatch):
     # a missing upstream output
     shutil.rmtree(root / "data/features/heldout")
     _bad(root, monkeypatch, "missing upstream output")
+
+
+def test_linear_hidden_is_the_tms_model_and_round_trips(tmp_path):
+    cfg = SqueezerConfig(M=3, tied=True, hidden="linear", steps=5)
+    model = Squeezer(10, 3, tied=True, hidden="linear", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.b_enc.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    dense = torch.rand(7, 10) * (torch.rand(7, 10) < 0.4)
+    sf = SparseFeatures.from_dense(dense.numpy(), 10)
+    W = model.W_enc.detach()
+    expect = torch.relu(dense @ W @ W.T + model.b_enc.detach() @ W.T + model.b_dec.detach())
+    got = model(torch.from_numpy(sf.idx), torch.from_numpy(sf.val))
+    torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+    save_squeezer(tmp_path / "s.pt", model, cfg)
+    back = load_squeezer(tmp_path / "s.pt")
+    assert back.hidden == "linear"
+    torch.testing.assert_close(back(torch.from_numpy(sf.idx), torch.from_numpy(sf.val)), got)
+    with pytest.raises(ParamError):
+        from_dict(SqueezerConfig, {"hidden": "tanh"}, "squeezer")
+
+
+def test_feature_gain_is_invariant_to_per_neuron_rescaling():
+    model = Squeezer(30, 8, tied=False, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.W_dec_T.mul_(torch.rand(30, 8) + 0.5)  # untied: encoder and decoder differ
+        before = model.feature_gain()
+        raw_before = torch.sqrt(model.W_enc.norm(dim=1) * model.W_dec.norm(dim=0)).numpy()
+        c = torch.from_numpy(np.random.default_rng(0).uniform(0.2, 5.0, 8)).float()
+        model.W_enc.mul_(c)
+        model.b_enc.mul_(c)
+        model.W_dec_T.div_(c)
+        raw_after = torch.sqrt(model.W_enc.norm(dim=1) * model.W_dec.norm(dim=0)).numpy()
+    np.testing.assert_allclose(model.feature_gain(), before, rtol=1e-5)
+    assert np.abs(raw_after - raw_before).max() > 1e-2  # the old definition moved
+    tied = Squeezer(30, 8, tied=True, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(tied.feature_gain(), tied.W_enc.detach().norm(dim=1).numpy(), rtol=1e-5)

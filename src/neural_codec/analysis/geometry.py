@@ -54,7 +54,8 @@ def dimensions_per_feature(W: np.ndarray) -> float:
 
 
 def represented_mask(W: np.ndarray, min_norm_frac: float) -> np.ndarray:
-    """Features whose norm is at least `min_norm_frac` of the largest feature norm."""
+    """Features whose norm is at least `min_norm_frac` of the largest feature norm (scale-free;
+    pass balanced weights for an untied codec, see `neural_codec.squeezer.model.balance_neurons`)."""
     norms = np.linalg.norm(np.asarray(W, dtype=np.float64), axis=1)
     top = norms.max() if len(norms) else 0.0
     return norms >= min_norm_frac * top if top > 0 else np.zeros(len(norms), bool)
@@ -103,13 +104,43 @@ def find_lines(
     alpha: float = 0.01,
     min_count: int = 5,
 ) -> dict[str, dict[str, Any]]:
-    """`line_test` at each fraction; a line is p < alpha / len(fractions) (Bonferroni) and at
-    least `min_count` features in the centre window."""
+    """`line_test` at each fraction; a line is p < alpha / n_testable and at least
+    `min_count` features in the centre window.
+
+    The correction is Tarone's (1990) for discrete tests, not plain Bonferroni over all
+    fractions. Each binomial test is conditional on N = centre + flank count; given N its
+    smallest attainable p-value is p0^N. A fraction whose p0^N cannot reach alpha / K (or whose
+    N < min_count, so it can never be a line) cannot reject and need not be paid for: K is the
+    smallest number such that at most K fractions can reach alpha / K. The family-wise error is
+    still <= alpha (selection uses only the conditioning counts N), and it is never less powerful
+    than Bonferroni. Why: with Bonferroni over 7 fractions a single perfect pentagon (five
+    features exactly at 2/5, nothing in the flanks: p = (1/3)^5 = 0.0041 > 0.01 / 7) could never
+    register; with Tarone it is the only testable fraction and registers at alpha.
+    Adds `n_testable` (K) and `threshold` (alpha / K) to each fraction's result.
+    """
+    tests = {str(name): line_test(D, parse_fraction(name), half_width, flank_width) for name in fractions}
+
+    def min_p(r: dict[str, float], name: str) -> float:
+        N = int(r["count"] + r["flank_count"])
+        if N < min_count:
+            return 1.0
+        f = parse_fraction(name)
+        c_lo, c_hi = max(f - half_width, 0.0), min(f + half_width, 1.0)
+        f_lo, f_hi = max(c_lo - flank_width, 0.0), min(c_hi + flank_width, 1.0)
+        w_c, w_f = c_hi - c_lo, (c_lo - f_lo) + (f_hi - c_hi)
+        return (w_c / (w_c + w_f)) ** N if w_f > 0 else 1.0
+
+    mins = [min_p(r, name) for name, r in tests.items()]
+    K = 1
+    while K < len(mins) and sum(m < alpha / K for m in mins) > K:
+        K += 1
+    thr = alpha / K
     out: dict[str, dict[str, Any]] = {}
-    for name in fractions:
-        res = line_test(D, parse_fraction(name), half_width, flank_width)
-        res["is_line"] = bool(res["p_value"] < alpha / len(fractions) and res["count"] >= min_count)
-        out[str(name)] = res
+    for name, res in tests.items():
+        res["is_line"] = bool(res["p_value"] < thr and res["count"] >= min_count)
+        res["n_testable"] = K
+        res["threshold"] = thr
+        out[name] = res
     return out
 
 
@@ -251,7 +282,7 @@ def classify_component(W_comp: np.ndarray, tolerance: float) -> tuple[str, float
 
 
 def find_polytopes(
-    W: np.ndarray, threshold: float = 0.25, min_norm_frac: float = 0.1, tolerance: float = 0.1
+    W: np.ndarray, threshold: float = 0.25, min_norm_frac: float = 0.5, tolerance: float = 0.1
 ) -> PolytopeResult:
     """Interference-graph components (size >= 2) of the represented features, each classified
     against the ideal polytope of its size; size-1 components count as `isolated`."""
@@ -313,12 +344,80 @@ def wrap_ratio(P: np.ndarray) -> float:
     """Distance from the last to the first member (in the true cyclic order) over the median
     distance between consecutive members k, k+1 (k = 0..K-2), in the top-2 PC plane.
 
-    About 1 for evenly spaced points on a closed circle; about K-1 for points along a line or
-    an open arc (the "circle" does not close).
+    About 1 for evenly spaced points on a closed circle and large for points along a line. It
+    has little power against an open arc (a 3/4 arc at K = 7 gives about 1.85, inside the
+    random-cloud range): use `max_gap_ratio` for closure.
     """
     gaps = np.linalg.norm(np.diff(P, axis=0), axis=1)
     med = float(np.median(gaps))
     return float(np.linalg.norm(P[-1] - P[0]) / med) if med > 0 else float("nan")
+
+
+def _kasa_angles(P: np.ndarray) -> np.ndarray:
+    """Angles about the least-squares (Kasa) circle's centre; the centroid when the points are
+    (near) collinear."""
+    A = np.column_stack([P, np.ones(len(P))])
+    sol, *_ = np.linalg.lstsq(A, (P * P).sum(1), rcond=None)
+    c = sol[:2] / 2
+    spread = float(np.linalg.norm(P - P.mean(0), axis=1).max())
+    if not np.all(np.isfinite(c)) or np.linalg.norm(c - P.mean(0)) > 10 * max(spread, 1e-12):
+        c = P.mean(0)
+    return np.arctan2(P[:, 1] - c[1], P[:, 0] - c[0])
+
+
+def conic_angles(P: np.ndarray) -> np.ndarray:
+    """Angular positions of 2-d points on the ellipse fitted through them (a least-squares conic
+    x^T Q x + d.x + f = 0, mapped onto the unit circle by its centre and shape), so a circle seen
+    through a non-orthogonal projection (an ellipse in the PC plane) and any arc of it get their
+    true angles. Falls back to the least-squares circle when the conic is no ellipse or K < 5."""
+    P = np.asarray(P, dtype=np.float64)
+    scale = float(np.abs(P - P.mean(0)).max()) or 1.0
+    X = (P - P.mean(0)) / scale
+    if len(X) >= 5:
+        x, y = X[:, 0], X[:, 1]
+        M = np.column_stack([x * x, x * y, y * y, x, y, np.ones(len(x))])
+        A, B, C, Dx, Ey, F = np.linalg.svd(M)[2][-1]
+        Q = np.array([[A, B / 2], [B / 2, C]])
+        if B * B - 4 * A * C < 0:
+            c = np.linalg.solve(2 * Q, -np.array([Dx, Ey]))
+            r = float(c @ Q @ c - F)
+            S = Q / r if r != 0 else -Q
+            if np.all(np.linalg.eigvalsh(S) > 0):
+                L = np.linalg.cholesky(S)
+                U = (X - c) @ L
+                return np.arctan2(U[:, 1], U[:, 0])
+    return _kasa_angles(X)
+
+
+def max_gap_ratio(P: np.ndarray) -> float:
+    """Closure: the largest angular gap between the members (`conic_angles`: positions on the
+    fitted ellipse) over the even spacing 2 pi / K.
+
+    1 for K evenly spaced points on a closed circle; an arc covering a fraction a of the circle
+    leaves a gap of at least (1 - a) 2 pi, so a 3/4 arc gives >= K/4 (1.75 at K = 7, 3 at K = 12).
+    The member order does not enter (ordering is `circular_corr`'s job).
+    """
+    K = len(P)
+    if K < 3:
+        return float("nan")
+    a = np.sort(conic_angles(P))
+    gaps = np.diff(np.concatenate([a, a[:1] + 2 * np.pi]))
+    return float(gaps.max() / (2 * np.pi / K))
+
+
+def is_closed(max_gap: float, limit: float = 1.5) -> bool:
+    """A circle counts as closed when no angular gap exceeds `limit` even spacings (a 3/4 arc
+    has a gap of >= K/4 spacings, so this separates arcs from circles for K >= 7)."""
+    return bool(np.isfinite(max_gap) and max_gap <= limit)
+
+
+def circular_ranks(theta: np.ndarray) -> np.ndarray:
+    """Angles replaced by their circular ranks 2 pi rank / K (the uniform scores of Fisher & Lee
+    1982's rank correlation)."""
+    K = len(theta)
+    rank = np.empty(K, int)
+    rank[np.argsort(theta, kind="stable")] = np.arange(K)
+    return 2 * np.pi * rank / K
 
 
 def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> dict[str, float]:
@@ -326,8 +425,12 @@ def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> di
 
     The rows are projected to their top-2 PCs; theta = angle in that plane, true phase
     phi_k = 2 pi k / K. `circular_corr` = |Fisher-Lee rho(theta, phi)| (maximised over the
-    reflection theta -> -theta, which flips the sign). `p_value`: the same statistic with the
-    member labels shuffled (`n_permutations` times), (1 + #{null >= observed}) / (1 + n).
+    reflection theta -> -theta, which flips the sign) on the raw angles: the Fisher-Lee
+    circular correlation (not a rank correlation). `circular_rank_corr`: the same on circular
+    ranks (`circular_ranks`), i.e. a true circular rank correlation. `p_value`: circular_corr with
+    the member labels shuffled (`n_permutations` times), (1 + #{null >= observed}) / (1 + n).
+    Closure: `max_gap_ratio` and `closed` (see `max_gap_ratio`, `is_closed`); `wrap_ratio` is
+    kept for comparison.
     """
     X = np.asarray(X, dtype=np.float64)
     K = len(X)
@@ -340,10 +443,14 @@ def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> di
     p = (1 + int(np.sum(null >= obs - 1e-12))) / (1 + n_permutations)
     s = np.linalg.svd(X - X.mean(0), compute_uv=False)
     var = s**2
+    gap = max_gap_ratio(P)
     return {
         "circular_corr": obs,
+        "circular_rank_corr": abs(fisher_lee(circular_ranks(theta), phi)),
         "neighbour_frac": neighbour_fraction(theta),
         "wrap_ratio": wrap_ratio(P),
+        "max_gap_ratio": gap,
+        "closed": is_closed(gap),
         "p_value": float(p),
         "pc2_var_frac": float(var[:2].sum() / var.sum()) if var.sum() > 0 else float("nan"),
         "n_members": K,

@@ -124,7 +124,9 @@ def plot_circles(
     path, weights: dict[str, np.ndarray], families: list[dict[str, Any]], results: dict[str, dict[str, Any]]
 ) -> None:
     """Each cyclic family (columns) for each weight matrix (rows) in its top-2 PCs; points
-    labelled by the family's labels (or cyclic position) and joined in the true order."""
+    labelled by the family's labels (or cyclic position) and joined in the true order; the
+    closing segment (last -> first) is drawn only when the circle is closed (`closed`), so an
+    open arc does not look closed."""
     plt = pyplot()
     fams = [f for f in families if f.get("kind") == "cyclic" and len(set(f["members"])) >= 3]
     names = list(weights)
@@ -141,15 +143,15 @@ def plot_circles(
             ax = axes[i, j]
             P = top2_projection(np.asarray(weights[wname])[[int(m) for m in fam["members"]]])
             labels = fam.get("labels") or [str(k) for k in range(len(P))]
-            closed = np.vstack([P, P[:1]])
-            ax.plot(closed[:, 0], closed[:, 1], color="0.7", lw=0.8)
+            st = results[wname]["circles"].get(str(fam.get("name")), {})
+            path_pts = np.vstack([P, P[:1]]) if st.get("closed", False) else P
+            ax.plot(path_pts[:, 0], path_pts[:, 1], color="0.7", lw=0.8)
             ax.scatter(P[:, 0], P[:, 1], c=np.arange(len(P)), cmap="hsv", s=25, zorder=3)
             for (x, y), lab in zip(P, labels, strict=False):
                 ax.annotate(str(lab), (x, y), fontsize=7)
-            st = results[wname]["circles"].get(str(fam.get("name")), {})
             ax.set_title(
                 f"{wname}: {fam.get('name')}\ncorr={st.get('circular_corr', float('nan')):.2f} "
-                f"wrap={st.get('wrap_ratio', float('nan')):.2f} p={st.get('p_value', float('nan')):.3g}",
+                f"gap={st.get('max_gap_ratio', float('nan')):.2f} p={st.get('p_value', float('nan')):.3g}",
                 fontsize=8,
             )
             ax.set_aspect("equal", adjustable="datalim")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from neural_codec import nulls, paths, storage
 from neural_codec.analysis import geometry as geo
@@ -29,12 +28,20 @@ PARTS = ("encoder", "decoder")
 
 
 def weights_of(model: Squeezer) -> dict[str, np.ndarray]:
-    """Rows = features: encoder rows W_enc, decoder columns W_dec^T."""
-    with torch.no_grad():
-        return {
-            "encoder": model.W_enc.detach().double().numpy().copy(),
-            "decoder": model.W_dec.detach().T.double().numpy().copy(),
-        }
+    """Rows = features: encoder rows W_enc, decoder columns W_dec^T, of the **balanced** weights
+    (`neural_codec.squeezer.model.balance_neurons`: each neuron rescaled so its encoder column
+    and decoder row have equal norm).
+
+    Why balanced: an untied ReLU codec's function is unchanged by neuron j's encoder column x c_j,
+    b_enc_j x c_j, decoder row / c_j, but D_i, the norm cut and the interference graph of the raw
+    rows are not (rescaling moved D* from 0.30 to 0.10). Balancing maps every rescaled copy to
+    the same weights, so every statistic becomes invariant; it keeps the M-dimensional neuron
+    space (so D_i, lines and polytopes keep their TMS meaning) and leaves a tied codec (TMS's
+    model, W_dec = W_enc^T) exactly as it is. The effective n x n map W_enc diag(s) W_dec would
+    also be invariant but has no per-feature vectors in neuron space to take D_i of.
+    """
+    E, D = model.balanced_weights()
+    return {"encoder": E, "decoder": D.T.copy()}
 
 
 def check_families(families: Any, n_features: int) -> list[dict[str, Any]]:

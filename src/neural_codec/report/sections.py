@@ -218,7 +218,15 @@ def geometry_section(m: Metrics, plots: Path) -> Section:
         crows: list[Row] = [
             [fam, f"`{st}`", *(m.num(f"{g}:{p}.circles.{fam}.{st}") for _, p in cols)]
             for fam in fams
-            for st in ("circular_corr", "p_value", "wrap_ratio", "neighbour_frac", "pc2_var_frac")
+            for st in (
+                "circular_corr",
+                "circular_rank_corr",
+                "p_value",
+                "max_gap_ratio",
+                "wrap_ratio",
+                "neighbour_frac",
+                "pc2_var_frac",
+            )
         ]
         s.blocks.append(Table(["family", "statistic"] + [c for c, _ in cols], crows))
     _figure_or_note(

@@ -215,7 +215,7 @@ def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
             VerdictRow(
                 h,
                 [
-                    f"circle '{fam}': circular correlation (label-permutation p = ",
+                    f"circle '{fam}': Fisher-Lee circular correlation of the angles (label-permutation p = ",
                     m.num(f"{t}.{c}.p_value"),
                     ")",
                 ],
@@ -234,7 +234,8 @@ def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
         rows.append(
             VerdictRow(
                 h,
-                f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle, K-1 = open arc)",
+                f"circle '{fam}': wrap ratio (about 1 = evenly spaced closed circle; large = a line; "
+                "little power against an open arc, see the max angular gap)",
                 m.num(f"{t}.{c}.wrap_ratio"),
                 nulls(f"{c}.wrap_ratio"),
                 better="",

@@ -30,7 +30,7 @@ def load_squeezer(path: str | Path) -> Squeezer:
     state = torch.load(path, map_location="cpu", weights_only=False)
     n, M = state["W_enc"].shape
     tied = bool(state["config"].get("tied", False))
-    model = Squeezer(n, M, tied)
+    model = Squeezer(n, M, tied, hidden=state["config"].get("hidden", "relu"))
     with torch.no_grad():
         model.W_enc.copy_(state["W_enc"])
         model.b_enc.copy_(state["b_enc"])

@@ -3,6 +3,9 @@
     h     = ReLU(f @ W_enc + b_enc)          (B, M)   the synthetic neurons (a privileged basis)
     f_hat = ReLU(h @ W_dec + b_dec)          (B, n)   features are non-negative
 
+`hidden="linear"` drops the hidden ReLU (h = f @ W_enc + b_enc); tied and linear it is the
+Toy Models of Superposition model x' = ReLU(W^T W x + b) (b_enc then only shifts b_dec).
+
 Why an embedding bag: the input `f` is top-k sparse (`SparseFeatures`, N x k pairs), so the
 encoder is a weighted sum of k rows of `W_enc` per sample (`embedding_bag(mode="sum")`), never a
 dense (B, n) batch.
@@ -61,9 +64,12 @@ class Squeezer(nn.Module):
         tied: bool = False,
         init: str = "xavier",
         generator: torch.Generator | None = None,
+        hidden: str = "relu",
     ):
         super().__init__()
-        self.n_features, self.M, self.tied = n_features, M, tied
+        if hidden not in ("relu", "linear"):
+            raise ValueError(f"hidden must be 'relu' or 'linear', got {hidden!r}")
+        self.n_features, self.M, self.tied, self.hidden = n_features, M, tied, hidden
         W = torch.empty(n_features, M)
         if init == "xavier":
             nn.init.xavier_normal_(W, generator=generator)
@@ -96,7 +102,8 @@ class Squeezer(nn.Module):
         )
 
     def encode(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.preactivations(idx, val))
+        z = self.preactivations(idx, val)
+        return torch.relu(z) if self.hidden == "relu" else z
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return torch.relu(h @ self.W_dec + self.b_dec)
@@ -104,11 +111,39 @@ class Squeezer(nn.Module):
     def forward(self, idx: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(idx, val))
 
-    def feature_gain(self) -> np.ndarray:
-        """sqrt(||W_enc row i|| * ||W_dec column i||): invariant to the ReLU rescaling symmetry
-        (encoder x c, decoder / c); equals ||W_i|| when tied."""
+    def balanced_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W_enc, W_dec) as float64 numpy after `balance_neurons` (see there)."""
         with torch.no_grad():
-            return torch.sqrt(self.W_enc.norm(dim=1) * self.W_dec.norm(dim=0)).numpy()
+            return balance_neurons(self.W_enc.double().numpy(), self.W_dec.double().numpy())
+
+    def feature_gain(self) -> np.ndarray:
+        """sqrt(||W_enc row i|| * ||W_dec column i||) of the **balanced** weights
+        (`balance_neurons`), so it is invariant to the per-neuron ReLU rescaling symmetry
+        (neuron j's encoder column x c_j, b_enc_j x c_j, decoder row / c_j), which leaves the
+        function unchanged. (The raw row/column norms are not: the symmetry scales the entries
+        of a feature's encoder row by different c_j.) Equals ||W_i|| when tied."""
+        E, D = self.balanced_weights()
+        return np.sqrt(np.linalg.norm(E, axis=1) * np.linalg.norm(D, axis=0))
+
+
+def balance_neurons(W_enc: np.ndarray, W_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale each neuron j so that ||W_enc[:, j]|| = ||W_dec[j, :]|| (both become the
+    geometric mean of the two norms); W_enc (n, M), W_dec (M, n).
+
+    A ReLU (or linear) hidden layer has the symmetry W_enc[:, j] * c_j, b_enc[j] * c_j,
+    W_dec[j] / c_j (c_j > 0) that leaves the codec's function unchanged. Balancing picks one
+    canonical member of every such orbit (the factor sqrt(||dec_j|| / ||enc_j||) undoes any c_j
+    exactly), so anything computed from the balanced weights is invariant to the symmetry; a
+    tied codec is already balanced (unchanged). A neuron with a zero encoder column or decoder
+    row carries nothing from features to features and is zeroed on both sides.
+    """
+    E = np.array(W_enc, dtype=np.float64)
+    D = np.array(W_dec, dtype=np.float64)
+    ne, nd = np.linalg.norm(E, axis=0), np.linalg.norm(D, axis=1)
+    ok = (ne > 0) & (nd > 0)
+    c = np.zeros(len(ne))
+    c[ok] = np.sqrt(nd[ok] / ne[ok])
+    return E * c[None, :], D / np.where(ok, c, 1.0)[:, None] * ok[:, None]
 
 
 def dense_target(idx: torch.Tensor, val: torch.Tensor, n_features: int) -> torch.Tensor:

@@ -85,7 +85,7 @@ def train_squeezer(
     weights = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = Squeezer(n, cfg.M, cfg.tied, cfg.init, generator=gen)
+    model = Squeezer(n, cfg.M, cfg.tied, cfg.init, generator=gen, hidden=cfg.hidden)
     if freeze_encoder:
         if cfg.tied:
             raise ValueError("freeze_encoder needs an untied decoder")
