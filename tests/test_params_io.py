@@ -66,6 +66,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         SourceConfig,
         SqueezerConfig,
         SyntheticConfig,
+        TMSConfig,
     )
     from neural_codec.params import SECTIONS, load_params
 
@@ -83,6 +84,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         "geometry": (GeometryConfig, params["geometry"]),
         "logic": (LogicConfig, params["logic"]),
         "compare": (CompareConfig, params["compare"]),
+        "tms": (TMSConfig, params["tms"]),
     }
     for name, (cls, data) in sections.items():
         default, given = cls(), from_dict(cls, data, name)

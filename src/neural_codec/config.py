@@ -647,3 +647,57 @@ class CompareConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
+
+
+TMS_MODELS = ("tms", "tied", "untied")
+
+
+@dataclass
+class TMSConfig:
+    """params.yaml section `tms`: the Toy Models of Superposition reproduction (stage `tms`,
+    `neural_codec.analysis.tms`), trained on TMS's synthetic features, no SAE.
+
+    - models: which codecs ("tms" = tied + linear hidden, TMS's own model; "tied", "untied" =
+      the project's ReLU-hidden Squeezers); an untrained TMS model is always added as a control.
+    - pentagon_n, pentagon_m, pentagon_density, pentagon_seeds: the pentagon setting (density =
+      1 - S, the probability a feature is on), over this many seeds.
+    - importance_n, importance_m, importance_decay, importance_densities: I_i = decay^i, swept.
+    - uniform_n, uniform_m, uniform_densities: uniform importance, D* against 1 / (1 - S).
+    - n_rows: training rows per codec; steps, lr, batch_size: the Squeezer's AdamW; seed: data.
+    The geometry statistics use the `geometry` section, as the geometry stage does.
+    """
+
+    models: list[str] = field(default_factory=lambda: list(TMS_MODELS))
+    pentagon_n: int = 5
+    pentagon_m: int = 2
+    pentagon_density: float = 0.05
+    pentagon_seeds: int = 5
+    importance_n: int = 20
+    importance_m: int = 5
+    importance_decay: float = 0.7
+    importance_densities: list[float] = field(default_factory=lambda: [0.3, 0.1, 0.03, 0.01])
+    uniform_n: int = 80
+    uniform_m: int = 20
+    uniform_densities: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])
+    n_rows: int = 20000
+    steps: int = 1500
+    lr: float = 0.01
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for mname in self.models:
+            check(
+                mname in TMS_MODELS, "tms.models", self.models, "a list drawn from " + ", ".join(TMS_MODELS)
+            )
+        for key in ("pentagon_n", "pentagon_m", "importance_n", "importance_m", "uniform_n", "uniform_m"):
+            check(getattr(self, key) >= 1, f"tms.{key}", getattr(self, key), "an integer >= 1")
+        check(self.pentagon_seeds >= 1, "tms.pentagon_seeds", self.pentagon_seeds, "an integer >= 1")
+        dens = [self.pentagon_density, *self.importance_densities, *self.uniform_densities]
+        check(all(0 < p <= 1 for p in dens), "tms densities", dens, "numbers in (0, 1] (1 - S)")
+        check(0 < self.importance_decay <= 1, "tms.importance_decay", self.importance_decay, "in (0, 1]")
+        check(self.n_rows >= 1, "tms.n_rows", self.n_rows, "an integer >= 1")
+        check(self.steps >= 1, "tms.steps", self.steps, "an integer >= 1")
+        check(self.lr > 0 and math.isfinite(self.lr), "tms.lr", self.lr, "a finite number > 0")
+        check(self.batch_size >= 1, "tms.batch_size", self.batch_size, "an integer >= 1")
+        check(self.seed >= 0, "tms.seed", self.seed, "an integer >= 0")

@@ -1,0 +1,146 @@
+"""Stage `tms`: the Toy Models of Superposition reproduction (see `neural_codec.analysis.tms`).
+
+Trains the TMS model and the project's tied and untied Squeezers on TMS's synthetic features
+(no SAE, no other stage) in three settings (the pentagon over seeds; importance-weighted
+features over a sparsity sweep; the uniform D*-vs-1/(1-S) sweep) and analyses each with the
+geometry stage's statistics on balanced weights. Writes metrics/tms.json
+({setting: {model: summary}}), plots/tms/{dstar.csv, dstar.png, pentagon.png}.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from neural_codec import nulls, paths, storage
+from neural_codec.analysis import tms, tms_plots
+from neural_codec.config import GeometryConfig, SqueezerConfig, TMSConfig
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.squeezer.train import train_squeezer
+
+# model name -> (tied, hidden)
+MODELS: dict[str, tuple[bool, str]] = {
+    "tms": (True, "linear"),
+    "tied": (True, "relu"),
+    "untied": (False, "relu"),
+}
+CONTROL = "untrained"  # the TMS model at its initialisation
+
+
+def squeezer_config(cfg: TMSConfig, model: str, m: int, seed: int) -> SqueezerConfig:
+    tied, hidden = MODELS[model]
+    return SqueezerConfig(
+        M=m,
+        tied=tied,
+        hidden=hidden,  # type: ignore[arg-type]
+        importance="none",
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        steps=cfg.steps,
+        seed=seed,
+    )
+
+
+def train_one(
+    cfg: TMSConfig, model: str, n: int, m: int, density: float, decay: float, seed: int
+) -> Squeezer:
+    """One codec on its own TMS data (seeded by cfg.seed and `seed`), importance decay^i;
+    `CONTROL` is the TMS model's initial weights for that seed."""
+    if model == CONTROL:
+        return nulls.untrained_squeezer(n, squeezer_config(cfg, "tms", m, seed))
+    feats = tms.tms_features(n, density, cfg.n_rows, cfg.seed + 1000 * seed + 7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: thread hand-off costs more than the work
+    try:
+        trained, _ = train_squeezer(feats, squeezer_config(cfg, model, m, seed), tms.importance(n, decay), n)
+    finally:
+        torch.set_num_threads(threads)
+    return trained
+
+
+def parts(model: Squeezer) -> dict[str, np.ndarray]:
+    E, D = model.balanced_weights()
+    return tms.parts_of(E, D, model.tied)
+
+
+def setting_key(kind: str, n: int, m: int, density: float) -> str:
+    """e.g. "pentagon_n5_m2_p0_05" (p = 1 - S; no dots, so report citations can address it)."""
+    return f"{kind}_n{n}_m{m}_p{density:g}".replace(".", "_")
+
+
+def part_name(model: str, part: str) -> str:
+    return model if part == "encoder" else f"{model}_{part}"
+
+
+@dataclass
+class TMSRun:
+    metrics: dict[str, Any]  # setting -> model -> summary (+ "settings": what each key means)
+    sweep: list[dict[str, Any]]  # the uniform sweep: density, model, D_star, D (represented D_i)
+    pentagons: dict[str, np.ndarray]  # model -> seed-0 pentagon-setting weights (rows = features)
+    seconds: float
+
+
+def run(cfg: TMSConfig, gcfg: GeometryConfig) -> TMSRun:
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    pentagons: dict[str, np.ndarray] = {}
+    pent: dict[str, Any] = {}
+    for model in [*cfg.models, CONTROL]:
+        per_part: dict[str, list[dict[str, Any]]] = {}
+        for seed in range(cfg.pentagon_seeds):
+            sq = train_one(cfg, model, cfg.pentagon_n, cfg.pentagon_m, cfg.pentagon_density, 1.0, seed)
+            for part, W in parts(sq).items():
+                per_part.setdefault(part, []).append(tms.summarise(W, gcfg))
+                if seed == 0 and part == "encoder":
+                    pentagons[model] = W
+        for part, runs in per_part.items():
+            pent[part_name(model, part)] = tms.over_seeds(runs)
+    metrics[setting_key("pentagon", cfg.pentagon_n, cfg.pentagon_m, cfg.pentagon_density)] = pent
+    sweep: list[dict[str, Any]] = []
+    for kind, n, m, decay, densities in (
+        ("importance", cfg.importance_n, cfg.importance_m, cfg.importance_decay, cfg.importance_densities),
+        ("uniform", cfg.uniform_n, cfg.uniform_m, 1.0, cfg.uniform_densities),
+    ):
+        for p in densities:
+            setting: dict[str, Any] = {}
+            for model in cfg.models:
+                for part, W in parts(train_one(cfg, model, n, m, p, decay, 0)).items():
+                    s = tms.summarise(W, gcfg)
+                    setting[part_name(model, part)] = {k: v for k, v in s.items() if not k.startswith("_")}
+                    if kind == "uniform":
+                        sweep.append(
+                            {
+                                "density": p,
+                                "model": part_name(model, part),
+                                "D_star": s["D_star"],
+                                "D": s["_D"],
+                            }
+                        )
+            metrics[setting_key(kind, n, m, p)] = setting
+    return TMSRun(metrics, sweep, pentagons, time.perf_counter() - t0)
+
+
+def write(r: TMSRun, gcfg: GeometryConfig) -> None:
+    plot_dir = paths.plot_dir("tms")
+    header, rows = tms.sweep_table(r.sweep)
+    storage.write_csv(plot_dir / "dstar.csv", header, rows)
+    tms_plots.plot_dstar(plot_dir / "dstar.png", r.sweep, gcfg.fractions)
+    tms_plots.plot_pentagons(plot_dir / "pentagon.png", r.pentagons)
+    storage.write_json(paths.metrics_file("tms"), r.metrics)
+
+
+def summary(r: TMSRun) -> str:
+    out = []
+    for setting, models in r.metrics.items():
+        for model, s in models.items():
+            extra = f" pentagon_frac={s['pentagon_found_frac']:.2f}" if "pentagon_found_frac" in s else ""
+            out.append(
+                f"tms {setting} {model}: D*={s['D_star']:.3f} lines={s['lines_found']} "
+                f"polytopes={s['polytopes_found']}{extra}"
+            )
+    out.append(f"tms: {r.seconds:.1f} s")
+    return "\n".join(out)

@@ -1,0 +1,111 @@
+"""The TMS reproduction (stage `tms`): TMS's data generator, the pentagon found by the TMS model
+in most seeds and not by an untrained or shuffled control, and the stage end to end on tiny
+settings (metrics shape, plots, the report section)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neural_codec import storage
+from neural_codec.analysis import tms
+from neural_codec.config import GeometryConfig, TMSConfig
+from neural_codec.pipeline import tms as stage_tms
+
+ROOT = Path(__file__).resolve().parents[2]
+G = GeometryConfig(n_permutations=20)
+
+
+def test_tms_features_follow_the_generator():
+    f = tms.tms_features(10, 0.2, 20000, seed=0)
+    dense = np.zeros((len(f), 10))
+    np.add.at(dense, (np.arange(len(f))[:, None], f.idx.astype(int)), f.val)
+    on = dense > 0
+    assert on.mean() == pytest.approx(0.2, abs=0.01)
+    assert dense[on].min() >= 0 and dense[on].max() <= 1
+    assert dense[on].mean() == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_allclose(tms.importance(4, 0.7), [1, 0.7, 0.49, 0.343], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pentagon_runs():
+    cfg = TMSConfig(steps=1200)
+    out = {}
+    for model in ("tms", "untrained"):
+        out[model] = [stage_tms.train_one(cfg, model, 5, 2, 0.05, 1.0, seed) for seed in range(4)]
+    return out
+
+
+def test_tms_model_forms_the_pentagon_in_most_seeds(pentagon_runs):
+    found = [tms.summarise(stage_tms.parts(sq)["encoder"], G) for sq in pentagon_runs["tms"]]
+    assert sum(r["pentagon_found"] for r in found) >= 3
+    ok = [r for r in found if r["pentagon_found"]]
+    assert all(r["best_gram_error_5"] < 0.05 for r in ok)
+    assert all(abs(r["mean_D"] - 0.4) < 0.03 for r in ok)
+
+
+def test_untrained_and_shuffled_controls_form_no_pentagon(pentagon_runs):
+    for sq in pentagon_runs["untrained"]:
+        assert not tms.summarise(stage_tms.parts(sq)["encoder"], G)["pentagon_found"]
+    rng = np.random.default_rng(0)
+    for sq in pentagon_runs["tms"]:
+        W = stage_tms.parts(sq)["encoder"]
+        # each hidden coordinate shuffled across features independently: norms and marginals
+        # kept, the frame destroyed
+        shuffled = np.stack([rng.permutation(W[:, j]) for j in range(W.shape[1])], 1)
+        assert not tms.summarise(shuffled, G)["pentagon_found"]
+
+
+def _load_stage():
+    spec = importlib.util.spec_from_file_location("stage_tms", ROOT / "stages" / "tms.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stage_end_to_end_and_report_section(tmp_path, monkeypatch):
+    import yaml
+
+    tiny = {
+        "pentagon_seeds": 2,
+        "importance_densities": [0.1],
+        "uniform_n": 16,
+        "uniform_m": 4,
+        "uniform_densities": [1.0, 0.1],
+        "n_rows": 3000,
+        "steps": 300,
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tms": tiny, "geometry": {"n_permutations": 20}}))
+    monkeypatch.chdir(tmp_path)
+    _load_stage().main()
+    m = storage.read_json("metrics/tms.json")
+    assert set(m) == {
+        "pentagon_n5_m2_p0_05",
+        "importance_n20_m5_p0_1",
+        "uniform_n16_m4_p1",
+        "uniform_n16_m4_p0_1",
+    }
+    pent = m["pentagon_n5_m2_p0_05"]
+    assert set(pent) == {"tms", "tied", "untied", "untied_decoder", "untrained"}
+    for st in pent.values():
+        assert {"D_star", "lines_found", "polytopes_found", "pentagon_found_frac"} <= set(st)
+    assert set(m["uniform_n16_m4_p1"]) == {"tms", "tied", "untied", "untied_decoder"}
+    header = Path("plots/tms/dstar.csv").read_text().splitlines()
+    assert header[0] == "inv_density,tms,tied,untied,untied_decoder" and len(header) == 3
+    for png in ("dstar.png", "pentagon.png"):
+        assert Path("plots/tms", png).stat().st_size > 1000
+
+    from neural_codec.report.metrics import Metrics
+    from neural_codec.report.page import Figure, Table
+    from neural_codec.report.render import plain
+    from neural_codec.report.sections import tms_section
+
+    sec = tms_section(Metrics({"tms": m}), Path("plots"))
+    (table,) = [b for b in sec.blocks if isinstance(b, Table)]
+    assert len(table.rows) == sum(len(v) for v in m.values())
+    row = next(r for r in table.rows if plain(r[0]) == "`pentagon_n5_m2_p0_05`" and r[1] == "tms")
+    assert plain(row[2]) == f"{pent['tms']['D_star']:.3g}"
+    assert sum(isinstance(b, Figure) for b in sec.blocks) == 2
