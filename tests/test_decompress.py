@@ -113,3 +113,42 @@ def test_a_nan_from_the_sae_is_an_error_not_padding(workdir, tmp_path):
         sae.W_enc[:, 7] = float("nan")
     with pytest.raises(ValueError, match="non-finite feature activations"):
         encode_split(sae, FeaturesConfig(), workdir / "data/activations/heldout", tmp_path / "out")
+
+
+def test_saelens_synthetic_metrics_are_reported(workdir):
+    """metrics/sae.json carries SAELens' synthetic metrics (F1 over all latents, uniqueness,
+    shrinkage): a TopK SAE with k = 3 on a true L0 ~1.2 fires filler latents, so its F1 over all
+    latents sits below the F1 of the latents matched to true features."""
+    s = json.loads((workdir / "metrics/sae.json").read_text())["synthetic"]
+    for key in ("f1", "precision", "recall", "f1_matched", "uniqueness", "mcc", "shrinkage"):
+        assert 0.0 <= s[key] <= 1.5, key
+    assert s["f1"] < s["f1_matched"]
+    assert s["mcc"] > 0.8 and s["uniqueness"] < 1.0
+
+
+def test_synthetic_sae_metrics_hand_sae(tmp_path):
+    """A perfect SAE (decoder = true directions, exact codes) scores F1 = uniqueness = 1; a copy
+    of every latent (duplicates fire on the same rows) halves uniqueness."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from neural_codec.sae import synthetic_sae_metrics
+
+    n, d = 8, 8
+    E = np.eye(n, d, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    f = ((rng.random((2000, n)) < 0.2) * rng.uniform(0.5, 1.5, (2000, n))).astype(np.float32)
+    true = storage.SparseFeatures.from_dense(f, n)
+    wr = storage.ShardWriter(tmp_path / "heldout", rows_per_shard=1000, d_model=d, n_neurons=1)
+    wr.append(resid=f @ E, true_idx=true.idx, true_val=true.val)
+    wr.close()
+    for copies, want_u in ((1, 1.0), (2, 0.5)):
+        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=n * copies))
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.from_numpy(np.tile(E, (copies, 1)) / copies))
+            sae.W_enc.copy_(torch.from_numpy(np.tile(E, (copies, 1)).T))
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+        m = synthetic_sae_metrics(sae, tmp_path / "heldout", E)
+        assert m["f1"] == pytest.approx(1.0) and m["uniqueness"] == pytest.approx(want_u)
+        assert m["shrinkage"] == pytest.approx(1.0, abs=1e-4)

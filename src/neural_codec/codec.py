@@ -101,6 +101,43 @@ def batches_from_arrays(
         )
 
 
+def _self_gain(
+    s1: np.ndarray, s2: np.ndarray, s_hat: np.ndarray, s_cross: np.ndarray, n_rows: int
+) -> np.ndarray:
+    """g_i = Cov(F_i, F_hat_i) / Var(F_i) from running sums (0 for a constant feature)."""
+    var = s2 - s1**2 / n_rows
+    return np.where(var > 0, (s_cross - s1 * s_hat / n_rows) / np.maximum(var, 1e-300), 0.0)
+
+
+@torch.no_grad()
+def represented_features(codec: Codec, batches: Iterable[EvalBatch]) -> np.ndarray:
+    """Boolean (n,): the `features_represented` criterion of `evaluate_codec` per feature (fires
+    on held-out and its held-out self-gain exceeds REPRESENTED_THRESHOLD), for callers that
+    need the set rather than the count (compare's Mantel feature filter)."""
+    n_rows = 0
+    s1: Any = None
+    for batch in batches:
+        feats = batch.feats
+        n = feats.n_features
+        if s1 is None:
+            s1, s2, s_hat, s_cross, cnt = (np.zeros(n) for _ in range(5))
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        _, h = codec.code(batch)
+        f_hat = codec.decode(h)
+        active = feats.val > 0
+        a_idx, a_val = feats.idx[active], feats.val[active].astype(np.float64)
+        fh_act = torch.gather(f_hat, 1, idx).numpy()[active].astype(np.float64)
+        np.add.at(s1, a_idx, a_val)
+        np.add.at(s2, a_idx, a_val**2)
+        np.add.at(s_cross, a_idx, a_val * fh_act)
+        np.add.at(cnt, a_idx, 1.0)
+        s_hat += f_hat.double().sum(0).numpy()
+        n_rows += len(feats)
+    if s1 is None:
+        raise ValueError("no held-out rows to evaluate")
+    return (_self_gain(s1, s2, s_hat, s_cross, n_rows) > REPRESENTED_THRESHOLD) & (cnt > 0)
+
+
 @torch.no_grad()
 def evaluate_codec(
     codec: Codec,
@@ -192,8 +229,7 @@ def evaluate_codec(
     sst = float((s2 - s1**2 / n_rows).sum())
     fired = cnt_act > 0
     R = 1.0 - err_act[fired] / np.maximum(sq_act[fired], 1e-30)
-    var = s2 - s1**2 / n_rows
-    gain = np.where(var > 0, (s_cross - s1 * s_hat / n_rows) / np.maximum(var, 1e-300), 0.0)
+    gain = _self_gain(s1, s2, s_hat, s_cross, n_rows)
     live = ever_active if ever_active.any() else np.ones_like(ever_active)
     per_neuron = neg_pre[live] / n_rows if codec.relu else np.zeros(int(live.sum()))
     engagement = float(per_neuron.mean())

@@ -47,8 +47,19 @@ def parse_fraction(text: str) -> float:
 
 @dataclass
 class SyntheticConfig:
-    """`source.synthetic` in params.yaml."""
+    """`source.synthetic` in params.yaml.
 
+    - model: "toy" (default) trains the toy model as before: it reads the residual stream and sits
+      in a near-linear regime (most neurons on), a negative case for `compare`. "codec" plants a
+      known positive: the original model IS a sparse, importance-weighted ReLU codec of the true
+      features (TMS's objective, the Squeezer's architecture: xavier start in feature space, an
+      untied decoder at the same start), trained in the superposition regime. Its neurons should
+      engage their ReLU and pack n_features > n_neurons; it is only a codec *of the features*
+      when the residual stream can carry them all (d_model >= n_features), which is checked.
+    """
+
+    model: Literal["toy", "codec"] = "toy"
+    codec_l1: float = 0.0  # model: codec only: an L1 penalty on the neurons (a sparse codec)
     n_features: int = 256
     d_model: int = 64
     n_neurons: int = 128
@@ -116,6 +127,15 @@ class SyntheticConfig:
             f">= train_batch_size ({self.train_batch_size})",
         )
         check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(self.model in ("toy", "codec"), "model", self.model, "'toy' or 'codec'")
+        check(self.codec_l1 >= 0, "codec_l1", self.codec_l1, ">= 0")
+        if self.model == "codec":
+            check(
+                self.d_model >= self.n_features > self.n_neurons,
+                "d_model",
+                (self.d_model, self.n_features, self.n_neurons),
+                "d_model >= n_features > n_neurons for model: codec (a codec of the features in superposition)",
+            )
         planted = (
             self.exclusive_families * self.exclusive_family_size
             + sum(self.cyclic_families)
@@ -538,6 +558,8 @@ class LogicConfig:
     control_pool: str = "assigned"  # "assigned": controls drawn from features that are members
     # of some neuron (like the shared pairs); "all": from every feature that fires
     min_expected: float = 5.0  # drop pairs whose expected co-occurrence count is below this
+    # (one rule for shared and control pairs: controls are drawn under it, for tested pairs only)
+    min_control_pairs: int = 20  # fewer controls than this: verdict "too_few_controls"
     pseudo_count: float = 0.5  # added to observed and expected counts in the lift
     alpha: float = 0.01  # significance level of the two-sided Mann-Whitney test
     min_effect: float = 0.147  # |Cliff's delta| below this is negligible (Romano et al. 2006)
@@ -570,6 +592,7 @@ class LogicConfig:
             "one of 'assigned', 'all'",
         )
         check(self.min_expected >= 0.0, "min_expected", self.min_expected, "a number >= 0")
+        check(self.min_control_pairs >= 1, "min_control_pairs", self.min_control_pairs, "an integer >= 1")
         check(self.pseudo_count >= 0.0, "pseudo_count", self.pseudo_count, "a number >= 0")
         check(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a number in (0, 1)")
         check(0.0 <= self.min_effect < 1.0, "min_effect", self.min_effect, "a number in [0, 1)")

@@ -164,6 +164,59 @@ def sae_quality(sae: Any, heldout_dir: str | Path, batch_size: int = 4096) -> di
     }
 
 
+@torch.no_grad()
+def synthetic_sae_metrics(
+    sae: Any, heldout_dir: str | Path, directions: np.ndarray, batch_size: int = 4096
+) -> dict[str, Any]:
+    """SAELens' synthetic-data metrics (`sae_lens.synthetic.evals`, as `eval_sae_on_synthetic_data`
+    computes them) on the held-out rows and their true features:
+
+    - f1 / precision / recall: each latent as a detector of its best-matching (by decoder
+      cosine) true feature, averaged over *all* latents (filler latents that fire on the wrong
+      rows pull it down), and `f1_matched` over the latents that are some true feature's best match;
+    - uniqueness: the fraction of latents tracking a distinct true feature (1 = all unique);
+    - mcc: mean correlation coefficient between decoder rows and true directions;
+    - shrinkage: mean ||x_hat|| / ||x|| (1 = none; < 1 = the SAE shrinks its reconstructions).
+    """
+    from sae_lens.synthetic.evals import (
+        ClassificationMetricsCalculator,
+        ShrinkageCalculator,
+        feature_uniqueness,
+        mean_correlation_coefficient,
+    )
+
+    W = sae.W_dec.detach().float().cpu()
+    gt = torch.from_numpy(np.asarray(directions, dtype=np.float32))
+    cls = ClassificationMetricsCalculator(W, gt)
+    shrink = ShrinkageCalculator()
+    n_true = gt.shape[0]
+    for b in storage.iter_batches(heldout_dir, batch_size, ["resid", "true_idx", "true_val"]):
+        x = torch.from_numpy(b["resid"].astype(np.float32)).to(sae.device)
+        lat = sae.encode(x)
+        shrink.add_batch(sae.decode(lat).cpu(), x.cpu())
+        dense = torch.zeros(len(x), n_true)
+        idx = torch.from_numpy(b["true_idx"].astype(np.int64))
+        dense.scatter_add_(1, idx, torch.from_numpy(b["true_val"].astype(np.float32)))
+        cls.add_batch(lat.cpu(), dense)
+    tp, fp, fn = cls.tp, cls.fp, cls.fn
+    prec = tp / (tp + fp).clamp(min=1)
+    rec = tp / (tp + fn).clamp(min=1)
+    f1 = 2 * prec * rec / (prec + rec).clamp(min=1e-12)
+    cos = torch.nn.functional.normalize(gt, dim=1) @ torch.nn.functional.normalize(W, dim=1).T
+    matched = torch.zeros(W.shape[0], dtype=torch.bool)
+    matched[cos.argmax(1)] = True
+    return {
+        "f1": float(f1.mean()),
+        "precision": float(prec.mean()),
+        "recall": float(rec.mean()),
+        "f1_matched": float(f1[matched].mean()),
+        "n_matched_latents": int(matched.sum()),
+        "uniqueness": float(feature_uniqueness(W, gt)),
+        "mcc": float(mean_correlation_coefficient(W, gt)),
+        "shrinkage": float(shrink.compute()),
+    }
+
+
 def ground_truth_recovery(sae, directions: np.ndarray, threshold: float) -> dict[str, Any]:
     """Per true feature, the best cosine between its direction and any SAE decoder row."""
     W = sae.W_dec.detach().float().numpy()

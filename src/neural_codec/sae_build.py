@@ -21,6 +21,7 @@ from neural_codec.sae import (
     latent_labels,
     load_sae,
     sae_quality,
+    synthetic_sae_metrics,
     train_sae,
 )
 from neural_codec.source.lm.labels import write_labels_and_families
@@ -54,5 +55,7 @@ def build_sae(
         latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae),
     )
     metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
+    # SAELens' synthetic metrics: F1 over all latents shows filler latents the cosines hide
+    metrics["synthetic"] = synthetic_sae_metrics(sae, activations_dir / "heldout", truth["directions"])
     hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]
     return metrics, [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)]

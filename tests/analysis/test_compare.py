@@ -485,3 +485,29 @@ def test_spectrum_summary_flags_one_dominant_shared_component():
     assert i["top_pc_share_b"] < 0.2 and i["effective_rank_b"] > 7.5
     m = cmp.compare_populations(cmp.moments(shared, rng.normal(size=(20000, 8)))).metrics
     assert m["top_pc_share_a"] > 0.95 and m["effective_rank_b"] > 7.5
+
+
+def test_mantel_filter_uses_heldout_gain_not_weight_norm(stage_root, monkeypatch):
+    """compare's Mantel features are `features_represented` (held-out self-gain > 0.5), not
+    `feature_gain() > 0.5`: an untrained Squeezer's xavier rows pass the weight criterion for
+    most features, but it represents none of them on data."""
+    from neural_codec.codec import SqueezerCodec, batches_from_arrays, represented_features
+    from neural_codec.config import SqueezerConfig
+    from neural_codec.squeezer.checkpoint import load_squeezer
+    from neural_codec.storage import load_sparse, read_json
+
+    n, M = 512, 128
+    rng = np.random.default_rng(0)
+    dense = (rng.random((3000, n)) < 0.01) * rng.uniform(0.5, 1.5, (3000, n))
+    feats = SparseFeatures.from_dense(dense.astype(np.float32), k=16)
+    un = nulls.untrained_squeezer(n, SqueezerConfig(M=M))
+    assert (un.feature_gain() > 0.5).mean() > 0.5  # the old criterion: most features "represented"
+    assert represented_features(SqueezerCodec(un), batches_from_arrays(feats)).mean() < 0.05
+
+    _run_stage(stage_root, monkeypatch)
+    m = read_json(stage_root / "metrics/compare.json")["interference_features"]
+    sq = load_squeezer(stage_root / "data/squeeze/squeezer.pt")
+    held = load_sparse(stage_root / "data/features/heldout")
+    rep = represented_features(SqueezerCodec(sq), batches_from_arrays(held))
+    alive = np.load(stage_root / "data/features/firing_freq.npy") > 0
+    assert m["n_represented"] == int((alive & rep).sum())

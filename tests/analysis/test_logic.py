@@ -13,9 +13,12 @@ import yaml
 
 from neural_codec import storage
 from neural_codec.analysis.logic import (
+    MIN_FEATURES_PER_BIN,
     analyse_sharing,
     compare_lifts,
     cooccurrence,
+    frequency_bins,
+    matched_controls,
     neuron_members,
     pair_stats,
     shared_pairs,
@@ -248,3 +251,62 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
     with pytest.raises(ParamError, match="logic.n_freq_bins"):
         stage.main()
     assert Path("metrics/logic.json").read_text() == before
+
+
+# --- issue 11, item 5 ------------------------------------------------------------------------
+
+
+def test_negative_negative_pairs_are_tested_as_same_sign():
+    """Signs are folded: two features with large negative weights on one neuron share it (the old
+    code tested only positive-positive pairs, so this pair was never tested)."""
+    w = np.array([[-1.0, 0.0], [-0.9, 0.0], [0.1, 1.0], [0.0, 0.9]])
+    g = shared_pairs(neuron_members(w, frac=0.5))
+    assert sorted(map(tuple, g["same_sign"][0].tolist())) == [(0, 1), (2, 3)]
+    assert len(g["opposite_sign"][0]) == 0
+
+
+def test_negative_exclusive_families_are_found(feats):
+    """The planted exclusive families encoded with negative weights give the same verdict."""
+    cfg = LogicConfig(**CFG)
+    w = -planted_w(EXCLUSIVE_GROUPS)
+    res, _ = analyse_sharing(
+        w, lambda: (feats[s : s + 4096] for s in range(0, len(feats), 4096)), cfg, FAMILIES
+    )
+    s = res.metrics["same_sign"]
+    assert s["n_pairs"] == N_FAM * 6 and s["verdict"] == "anticorrelated_share"
+
+
+def test_frequency_bins_do_not_collapse_on_small_pools():
+    """10 assigned features, 20 bins asked: the old code gave one feature per bin, so every control
+    of (i, j) was (i, j) itself and none survived; coarse bins keep the controls."""
+    freq = np.geomspace(0.01, 0.1, 10)
+    pool = np.ones(10, dtype=bool)
+    bins = frequency_bins(freq, pool, 20)
+    assert bins.max() + 1 == 10 // MIN_FEATURES_PER_BIN == 2
+    pairs = np.array([[0, 1], [8, 9]])
+    ctl = matched_controls(pairs, bins, np.array([1, 89]), 5, np.random.default_rng(0))
+    assert len(ctl) == 10
+
+
+def test_too_few_controls_refuses_a_verdict(feats):
+    cfg = LogicConfig(**{**CFG, "min_control_pairs": 10_000})
+    res, _ = analyse_sharing(planted_w(EXCLUSIVE_GROUPS), lambda: iter([feats]), cfg, FAMILIES)
+    assert res.metrics["same_sign"]["verdict"] == "too_few_controls"
+    assert res.metrics["same_sign"]["n_control"] < 10_000
+
+
+def test_one_low_expected_rule_for_shared_and_controls(feats):
+    """Controls are drawn only for testable shared pairs and under the same rule: none is dropped
+    afterwards, and there are n_control_per_pair of them per tested pair (old: controls were
+    drawn for every pair, then filtered on their own)."""
+    dense = planted_rows(20000, seed=1).to_dense()
+    dense[2000:, 20:24] = 0.0  # one independent group fires in 1% of rows: expected 2 < 60
+    rare = SparseFeatures.from_dense(dense, k=N_FEAT)
+    cfg = LogicConfig(**{**CFG, "min_expected": 60.0})
+    res, _ = analyse_sharing(
+        planted_w(EXCLUSIVE_GROUPS + INDEPENDENT_GROUPS), lambda: iter([rare]), cfg, FAMILIES
+    )
+    s = res.metrics["same_sign"]
+    assert s["n_dropped_low_expected"] > 0 and s["n_shared"] > 0
+    assert s["n_control_dropped_low_expected"] == 0
+    assert s["n_control"] == s["n_control_sampled"] == s["n_shared"] * cfg.n_control_per_pair

@@ -631,3 +631,63 @@ def test_sweep_parser_on_dvc_exp_show(tmp_path):
     assert lines[0] == "M,experiment,squeezer,pca,no_superposition,random_encoder,model_neurons"
     assert lines[1] == "32,m32,0.03125,0.0625,0.09375,,"
     assert (tmp_path / "plots/sweep/fvu_vs_m.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# --------------------------------------------------------------------------------------------
+# Positive controls (issue 11): metrics/controls.json and the table the page opens with
+# --------------------------------------------------------------------------------------------
+
+
+def _codec_metrics() -> dict:
+    """METRICS as a planted-codec run that sees everything it should."""
+    m = copy.deepcopy(METRICS)
+    m["source"]["model"] = "codec"
+    m["source"]["planted"] = {"cyclic": 1, "exclusive": 2, "correlated": 2}
+    m["logic"]["families"] = {
+        "exclusive": {
+            "lift_all_pairs": {"median": 0.02},
+            "same_sign": {"enrichment": 0.5},
+            "opposite_sign": {"enrichment": 1.7},
+        },
+        "correlated": {"lift_all_pairs": {"median": 20.0}},
+    }
+    m["geometry"]["trained"]["encoder"]["circles"] = {"weekdays": {"p_value": 0.001}}
+    for cond, (r, cka) in {
+        "squeezer_vs_model": (0.8, 0.95),
+        "floor_untrained": (0.3, 0.5),
+        "floor_permuted": (0.35, 0.6),
+    }.items():
+        m["compare"][cond] = {**m["compare"].get(cond, {}), "hungarian_mean_r": r, "cka": cka}
+    return m
+
+
+def test_controls_found_on_a_planted_codec_and_not_when_broken():
+    from neural_codec.report.controls import positive_controls
+    from neural_codec.report.metrics import Metrics
+
+    good = positive_controls(Metrics(_codec_metrics()))
+    assert set(good) >= {"sae_recovery", "logic_exclusive_lift", "logic_exclusive_antipodal",
+                         "logic_correlated_lift", "geometry_circles", "compare_planted_codec"}  # fmt: skip
+    assert all(c["found"] and c["expected_found"] for c in good.values()), good
+    # a broken analysis never passes: compare at its floor, logic blind to exclusion, circles missing
+    broken = _codec_metrics()
+    broken["compare"]["squeezer_vs_model"]["hungarian_mean_r"] = 0.36
+    broken["logic"]["families"]["exclusive"]["lift_all_pairs"]["median"] = 1.0
+    broken["logic"]["families"]["exclusive"]["opposite_sign"]["enrichment"] = 0.9
+    del broken["geometry"]["trained"]["encoder"]["circles"]
+    bad = positive_controls(Metrics(broken))
+    for name in ("compare_planted_codec", "logic_exclusive_lift", "logic_exclusive_antipodal", "geometry_circles"):
+        assert not bad[name]["found"], name
+    # the toy model plants no codec: compare is no control there
+    toy = _codec_metrics()
+    toy["source"]["model"] = "toy"
+    assert not positive_controls(Metrics(toy))["compare_planted_codec"]["expected_found"]
+
+
+def test_report_opens_with_the_controls_table_and_writes_controls_json(tmp_path):
+    root, page, md = render(tmp_path, _codec_metrics())
+    controls = json.loads((root / "metrics/controls.json").read_text())
+    assert controls["compare_planted_codec"]["found"] is True
+    assert md.index("## Positive controls") < md.index("## Verdict")
+    assert "`compare_planted_codec`" in md and "CONTROL FAILED" not in md
+    assert "antipodal" in md

@@ -10,7 +10,7 @@ Two rival hypotheses about how a ReLU neuron packs several features:
 
 The test compares the lift of neuron-sharing pairs against frequency-matched pairs that share no
 neuron (a Mann-Whitney U test and Cliff's delta), separately for *same-sign* pairs (both features
-have a large positive encoder weight on the neuron) and *opposite-sign* pairs (one large positive,
+have a large encoder weight of one sign on the neuron, positive or negative) and *opposite-sign* pairs (one large positive,
 one large negative). Co-occurrence counts come from sparse products restricted to the features in
 the needed pairs, streamed batch by batch, so memory never holds an n x n matrix.
 
@@ -23,7 +23,10 @@ Conventions (documented here once):
   largest magnitudes) are kept.
 * Lift uses a pseudo-count: ``(C_ij + a) / (E_ij + a)`` with ``E_ij = c_i c_j / N``; pairs with
   ``E_ij < min_expected`` are dropped from the test (too few expected co-occurrences to tell a
-  lift of 0 from chance) and counted in the metrics.
+  lift of 0 from chance) and counted in the metrics. The rule is one for both groups: controls
+  are drawn only for shared pairs that pass it, and a candidate control that fails is redrawn.
+* Frequency bins are capped at (pool size) // 5 so small pools do not collapse the controls;
+  fewer than ``min_control_pairs`` controls gives the verdict ``too_few_controls`` (no test).
 * Verdict: ``anticorrelated_share`` when shared lifts are below the controls with p < alpha and
   |Cliff's delta| >= min_effect, ``correlated_share`` when above, else ``no_difference``.
 """
@@ -103,15 +106,19 @@ def _unique_pairs(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarra
 def shared_pairs(members: NeuronMembers) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Feature pairs sharing a neuron: {"same_sign": (pairs, n_neurons), "opposite_sign": ...}.
 
-    Same sign: both features are positive members of some neuron. Opposite sign: one is a positive
-    and the other a negative member of the same neuron. Pairs are (i, j) with i < j, unique.
+    Same sign: both features are members of some neuron with the same sign of weight, positive
+    *or negative* (signs folded: with a positive b_enc, features encode as negative weights, and a
+    negative-negative pair shares the neuron as much as a positive-positive one). Opposite sign:
+    one is a positive and the other a negative member of the same neuron. Pairs are (i, j) with
+    i < j, unique. Every pair of members of one neuron is in exactly one group.
     """
     n = members.n_features
     same, opp = [], []
     for p, q in zip(members.positive, members.negative, strict=False):
-        if len(p) >= 2:
-            a, b = np.triu_indices(len(p), k=1)
-            same.append(_pair_keys(p[a], p[b], n))
+        for side in (p, q):
+            if len(side) >= 2:
+                a, b = np.triu_indices(len(side), k=1)
+                same.append(_pair_keys(side[a], side[b], n))
         if len(p) and len(q):
             a, b = np.meshgrid(p, q, indexing="ij")
             keep = a.ravel() != b.ravel()
@@ -199,13 +206,23 @@ def pair_stats(
 # --------------------------------------------------------------------------------------------
 
 
-def frequency_bins(freq: np.ndarray, pool: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin id per feature by equal-count quantiles of log frequency over `pool`; -1 if outside."""
+MIN_FEATURES_PER_BIN = 5  # a bin of one or two features has (almost) no control pairs to offer
+
+
+def frequency_bins(
+    freq: np.ndarray, pool: np.ndarray, n_bins: int, min_per_bin: int = MIN_FEATURES_PER_BIN
+) -> np.ndarray:
+    """Bin id per feature by equal-count quantiles of log frequency over `pool`; -1 if outside.
+
+    The number of bins is capped at (pool size) // `min_per_bin`, so a small pool (few assigned
+    features) gets coarser bins instead of one feature per bin, where every control of (i, j)
+    would be (i, j) itself and the controls collapse to a handful of pairs."""
     freq = np.asarray(freq, dtype=np.float64)
     bins = np.full(len(freq), -1, dtype=np.int64)
     ok = pool & (freq > 0)
     if not ok.any():
         return bins
+    n_bins = max(1, min(n_bins, int(ok.sum()) // max(1, min_per_bin)))
     logf = np.log(freq[ok])
     edges = np.unique(np.quantile(logf, np.linspace(0, 1, n_bins + 1)[1:-1]))
     bins[ok] = np.searchsorted(edges, logf, side="right")
@@ -219,12 +236,15 @@ def matched_controls(
     n_per_pair: int,
     rng: np.random.Generator,
     max_tries: int = 20,
+    accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """For each pair (i, j), `n_per_pair` pairs (i', j') with bin(i') = bin(i), bin(j') = bin(j).
 
     A control shares no neuron (its key is not in `excluded_keys`, sorted) and has i' != j'.
     Candidates are drawn uniformly within bins and redrawn up to `max_tries` times; controls
-    still invalid after that are dropped. Returns (P_control, 2) with i < j.
+    still invalid after that are dropped. `accept(a, b)` (optional) is a further rule every
+    control must pass (the same low-expected-count rule the shared pairs passed). Returns
+    (P_control, 2) with i < j.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     n = len(bins)
@@ -249,6 +269,8 @@ def matched_controls(
         b = order[start[bj[todo]] + rng.integers(0, size[bj[todo]])]
         keys = _pair_keys(a, b, n)
         good = (a != b) & (_lookup(keys, excluded_keys) < 0)
+        if accept is not None:
+            good &= accept(a, b)
         out[todo[good]] = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[good]
         todo = todo[~good]
     return out[out[:, 0] >= 0]
@@ -439,8 +461,20 @@ def analyse_sharing(
     all_shared_keys = np.unique(np.concatenate([_pair_keys(p[:, 0], p[:, 1], n) for p, _ in groups.values()]))
     pool = members.assigned if cfg.control_pool == "assigned" else np.ones(n, dtype=bool)
     bins = frequency_bins(freq, pool, cfg.n_freq_bins)
+
+    # One low-expected-count rule for shared and control pairs alike: a pair is tested only if
+    # its expected co-occurrence f_i f_j N >= min_expected; controls are drawn only for the shared
+    # pairs that pass, and a candidate control that fails the rule is redrawn (so the two groups
+    # are filtered by the same rule and stay frequency-matched to each other).
+    def expected(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(marg.marginals[a], dtype=np.float64) * marg.marginals[b] / marg.n_rows
+
+    def passes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return expected(a, b) >= cfg.min_expected
+
+    testable = {g: passes(p[:, 0], p[:, 1]) for g, (p, _) in groups.items()}
     controls = {
-        g: matched_controls(p, bins, all_shared_keys, cfg.n_control_per_pair, rng)
+        g: matched_controls(p[testable[g]], bins, all_shared_keys, cfg.n_control_per_pair, rng, accept=passes)
         for g, (p, _) in groups.items()
     }
 
@@ -480,12 +514,16 @@ def analyse_sharing(
         "n_assigned_features": int(members.assigned.sum()),
         "mean_positive_members_per_neuron": float(np.mean([len(p) for p in members.positive])),
         "mean_negative_members_per_neuron": float(np.mean([len(q) for q in members.negative])),
+        "n_freq_bins_used": int(bins.max()) + 1 if (bins >= 0).any() else 0,
     }
     lifts: dict[str, np.ndarray] = {}
     for g, (p, mult) in groups.items():
         s, c = stats_for(p), stats_for(controls[g])
-        ks, kc = s["expected"] >= cfg.min_expected, c["expected"] >= cfg.min_expected
+        ks, kc = testable[g], c["expected"] >= cfg.min_expected  # kc: all true (drawn under the rule)
         res = compare_lifts(s["lift"][ks], c["lift"][kc], cfg.alpha, cfg.min_effect)
+        if res["n_shared"] and res["n_control"] < cfg.min_control_pairs:
+            # too few controls to test against: no verdict rather than a spurious one
+            res["verdict"] = "too_few_controls"
         phi = compare_lifts(s["phi"][ks], c["phi"][kc], cfg.alpha, cfg.min_effect)
         res.update(
             n_pairs=int(len(p)),
@@ -493,6 +531,10 @@ def analyse_sharing(
             n_dropped_low_expected=int((~ks).sum()),
             n_control_sampled=int(len(controls[g])),
             n_control_dropped_low_expected=int((~kc).sum()),
+            n_control_wanted=int(ks.sum()) * cfg.n_control_per_pair,
+            n_same_sign_negative_negative=int(sum(len(q) * (len(q) - 1) // 2 for q in members.negative))
+            if g == "same_sign"
+            else None,
             median_phi_shared=phi["median_lift_shared"],
             median_phi_control=phi["median_lift_control"],
             phi_p_value=phi["p_value"],

@@ -26,6 +26,7 @@ import torch
 from neural_codec import nulls, paths, storage
 from neural_codec.analysis import compare as cmp
 from neural_codec.analysis import compare_plots
+from neural_codec.codec import SqueezerCodec, eval_batch_size, iter_eval_batches, represented_features
 from neural_codec.config import CompareConfig, SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict, load_params, require_inputs
@@ -182,9 +183,11 @@ def run(cfg: CompareConfig) -> CompareRun:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
     loadings = cmp.model_feature_loadings(W_sae, readin)
     alive = np.load(paths.FIRING_FREQ) > 0
-    # a weight criterion (no held-out gains here): the Squeezer's rows for the feature have
-    # sqrt(||enc_i|| ||dec_i||) > 0.5; not `features_represented` of metrics/squeeze.json
-    represented = main_sq.feature_gain() > 0.5
+    # the held-out self-gain criterion of `features_represented` (metrics/squeeze.json), not a
+    # weight norm (which counts barely-trained features whose xavier rows already have norm ~0.6)
+    represented = represented_features(
+        SqueezerCodec(main_sq), iter_eval_batches(features / "heldout", None, eval_batch_size(n_features))
+    )
     loaded = np.linalg.norm(loadings, axis=1) > 0
     feats = cmp.select_features([alive, represented, loaded], cfg.max_features_for_mantel, cfg.seed)
     grams = {name: cmp.squeezer_feature_gram(w, feats) for name, w in weights.items()}

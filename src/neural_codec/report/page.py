@@ -42,6 +42,7 @@ class Report:
     title: str
     verdict: Table
     sections: list[Section]
+    controls: Table | None = None  # the positive-control table the page opens with
 
     @property
     def figures(self) -> list[Figure]:

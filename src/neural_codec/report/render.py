@@ -15,6 +15,7 @@ from neural_codec import paths, storage
 from neural_codec.errors import ParamError
 from neural_codec.report.metrics import NA, Metrics, Num
 from neural_codec.report.page import Block, Cell, Figure, Report, Table
+from neural_codec.report.controls import controls_table, positive_controls
 from neural_codec.report.sections import build
 from neural_codec.report.sweep import fvu_at_m
 
@@ -67,8 +68,19 @@ def _md_block(b: Block) -> str:
     return _md_cell(b)
 
 
+CONTROLS_INTRO = (
+    "Each analysis run on what the synthetic source planted, in this run (`metrics/controls.json`): "
+    "a negative in the verdict below is only read against a pipeline that demonstrably sees. "
+    "`expected` says whether this source plants the effect (the toy model plants no codec, so its "
+    "compare row is the experiment's own negative, not a control)."
+)
+
+
 def render_markdown(r: Report) -> str:
-    out = [f"# {r.title}", "", "## Verdict", "", VERDICT_INTRO, "", _md_table(r.verdict), ""]
+    out = [f"# {r.title}", ""]
+    if r.controls is not None:
+        out += ["## Positive controls", "", CONTROLS_INTRO, "", _md_table(r.controls), ""]
+    out += ["## Verdict", "", VERDICT_INTRO, "", _md_table(r.verdict), ""]
     for s in r.sections:
         out += [f"## {s.title}", ""]
         for b in s.blocks:
@@ -151,6 +163,14 @@ def render_html(r: Report) -> str:
         f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(r.title)}</h1>",
         f'<nav><a href="#verdict">Verdict</a> {nav}</nav>',
+    ]
+    if r.controls is not None:
+        parts += [
+            '<h2 id="controls">Positive controls</h2>',
+            f"<p>{_inline_md(CONTROLS_INTRO)}</p>",
+            _html_block(r.controls),
+        ]
+    parts += [
         '<h2 id="verdict">Verdict</h2>',
         f"<p>{_inline_md(VERDICT_INTRO)}</p>",
         _html_block(r.verdict),
@@ -184,6 +204,10 @@ def write_report(
     for p in m.missing:
         print(f"report: warning: {p} not found; its numbers show as n/a", file=sys.stderr)
     r = build(m, plots_dir)
+    controls = positive_controls(m)
+    if controls:
+        r.controls = controls_table(controls)
+    storage.write_json(Path(metrics_dir) / "controls.json", controls)
     with storage.atomic_dir(out_dir) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the report is meant to be read
         (tmp / "figures").mkdir()

@@ -310,6 +310,19 @@ def logic_section(m: Metrics, plots: Path) -> Section:
             "Planted / found families: how often their pairs share a neuron, against the chance rate."
         )
         s.blocks.append(
+            [
+                "Exclusive families, same-sign enrichment ",
+                m.num("logic.json:families.exclusive.same_sign.enrichment"),
+                ", opposite-sign enrichment ",
+                m.num("logic.json:families.exclusive.opposite_sign.enrichment"),
+                " (x chance). Exclusive pairs that avoid same-sign sharing (< 1) and prefer "
+                "opposite-sign sharing (> 1) are TMS's antipodal placement: two features that never "
+                "fire together can share a neuron with opposite signs at no interference cost. It "
+                "shows in this family-level enrichment, not in the headline same-sign verdict, where "
+                "exclusive pairs are a few percent of all sharing pairs.",
+            ]
+        )
+        s.blocks.append(
             Table(
                 [
                     "family kind",

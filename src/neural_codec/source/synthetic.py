@@ -12,6 +12,13 @@ The features are embedded linearly into a `d_model`-dim "residual stream" by a S
 pass through `n_neurons` ReLU neurons (the "original model's neurons", a privileged basis) trained
 to reconstruct the features with importance weighting, as in Toy Models of Superposition.
 
+`source.synthetic.model` picks the original model: "toy" (above; it sits in a near-linear regime,
+most neurons on, so it is no codec of the features: a negative case) or "codec", the planted
+positive control: the same layer, started as the Squeezer starts (a xavier-normal encoder in
+*feature* space, `W_in = pinv(E) A`, exact since d_model >= n_features, and an untied decoder at
+the same start) and trained on the same importance-weighted objective with more features than
+neurons, so its neurons engage their ReLU and pack features in superposition (`codec_init`).
+
 `build_synthetic_source` (stage `source`) plants the features and trains the toy model and a
 second seed; `extract_synthetic` (stage `activations`) streams their activations into shards.
 """
@@ -207,6 +214,21 @@ def make_embedding(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
     return fd.feature_vectors.detach().clone()
 
 
+def codec_init(model: ToyModel, seed: int) -> ToyModel:
+    """Start `model` as a Squeezer starts: A = xavier-normal (n, M) in feature space,
+    W_in = pinv(E) A (so resid @ W_in = f @ A exactly when E has full row rank), W_out = A^T."""
+    n, m = model.embedding.shape[0], model.W_in.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    A = torch.empty(n, m)
+    nn.init.xavier_normal_(A, generator=g)
+    with torch.no_grad():
+        model.W_in.copy_(torch.linalg.pinv(model.embedding) @ A)
+        model.W_out.copy_(A.T)
+        model.b_in.zero_()
+        model.b_out.zero_()
+    return model
+
+
 def train_toy_model(
     cfg: SyntheticConfig, gen: ActivationGenerator, embedding: torch.Tensor, seed: int
 ) -> tuple[ToyModel, list[dict[str, float]]]:
@@ -219,6 +241,8 @@ def train_toy_model(
     pool = gen.sample(cfg.train_pool)
     g = torch.Generator().manual_seed(seed)
     model = ToyModel(embedding, cfg.n_neurons, seed)
+    if cfg.model == "codec":
+        model = codec_init(model, seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train_steps)
     imp = importance(cfg)
@@ -226,7 +250,12 @@ def train_toy_model(
     log_every = max(1, cfg.train_steps // 50)
     for step in range(cfg.train_steps):
         f = pool[torch.randint(0, len(pool), (cfg.train_batch_size,), generator=g)]
-        loss = (imp * (model(f) - f) ** 2).sum(1).mean()
+        if cfg.model == "codec" and cfg.codec_l1 > 0:
+            h = model.neurons(model.resid(f))
+            f_hat = torch.relu(h @ model.W_out + model.b_out)
+            loss = (imp * (f_hat - f) ** 2).sum(1).mean() + cfg.codec_l1 * h.sum(1).mean()
+        else:
+            loss = (imp * (model(f) - f) ** 2).sum(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -247,6 +276,8 @@ def toy_model_metrics(model: ToyModel, gen: ActivationGenerator, n: int = 8192) 
         "mean_l0_true_features": float((f > 0).sum(1).float().mean()),
         "dead_neuron_fraction": float((h.max(0).values <= 0).float().mean()),
         "neuron_l0": float((h > 0).sum(1).float().mean()),
+        # the fraction of neurons on per input: ~1 is a near-linear layer, well below 1 a codec
+        "neuron_on_fraction": float((h > 0).float().mean()),
     }
 
 
@@ -291,7 +322,7 @@ def build_synthetic_source(cfg: SourceConfig, out_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     torch.manual_seed(cfg.seed + 12345)
     m1, m2 = toy_model_metrics(model, gen), toy_model_metrics(model2, gen)
-    metrics = {"kind": "synthetic", "n_true_features": scfg.n_features, "d_model": scfg.d_model,
+    metrics = {"kind": "synthetic", "model": scfg.model, "n_true_features": scfg.n_features, "d_model": scfg.d_model,
                "n_neurons": scfg.n_neurons, "toy_model": m1, "toy_model_seed2": m2,
                "planted": {k: sum(f["kind"] == k for f in families)
                            for k in ("cyclic", "exclusive", "correlated")}}  # fmt: skip

@@ -1,0 +1,111 @@
+"""The planted-codec synthetic source (`source.synthetic.model: codec`, configs/planted-codec.yaml):
+its neurons ARE a sparse ReLU codec of the true features, so the pipeline has a known positive.
+
+On a tiny version: the codec's neurons engage their ReLU (the toy model's are almost all on);
+compare's Squeezer-vs-model match is far above the untrained floor (CKA) and at the
+model-vs-model-seed-2 ceiling on the codec, and not on the toy (default) source. Beating the
+permuted-features floor as well is the target (xfail: not reached on the tiny codec).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from exp_args import exp_args  # noqa: E402
+from pipeline_helpers import run_stage, tiny_params, write_params  # noqa: E402
+
+from neural_codec.config import SourceConfig, SqueezerConfig  # noqa: E402
+from neural_codec.errors import ParamError  # noqa: E402
+from neural_codec.params import from_dict  # noqa: E402
+
+TINY_CODEC = {"model": "codec", "d_model": 64, "n_neurons": 32, "codec_l1": 0.05, "train_steps": 1500,
+              "lr": 0.003, "train_pool": 20000}  # fmt: skip
+SQUEEZE = {"M": 32, "steps": 1500}
+COMPARE = {"retrain_steps": 1500, "n_mantel_permutations": 49}
+FAR_ABOVE = 0.1
+
+
+def test_named_config_is_valid_and_spells_dvc_args():
+    flat = yaml.safe_load((REPO / "configs/planted-codec.yaml").read_text())
+    src = {"synthetic": {k.split(".")[-1]: v for k, v in flat.items() if k.startswith("source.synthetic.")}}
+    cfg = from_dict(SourceConfig, src, "source")
+    assert cfg.synthetic.model == "codec" and cfg.synthetic.n_neurons < cfg.synthetic.n_features
+    assert from_dict(SqueezerConfig, {"M": flat["squeezer.M"]}, "squeezer").M == cfg.synthetic.n_neurons
+    assert "-S" in exp_args(str(REPO / "configs/planted-codec.yaml"))
+    with pytest.raises(ParamError, match="d_model"):
+        from_dict(SourceConfig, {"synthetic": {"model": "codec", "d_model": 16, "n_features": 64}}, "source")
+
+
+def _run(wd: Path, codec: bool) -> dict:
+    p = tiny_params(squeezer=SQUEEZE, compare=COMPARE)
+    if codec:
+        p["source"]["synthetic"].update(TINY_CODEC)
+    write_params(wd, p)
+    for stage in ("source", "activations", "sae", "features", "squeeze", "compare"):
+        run_stage(wd, stage)
+    return {s: json.loads((wd / f"metrics/{s}.json").read_text()) for s in ("source", "compare")}
+
+
+def _margin(c: dict, key: str, floors: tuple[str, ...] = ("floor_untrained", "floor_permuted")) -> float:
+    return c["squeezer_vs_model"][key] - max(c[f][key] for f in floors)
+
+
+@pytest.fixture(scope="module")
+def codec_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("planted_codec"), codec=True)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("toy"), codec=False)
+
+
+def test_codec_neurons_engage_their_relu(codec_run, toy_run):
+    assert codec_run["source"]["toy_model"]["neuron_on_fraction"] < 0.6
+    assert toy_run["source"]["toy_model"]["neuron_on_fraction"] > 0.8
+
+
+def test_squeezer_matches_the_planted_codec_above_the_untrained_floor_at_the_ceiling(codec_run):
+    """Measured on this tiny codec (seed 0): Hungarian |r| 0.44 vs untrained 0.37, CKA 0.77 vs
+    0.58, and the Squeezer matches the model as well as the model's own second seed (0.43 / 0.80)."""
+    c = codec_run["compare"]
+    print(
+        {
+            k: (round(v["hungarian_mean_r"], 3), round(v["cka"], 3))
+            for k, v in c.items()
+            if isinstance(v, dict) and "cka" in v
+        }
+    )
+    assert _margin(c, "hungarian_mean_r", ("floor_untrained",)) > 0.04
+    assert _margin(c, "cka", ("floor_untrained",)) > FAR_ABOVE
+    ceiling = c["ceiling_model_vs_model_seed2"]
+    assert c["squeezer_vs_model"]["hungarian_mean_r"] > ceiling["hungarian_mean_r"] - 0.05
+    assert c["squeezer_vs_model"]["cka"] > ceiling["cka"] - 0.1
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the permuted-features floor keeps every marginal, and on the tiny codec the marginals "
+    "alone fix the codec's neurons: the permuted Squeezer matches the model as well as the real "
+    "one (Hungarian 0.43-0.46, CKA 0.76-0.78 in three tiny variants); not yet a positive",
+)
+def test_squeezer_matches_the_planted_codec_far_above_every_floor(codec_run):
+    c = codec_run["compare"]
+    assert _margin(c, "hungarian_mean_r") > FAR_ABOVE
+    assert _margin(c, "cka") > FAR_ABOVE
+
+
+def test_toy_source_is_no_positive(toy_run, codec_run):
+    """The toy (near-linear) model's neurons: the Squeezer's CKA sits below the untrained floor
+    (tiny run: 0.42 vs 0.61), where the codec's is far above it."""
+    assert _margin(toy_run["compare"], "cka", ("floor_untrained",)) < FAR_ABOVE
+    assert _margin(codec_run["compare"], "cka", ("floor_untrained",)) > FAR_ABOVE
