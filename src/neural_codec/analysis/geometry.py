@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import scipy.stats
 from scipy.sparse.csgraph import connected_components
 
+from neural_codec.analysis.stats import holm
 from neural_codec.config import DEFAULT_FRACTIONS, GeometryConfig, parse_fraction
 
 # --------------------------------------------------------------------------------------------
@@ -103,13 +104,13 @@ def find_lines(
     alpha: float = 0.01,
     min_count: int = 5,
 ) -> dict[str, dict[str, Any]]:
-    """`line_test` at each fraction; a line is p < alpha / len(fractions) (Bonferroni) and at
-    least `min_count` features in the centre window."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in fractions:
-        res = line_test(D, parse_fraction(name), half_width, flank_width)
-        res["is_line"] = bool(res["p_value"] < alpha / len(fractions) and res["count"] >= min_count)
-        out[str(name)] = res
+    """`line_test` at each fraction; a line is a Holm-adjusted p (`p_holm`, over the fractions
+    tested together) < alpha and at least `min_count` features in the centre window."""
+    out: dict[str, dict[str, Any]] = {str(name): line_test(D, parse_fraction(name), half_width, flank_width)
+                                      for name in fractions}  # fmt: skip
+    for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
+        res["p_holm"] = float(p_adj)
+        res["is_line"] = bool(p_adj < alpha and res["count"] >= min_count)
     return out
 
 
@@ -364,6 +365,8 @@ def family_circles(
         if max(members) >= len(W) or min(members) < 0:
             raise ValueError(f"family {fam.get('name')!r}: member index out of range 0..{len(W) - 1}")
         out[str(fam.get("name", f"family_{i}"))] = circle_stats(W[members], n_permutations, seed + i)
+    for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
+        res["p_holm"] = float(p_adj)  # Holm over the cyclic families tested together
     return out
 
 

@@ -24,7 +24,8 @@ Conventions (documented here once):
 * Lift uses a pseudo-count: ``(C_ij + a) / (E_ij + a)`` with ``E_ij = c_i c_j / N``; pairs with
   ``E_ij < min_expected`` are dropped from the test (too few expected co-occurrences to tell a
   lift of 0 from chance) and counted in the metrics.
-* Verdict: ``anticorrelated_share`` when shared lifts are below the controls with p < alpha and
+* Verdict: ``anticorrelated_share`` when shared lifts are below the controls with p < alpha
+  (Holm-adjusted over the two sign groups, ``p_value_holm``) and
   |Cliff's delta| >= min_effect, ``correlated_share`` when above, else ``no_difference``.
 """
 
@@ -38,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.stats
 
+from neural_codec.analysis.stats import holm
 from neural_codec.config import LogicConfig
 from neural_codec.errors import check
 from neural_codec.storage import SparseFeatures
@@ -503,6 +505,14 @@ def analyse_sharing(
         metrics[g] = res
         lifts[f"shared_{g}"] = s["lift"][ks]
         lifts[f"control_{g}"] = c["lift"][kc]
+    # Holm over the sign groups tested together: the verdicts read the adjusted p.
+    group_p = [metrics[g]["p_value"] for g in groups if metrics[g]["p_value"] is not None]
+    adjusted = iter(holm(group_p))
+    for g in groups:
+        res = metrics[g]
+        res["p_value_holm"] = float(next(adjusted)) if res["p_value"] is not None else None
+        if res["verdict"] != "no_difference" and not res["p_value_holm"] < cfg.alpha:
+            res["verdict"] = "no_difference"
     metrics["verdict"] = metrics["same_sign"]["verdict"]
     metrics["verdict_opposite_sign"] = metrics["opposite_sign"]["verdict"]
 
