@@ -65,6 +65,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         SAEConfig,
         SourceConfig,
         SqueezerConfig,
+        SeedsConfig,
         SyntheticConfig,
     )
     from neural_codec.params import SECTIONS, load_params
@@ -83,6 +84,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         "geometry": (GeometryConfig, params["geometry"]),
         "logic": (LogicConfig, params["logic"]),
         "compare": (CompareConfig, params["compare"]),
+        "seeds": (SeedsConfig, params["seeds"]),
     }
     for name, (cls, data) in sections.items():
         default, given = cls(), from_dict(cls, data, name)

@@ -652,3 +652,27 @@ class CompareConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
+
+
+@dataclass
+class SeedsConfig:
+    """params.yaml section `seeds`: the Squeezer over seeds, every headline as mean [95% CI].
+
+    - n_seeds: Squeezers trained from seeds squeezer.seed + 0 .. n_seeds - 1 (seed + 0 is the
+      main Squeezer, reloaded, not retrained), each with its untrained null at the same seed.
+      The headlines (FVU, features represented, D*, lines, polytopes, circle correlation, logic
+      lift and Cliff's delta, Hungarian |r|, CKA, SVCCA, Mantel r) go to metrics/intervals.json
+      as {"mean", "ci_low", "ci_high", "n_seeds"} (Student-t over seeds); >= 3 for an interval.
+    - steps: training steps of the extra seeds (null: squeezer.steps, the same schedule).
+    - n_permutations: circle and Mantel permutations per seed (fewer than the single-seed
+      stages': the interval, not the p-value, is what the seeds are for).
+    """
+
+    n_seeds: int = 3
+    steps: int | None = None
+    n_permutations: int = 199
+
+    def __post_init__(self) -> None:
+        check(self.n_seeds >= 1, "n_seeds", self.n_seeds, "an integer >= 1")
+        check(self.steps is None or self.steps >= 1, "steps", self.steps, "null or an integer >= 1")
+        check(self.n_permutations >= 1, "n_permutations", self.n_permutations, "an integer >= 1")

@@ -30,6 +30,7 @@ SECTIONS = (
     "geometry",
     "logic",
     "compare",
+    "seeds",
 )
 
 
