@@ -63,9 +63,9 @@ def test_params_yaml_spells_out_the_code_defaults():
         LMSourceConfig,
         LogicConfig,
         SAEConfig,
+        SeedsConfig,
         SourceConfig,
         SqueezerConfig,
-        SeedsConfig,
         SyntheticConfig,
     )
     from neural_codec.params import SECTIONS, load_params
