@@ -547,6 +547,9 @@ class LogicConfig:
     # finite-sample co-occurrences of the rows it is trained on, so on train the test rejects on
     # fully independent features (10/10 seeds in issue 12) -- never read a train verdict as a finding.
     cooccurrence_split: str = "cooc"
+    # relabellings of features within frequency bins for the verdict's p-value (0: Mann-Whitney
+    # only, which is anti-conservative with thousands of dependent pairs; see analysis/logic.py)
+    n_label_permutations: int = 199
     n_truth_table_neurons: int = 8  # top neurons (by activation mass) given truth tables
     n_truth_table_pairs: int = 3  # top member pairs (by weight product) per such neuron
     batch_size: int = 65536
@@ -578,6 +581,7 @@ class LogicConfig:
         check(self.pseudo_count >= 0.0, "pseudo_count", self.pseudo_count, "a number >= 0")
         check(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a number in (0, 1)")
         check(0.0 <= self.min_effect < 1.0, "min_effect", self.min_effect, "a number in [0, 1)")
+        check(self.n_label_permutations >= 0, "n_label_permutations", self.n_label_permutations, ">= 0")
         check(
             self.cooccurrence_split in ("cooc", "heldout", "train"),
             "cooccurrence_split",
