@@ -31,7 +31,8 @@ TINY_SYNTHETIC = {
 
 TINY_PARAMS: dict[str, Any] = {
     "source": {"kind": "synthetic", "seed": 0, "synthetic": TINY_SYNTHETIC},
-    "activations": {"n_train": 20000, "n_heldout": 4000, "batch_size": 2048, "rows_per_shard": 8192},
+    "activations": {"n_train": 20000, "n_heldout": 4000, "n_cooc": 20000, "batch_size": 2048,
+                    "rows_per_shard": 8192},
     "sae": {"architecture": "topk", "d_sae": 128, "k": 3, "training_samples": 400_000,
             "batch_size": 512, "lr": 0.003},
     "features": {"top_k": 3, "min_value": 0.05},

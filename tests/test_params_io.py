@@ -63,6 +63,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         LMSourceConfig,
         LogicConfig,
         SAEConfig,
+        SeedsConfig,
         SourceConfig,
         SqueezerConfig,
         SyntheticConfig,
@@ -85,6 +86,7 @@ def test_params_yaml_spells_out_the_code_defaults():
         "logic": (LogicConfig, params["logic"]),
         "compare": (CompareConfig, params["compare"]),
         "tms": (TMSConfig, params["tms"]),
+        "seeds": (SeedsConfig, params["seeds"]),
     }
     for name, (cls, data) in sections.items():
         default, given = cls(), from_dict(cls, data, name)

@@ -24,10 +24,11 @@ E2E_OVERRIDES = {
     "geometry": {"n_permutations": 200, "null_rows": 10000, "null_steps": 150},
     "logic": {"min_expected": 2.0},
     "compare": {"n_mantel_permutations": 99, "retrain_steps": 150, "max_features_for_mantel": 200},
+    "seeds": {"n_seeds": 3, "steps": 150, "n_permutations": 49},
 }
 
 STAGES = ["source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic",
-          "compare"]  # fmt: skip
+          "compare", "seeds"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -79,7 +80,9 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     expected = set(STAGES) | ({"report"} if (root / "stages/report.py").exists() else set())
     assert expected <= ran(out)
     for stage in STAGES:
-        metrics = json.loads((root / "metrics" / f"{stage}.json").read_text())
+        metrics = json.loads(
+            (root / "metrics" / f"{ {'seeds': 'intervals'}.get(stage, stage) }.json").read_text()
+        )
         assert metrics, stage
     assert json.loads((root / "metrics/sae.json").read_text())["ground_truth"]["frac_recovered"] > 0.7
     assert (root / "dvc.lock").exists()

@@ -257,6 +257,10 @@ class ActivationsConfig:
 
     n_train: int = 200_000
     n_heldout: int = 10_000
+    # synthetic: a third split never seen by the Squeezer, for co-occurrence statistics
+    # (logic.cooccurrence_split: cooc); ~200k rows give planted exclusions (p ~ 0.007) >= 5
+    # expected co-occurrences. Only `resid` and the true features are stored. 0: none.
+    n_cooc: int = 200_000
     batch_size: int = 4096
     rows_per_shard: int = 65536
     dtype: Literal["float32", "float16"] = "float32"
@@ -266,6 +270,7 @@ class ActivationsConfig:
     def __post_init__(self) -> None:
         check(self.n_train >= 1, "activations.n_train", self.n_train, "an integer >= 1")
         check(self.n_heldout >= 1, "activations.n_heldout", self.n_heldout, "an integer >= 1")
+        check(self.n_cooc >= 0, "activations.n_cooc", self.n_cooc, "an integer >= 0")
         check(self.batch_size >= 1, "activations.batch_size", self.batch_size, "an integer >= 1")
         check(self.rows_per_shard >= 1, "activations.rows_per_shard", self.rows_per_shard, ">= 1")
         check(self.true_top_k >= 1, "activations.true_top_k", self.true_top_k, "an integer >= 1")
@@ -563,7 +568,17 @@ class LogicConfig:
     pseudo_count: float = 0.5  # added to observed and expected counts in the lift
     alpha: float = 0.01  # significance level of the two-sided Mann-Whitney test
     min_effect: float = 0.147  # |Cliff's delta| below this is negligible (Romano et al. 2006)
-    cooccurrence_split: str = "train"  # rows used for lift and phi: "train" or "heldout"
+    # Rows used for every co-occurrence statistic (lift, phi, the Mann-Whitney test):
+    # "cooc" (default): a split of `activations.n_cooc` rows the Squeezer never saw (synthetic;
+    # an lm source writes none, so "cooc" falls back to "heldout", recorded in metrics `split`);
+    # "heldout": the held-out rows; "train": the Squeezer's own training rows. Train stays an
+    # option only to reproduce earlier runs and to measure the bias: the Squeezer fits the
+    # finite-sample co-occurrences of the rows it is trained on, so on train the test rejects on
+    # fully independent features (10/10 seeds in issue 12) -- never read a train verdict as a finding.
+    cooccurrence_split: str = "cooc"
+    # relabellings of features within frequency bins for the verdict's p-value (0: Mann-Whitney
+    # only, which is anti-conservative with thousands of dependent pairs; see analysis/logic.py)
+    n_label_permutations: int = 199
     n_truth_table_neurons: int = 8  # top neurons (by activation mass) given truth tables
     n_truth_table_pairs: int = 3  # top member pairs (by weight product) per such neuron
     batch_size: int = 65536
@@ -596,11 +611,12 @@ class LogicConfig:
         check(self.pseudo_count >= 0.0, "pseudo_count", self.pseudo_count, "a number >= 0")
         check(0.0 < self.alpha < 1.0, "alpha", self.alpha, "a number in (0, 1)")
         check(0.0 <= self.min_effect < 1.0, "min_effect", self.min_effect, "a number in [0, 1)")
+        check(self.n_label_permutations >= 0, "n_label_permutations", self.n_label_permutations, ">= 0")
         check(
-            self.cooccurrence_split in ("train", "heldout"),
+            self.cooccurrence_split in ("cooc", "heldout", "train"),
             "cooccurrence_split",
             self.cooccurrence_split,
-            "one of 'train', 'heldout'",
+            "one of 'cooc', 'heldout', 'train'",
         )
         check(
             self.n_truth_table_neurons >= 0,
@@ -724,3 +740,27 @@ class TMSConfig:
         check(self.lr > 0 and math.isfinite(self.lr), "tms.lr", self.lr, "a finite number > 0")
         check(self.batch_size >= 1, "tms.batch_size", self.batch_size, "an integer >= 1")
         check(self.seed >= 0, "tms.seed", self.seed, "an integer >= 0")
+
+
+@dataclass
+class SeedsConfig:
+    """params.yaml section `seeds`: the Squeezer over seeds, every headline as mean [95% CI].
+
+    - n_seeds: Squeezers trained from seeds squeezer.seed + 0 .. n_seeds - 1 (seed + 0 is the
+      main Squeezer, reloaded, not retrained), each with its untrained null at the same seed.
+      The headlines (FVU, features represented, D*, lines, polytopes, circle correlation, logic
+      lift and Cliff's delta, Hungarian |r|, CKA, SVCCA, Mantel r) go to metrics/intervals.json
+      as {"mean", "ci_low", "ci_high", "n_seeds"} (Student-t over seeds); >= 3 for an interval.
+    - steps: training steps of the extra seeds (null: squeezer.steps, the same schedule).
+    - n_permutations: circle and Mantel permutations per seed (fewer than the single-seed
+      stages': the interval, not the p-value, is what the seeds are for).
+    """
+
+    n_seeds: int = 3
+    steps: int | None = None
+    n_permutations: int = 199
+
+    def __post_init__(self) -> None:
+        check(self.n_seeds >= 1, "n_seeds", self.n_seeds, "an integer >= 1")
+        check(self.steps is None or self.steps >= 1, "steps", self.steps, "null or an integer >= 1")
+        check(self.n_permutations >= 1, "n_permutations", self.n_permutations, "an integer >= 1")

@@ -65,12 +65,14 @@ def encode_split(sae: Any, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) ->
 def encode_features(
     cfg: FeaturesConfig, sae_dir: Path, activations_dir: Path, out_dir: Path
 ) -> dict[str, Any]:
-    """Stage `features`: both splits encoded into `out_dir/{train,heldout}`, the training split's
+    """Stage `features`: every split encoded into `out_dir/{train,heldout[,cooc]}`, the training split's
     per-latent firing frequencies in `out_dir/firing_freq.npy`; returns metrics/features.json."""
     sae = load_sae(sae_dir)
     validate_against_sae(cfg, sae.cfg.d_sae)
     metrics: dict[str, Any] = {"top_k": cfg.top_k, "n_features": int(sae.cfg.d_sae)}
-    for split in ("train", "heldout"):
+    for split in ("train", "heldout", "cooc"):
+        if split == "cooc" and not (activations_dir / split / "meta.json").exists():
+            continue  # lm sources and n_cooc: 0 write no co-occurrence split
         stats = encode_split(sae, cfg, activations_dir / split, out_dir / split)
         if split == "train":
             freq = stats["firing_freq"]

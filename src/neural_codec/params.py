@@ -31,6 +31,7 @@ SECTIONS = (
     "logic",
     "compare",
     "tms",
+    "seeds",
 )
 
 

@@ -29,6 +29,10 @@ LOGIC = DATA / "logic"
 TRUTH_TABLES = LOGIC / "truth_tables.json"
 
 
+#: the headlines over seeds, {"mean", "ci_low", "ci_high", "n_seeds"} (stage `seeds`)
+INTERVALS = METRICS / "intervals.json"
+
+
 def metrics_file(stage: str) -> Path:
     return METRICS / f"{stage}.json"
 

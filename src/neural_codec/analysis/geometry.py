@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import scipy.stats
 from scipy.sparse.csgraph import connected_components
 
+from neural_codec.analysis.stats import holm
 from neural_codec.config import DEFAULT_FRACTIONS, GeometryConfig, parse_fraction
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +137,9 @@ def find_lines(
         K += 1
     thr = alpha / K
     out: dict[str, dict[str, Any]] = {}
-    for name, res in tests.items():
+    p_holm = holm([r["p_value"] for r in tests.values()])  # reported beside (Holm ignores discreteness)
+    for (name, res), p_adj in zip(tests.items(), p_holm, strict=True):
+        res["p_holm"] = float(p_adj)
         res["is_line"] = bool(res["p_value"] < thr and res["count"] >= min_count)
         res["n_testable"] = K
         res["threshold"] = thr
@@ -471,6 +474,8 @@ def family_circles(
         if max(members) >= len(W) or min(members) < 0:
             raise ValueError(f"family {fam.get('name')!r}: member index out of range 0..{len(W) - 1}")
         out[str(fam.get("name", f"family_{i}"))] = circle_stats(W[members], n_permutations, seed + i)
+    for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
+        res["p_holm"] = float(p_adj)  # Holm over the cyclic families tested together
     return out
 
 

@@ -27,7 +27,9 @@ Conventions (documented here once):
   are drawn only for shared pairs that pass it, and a candidate control that fails is redrawn.
 * Frequency bins are capped at (pool size) // 5 so small pools do not collapse the controls;
   fewer than ``min_control_pairs`` controls gives the verdict ``too_few_controls`` (no test).
-* Verdict: ``anticorrelated_share`` when shared lifts are below the controls with p < alpha and
+* Verdict: ``anticorrelated_share`` when shared lifts are below the controls with p < alpha
+  (the label-permutation p of ``label_permutation_test``, Holm-adjusted over the two sign
+  groups: ``p_value_holm``; Mann-Whitney's ``p_value`` alone is anti-conservative) and
   |Cliff's delta| >= min_effect, ``correlated_share`` when above, else ``no_difference``.
 """
 
@@ -41,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.stats
 
+from neural_codec.analysis.stats import holm
 from neural_codec.config import LogicConfig
 from neural_codec.errors import check
 from neural_codec.storage import SparseFeatures
@@ -315,6 +318,77 @@ def compare_lifts(
     return out
 
 
+#: the label-permutation test holds one dense count matrix over the features that can be
+#: relabelled; above this many it is skipped (p_value_perm None) and the verdict reads Mann-Whitney
+PERMUTATION_MAX_FEATURES = 4096
+
+
+def _cliffs_delta(shared: np.ndarray, control: np.ndarray) -> float | None:
+    if not len(shared) or not len(control):
+        return None
+    ranks = scipy.stats.rankdata(np.concatenate([shared, control]))
+    u = ranks[: len(shared)].sum() - len(shared) * (len(shared) + 1) / 2
+    return float(2.0 * u / (len(shared) * len(control)) - 1.0)
+
+
+def label_permutation_test(
+    feats_iter: Iterable[SparseFeatures],
+    n: int,
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+    bins: np.ndarray,
+    cfg: LogicConfig,
+    rng: np.random.Generator,
+) -> dict[str, float | None]:
+    """p-value of each group's Cliff's delta (shared vs control lifts) under relabelling the
+    features within their frequency bins (a QAP-style test, like the Mantel test's).
+
+    Mann-Whitney treats every pair's lift as independent, but pairs share features and the
+    controls are resampled from a finite pool, so on independent features it rejects far more
+    often than alpha once there are thousands of pairs (benchmarks/calibration.py). Relabelling
+    keeps the sharing graph's shape (degrees, overlaps) and the frequency matching and breaks
+    only the link between sharing and co-occurrence: p = (1 + #{|delta_perm| >= |delta|}) / (1 + n_perm).
+    """
+    used = np.unique(np.concatenate([np.flatnonzero(bins >= 0)] + [np.concatenate([a.ravel(), b.ravel()])
+                                                                   for a, b in pairs.values()]))  # fmt: skip
+    if cfg.n_label_permutations == 0 or len(used) > PERMUTATION_MAX_FEATURES or not len(used):
+        return {g: None for g in pairs}
+    counts = np.zeros((len(used), len(used)))
+    marg = np.zeros(n)
+    n_rows = 0
+    for feats in feats_iter:
+        b = _binary_csr(feats)
+        marg += np.asarray(b.sum(axis=0)).ravel()
+        n_rows += b.shape[0]
+        bs = b[:, used].tocsc()
+        counts += (bs.T @ bs).toarray()
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[used] = np.arange(len(used))
+    expected = np.outer(marg[used], marg[used]) / max(n_rows, 1)
+    lift = (counts + cfg.pseudo_count) / (expected + cfg.pseudo_count)
+    lift[expected < cfg.min_expected] = np.nan
+
+    def delta(pi: np.ndarray, shared: np.ndarray, control: np.ndarray) -> float | None:
+        ls = lift[pos[pi[shared[:, 0]]], pos[pi[shared[:, 1]]]]
+        lc = lift[pos[pi[control[:, 0]]], pos[pi[control[:, 1]]]]
+        return _cliffs_delta(ls[np.isfinite(ls)], lc[np.isfinite(lc)])
+
+    ident = np.arange(n)
+    observed = {g: delta(ident, a, b) for g, (a, b) in pairs.items()}
+    members = [np.flatnonzero(bins == k) for k in range(int(bins.max()) + 1)] if (bins >= 0).any() else []
+    exceed = dict.fromkeys(pairs, 0)
+    for _ in range(cfg.n_label_permutations):
+        pi = ident.copy()
+        for mem in members:
+            pi[mem] = rng.permutation(mem)
+        for g, (a, b) in pairs.items():
+            d, o = delta(pi, a, b), observed[g]
+            if d is not None and o is not None and abs(d) >= abs(o) - 1e-12:
+                exceed[g] += 1
+    return {
+        g: None if observed[g] is None else (1 + exceed[g]) / (1 + cfg.n_label_permutations) for g in pairs
+    }
+
+
 def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> np.ndarray:
     """Index of each key in sorted `table_keys` (-1 if absent)."""
     if not len(table_keys):
@@ -545,6 +619,22 @@ def analyse_sharing(
         metrics[g] = res
         lifts[f"shared_{g}"] = s["lift"][ks]
         lifts[f"control_{g}"] = c["lift"][kc]
+    # The verdicts read the label-permutation p (Mann-Whitney where it is skipped), Holm-adjusted
+    # over the sign groups tested together.
+    perm = label_permutation_test(
+        cooc_feats(), n, {g: (p, controls[g]) for g, (p, _) in groups.items()}, bins, cfg, rng
+    )
+    for g in groups:
+        metrics[g]["p_value_perm"] = perm[g]
+        metrics[g]["p_value_test"] = "label_permutation" if perm[g] is not None else "mann_whitney"
+    test_p = {g: metrics[g]["p_value_perm"] if perm[g] is not None else metrics[g]["p_value"] for g in groups}
+    group_p = [v for v in test_p.values() if v is not None]
+    adjusted = iter(holm(group_p))
+    for g in groups:
+        res = metrics[g]
+        res["p_value_holm"] = float(next(adjusted)) if test_p[g] is not None else None
+        if res["verdict"] != "no_difference" and not res["p_value_holm"] < cfg.alpha:
+            res["verdict"] = "no_difference"
     metrics["verdict"] = metrics["same_sign"]["verdict"]
     metrics["verdict_opposite_sign"] = metrics["opposite_sign"]["verdict"]
 

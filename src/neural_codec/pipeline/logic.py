@@ -29,6 +29,14 @@ def neuron_mass(neurons: np.ndarray, batch: int) -> np.ndarray:
     return mass
 
 
+def cooccurrence_split(requested: str, features: Any) -> str:
+    """The split the co-occurrence statistics read: "cooc" falls back to "heldout" where no
+    co-occurrence split was written (lm sources, `activations.n_cooc: 0`)."""
+    if requested == "cooc" and not (features / "cooc" / "meta.json").exists():
+        return "heldout"
+    return requested
+
+
 @dataclass
 class LogicRun:
     metrics: dict[str, Any]
@@ -60,7 +68,8 @@ def run(cfg: LogicConfig) -> LogicRun:
         f"n_features = {held_meta['n_features']} of {features}",
     )
     families = storage.read_json(paths.FAMILIES)
-    split_dir = features / cfg.cooccurrence_split
+    split = cooccurrence_split(cfg.cooccurrence_split, features)
+    split_dir = features / split
     result, members = analyse_sharing(
         w_enc, lambda: storage.iter_sparse(split_dir, cfg.batch_size), cfg, families
     )
@@ -75,7 +84,9 @@ def run(cfg: LogicConfig) -> LogicRun:
     for t in tables:
         t["weight_a"] = float(w_enc[t["feature_a"], t["neuron"]])
         t["weight_b"] = float(w_enc[t["feature_b"], t["neuron"]])
-    return LogicRun(dict(result.metrics), result.lifts, tables)
+    metrics = dict(result.metrics)
+    metrics["split"] = split
+    return LogicRun(metrics, result.lifts, tables)
 
 
 def write(r: LogicRun) -> None:

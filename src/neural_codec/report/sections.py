@@ -13,7 +13,13 @@ from neural_codec import paths
 from neural_codec.report.figures import bars_figure, curve_figure, histogram_csv_figure, matched_r_figure
 from neural_codec.report.metrics import BASELINE_LABELS, BASELINES, TRUTH_TABLES, Metrics, fmt
 from neural_codec.report.page import Block, Cell, Figure, Report, Row, Section, Table
-from neural_codec.report.verdicts import cyclic_families, polytope_kinds, verdict_rows, verdict_table
+from neural_codec.report.verdicts import (
+    cyclic_families,
+    interval_table,
+    polytope_kinds,
+    verdict_rows,
+    verdict_table,
+)
 
 SQ = "squeeze.json:squeezer"  # every squeeze metric sits under "squeezer"
 
@@ -457,5 +463,36 @@ def build(m: Metrics, plots_dir: str | Path = paths.PLOTS) -> Report:
             logic_section(m, plots),
             compare_section(m, plots),
             tms_section(m, plots),
+            uncertainty_section(m),
         ],
     )
+
+
+def uncertainty_section(m: Metrics) -> Section:
+    """The headlines over seeds (metrics/intervals.json) and what is bit-reproducible."""
+    s = Section("Uncertainty: every headline over seeds, and what reproduces", anchor="seeds")
+    if not isinstance(m.get("intervals.json:trained"), dict):
+        s.blocks.append("No `metrics/intervals.json`: run the `seeds` stage for intervals.")
+        return s
+    s.blocks.append(
+        [
+            "The Squeezer trained from ",
+            m.num("intervals.json:n_seeds"),
+            " seeds (seed 0 is the main Squeezer of the sections above), each beside the untrained "
+            "Squeezer at the same seed. Mean and Student-t 95% interval over seeds; a measure "
+            "**holds** only when its interval clears the floor's (above it; below it for FVU; "
+            "disjoint from it for descriptive measures such as D*, lines and logic lift).",
+        ]
+    )
+    s.blocks.append(interval_table(m))
+    s.blocks.append(
+        "Reproducibility: on one machine, the same params and seeds give bit-identical metrics "
+        "(every stage seeds torch and numpy and runs single-threaded reductions in a fixed order). "
+        "Across machines (another CPU, BLAS or thread count) floating-point differences move the "
+        "trained weights, so no single-seed number is expected to reproduce there: read every "
+        "Squeezer number through its interval over seeds. Counts that do not depend on training "
+        "(firing frequencies, co-occurrence counts of given pairs, the source's planted truth) "
+        "are exact. Tests combined in one report are corrected with Holm's step-down method "
+        "(line fractions, cyclic families, the two logic sign groups)."
+    )
+    return s

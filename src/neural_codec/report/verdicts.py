@@ -30,8 +30,21 @@ class VerdictRow:
     ceilings: list[Num] = field(default_factory=list)
     better: str = "higher"
     outcome: list[Cell] | None = None  # set explicitly (e.g. the logic verdict) or computed
+    #: from metrics/intervals.json (`with_intervals`): the value's " [ci_low, ci_high] (n seeds)"
+    #: cells, and whether its interval clears the untrained floor's (None: no interval)
+    value_ci: list[Cell] = field(default_factory=list)
+    interval_holds: Num | None = None
 
     def decide(self) -> list[Cell]:
+        point = self._decide_point()
+        h = self.interval_holds
+        if h is None or h.value is None:
+            return point
+        if h.value is True:
+            return [*point, "; over seeds: holds (the interval clears the untrained floor's)"]
+        return ["does not hold over seeds: the interval does not clear the untrained floor's (", *point, ")"]
+
+    def _decide_point(self) -> list[Cell]:
         if self.outcome is not None:
             return self.outcome
         if not self.better:
@@ -69,7 +82,7 @@ def verdict_table(rows: list[VerdictRow]) -> Table:
             [
                 r.hypothesis if first else "",
                 r.measure,
-                r.value,
+                [r.value, *r.value_ci] if r.value_ci else r.value,
                 _labelled(r.floors),
                 _labelled(r.ceilings),
                 r.decide(),
@@ -306,4 +319,69 @@ def validation_rows(m: Metrics) -> list[VerdictRow]:
 
 
 def verdict_rows(m: Metrics) -> list[VerdictRow]:
-    return compression_rows(m) + geometry_rows(m) + logic_rows(m) + validation_rows(m)
+    return with_intervals(compression_rows(m) + geometry_rows(m) + logic_rows(m) + validation_rows(m), m)
+
+
+#: the single-seed cite (its key after `<file>.json:`, prefix match) -> its key in intervals.json
+INTERVAL_KEYS = (
+    ("squeeze.json:squeezer.fvu", "fvu"),
+    ("squeeze.json:squeezer.features_represented", "features_represented"),
+    ("geometry.json:trained.encoder.D_star", "D_star"),
+    ("geometry.json:trained.encoder.n_lines", "n_lines"),
+    ("geometry.json:trained.encoder.polytopes.", "n_polytopes"),
+    ("logic.json:same_sign.median_lift_shared", "logic_same_sign_median_lift"),
+    ("logic.json:opposite_sign.median_lift_shared", "logic_opposite_sign_median_lift"),
+    ("compare.json:squeezer_vs_model.hungarian_mean_r", "hungarian_mean_r"),
+    ("compare.json:squeezer_vs_model.cka", "cka"),
+    ("compare.json:squeezer_vs_model.svcca", "svcca"),
+    ("compare.json:squeezer_vs_model.interference_mantel_r", "mantel_r"),
+)
+
+
+def interval_key(cite: str) -> str | None:
+    """The intervals.json key of a verdict value's cite (circles: circular_corr_<family>)."""
+    for prefix, key in INTERVAL_KEYS:
+        if cite.startswith(prefix):
+            return key
+    c = "geometry.json:trained.encoder.circles."
+    if cite.startswith(c) and cite.endswith(".circular_corr"):
+        return "circular_corr_" + cite[len(c) : -len(".circular_corr")]
+    return None
+
+
+def interval_cells(m: Metrics, group: str, key: str) -> list[Cell]:
+    """ " [ci_low, ci_high] (n seeds)" of intervals.json:<group>.<key>, cited."""
+    base = f"intervals.json:{group}.{key}"
+    return [" [", m.num(f"{base}.ci_low"), ", ", m.num(f"{base}.ci_high"), "] (",
+            m.num(f"{base}.n_seeds"), " seeds)"]  # fmt: skip
+
+
+def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
+    """Attach each row's interval over seeds (metrics/intervals.json, stage `seeds`): the value
+    shows as mean-of-seed-0 [CI], and the row holds only if its interval clears the floor's."""
+    if not isinstance(m.get("intervals.json:trained"), dict):
+        return rows
+    for r in rows:
+        key = interval_key(r.value.cite)
+        if key is None or m.get(f"intervals.json:trained.{key}.mean") is None:
+            continue
+        r.value_ci = [" (seed 0); mean ", m.num(f"intervals.json:trained.{key}.mean"),
+                      *interval_cells(m, "trained", key)]  # fmt: skip
+        r.interval_holds = m.num(f"intervals.json:holds.{key}")
+    return rows
+
+
+def interval_table(m: Metrics) -> Table:
+    """Every headline over seeds: mean [95% CI] beside the untrained floor's, and whether it holds."""
+    trained = m.get("intervals.json:trained")
+    body: list[Row] = []
+    for key in trained if isinstance(trained, dict) else []:
+        holds = m.num(f"intervals.json:holds.{key}")
+        word = {True: "holds", False: "does not hold"}.get(holds.value, NA)  # type: ignore[call-overload]
+        body.append([
+            f"`{key}`",
+            [m.num(f"intervals.json:trained.{key}.mean"), *interval_cells(m, "trained", key)],
+            [m.num(f"intervals.json:untrained.{key}.mean"), *interval_cells(m, "untrained", key)],
+            word,
+        ])  # fmt: skip
+    return Table(["measure", "Squeezer: mean [95% CI]", "untrained floor: mean [95% CI]", "outcome"], body)

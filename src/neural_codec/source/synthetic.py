@@ -347,7 +347,10 @@ def extract_synthetic(
     model2 = load_toy_model(source_dir / "model_seed2.pt")
     dtype = np.float16 if acfg.dtype == "float16" else np.float32
     stats: dict[str, Any] = {}
-    for split_no, (split, n_rows) in enumerate([("train", acfg.n_train), ("heldout", acfg.n_heldout)]):
+    splits = [("train", acfg.n_train), ("heldout", acfg.n_heldout), ("cooc", acfg.n_cooc)]
+    for split_no, (split, n_rows) in enumerate(splits):
+        if n_rows == 0:
+            continue
         torch.manual_seed(acfg.seed * 1000 + split_no)  # distinct, reproducible streams per split
         writer = storage.ShardWriter(
             out_dir / split, acfg.rows_per_shard, d_model=scfg.d_model, n_neurons=scfg.n_neurons,
@@ -367,13 +370,11 @@ def extract_synthetic(
                 truncated += int((l0 > acfg.true_top_k).sum())
                 l0_sum += int(l0.sum())
                 true = storage.SparseFeatures.from_dense(f.numpy(), acfg.true_top_k)
-                writer.append(
-                    resid=x.numpy().astype(dtype),
-                    neurons=model.neurons(x).numpy().astype(dtype),
-                    neurons_seed2=model2.neurons(x).numpy().astype(dtype),
-                    true_idx=true.idx,
-                    true_val=true.val,
-                )
+                arrays = {"resid": x.numpy().astype(dtype), "true_idx": true.idx, "true_val": true.val}
+                if split != "cooc":  # cooc feeds only co-occurrence counts: no neurons stored
+                    arrays["neurons"] = model.neurons(x).numpy().astype(dtype)
+                    arrays["neurons_seed2"] = model2.neurons(x).numpy().astype(dtype)
+                writer.append(**arrays)
                 done += b
         writer.close()
         stats[split] = {"rows": n_rows, "mean_true_l0": l0_sum / n_rows,

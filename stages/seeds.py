@@ -1,0 +1,22 @@
+"""Stage `seeds`: the Squeezer over `seeds.n_seeds` seeds, each headline as mean [95% CI] beside
+its untrained floor's; see neural_codec.pipeline.seeds.
+
+Params: `seeds`, `squeezer`, `geometry`, `logic`, `compare`. Reads data/squeeze, data/features,
+data/activations, data/sae. Writes metrics/intervals.json.
+"""
+
+from __future__ import annotations
+
+from neural_codec.params import load_params
+from neural_codec.pipeline import seeds
+from neural_codec.stage import record_timing, run
+
+
+def main() -> None:
+    out = seeds.run(load_params())
+    print(seeds.summary(out))
+    record_timing("seconds_per_seed", seeds.write(out))
+
+
+if __name__ == "__main__":
+    run("seeds", main)
