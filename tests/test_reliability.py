@@ -21,6 +21,7 @@ from neural_codec import paths, storage
 from neural_codec.config import FeaturesConfig, SAEConfig, SqueezerConfig
 from neural_codec.errors import DataError, LMUnavailable, ParamError
 from neural_codec.features import encode_split
+from neural_codec.params import SECTIONS
 from neural_codec.sae import load_sae, train_sae
 from neural_codec.squeezer.checkpoint import load_squeezer, save_squeezer
 from neural_codec.squeezer.model import Squeezer
@@ -354,3 +355,72 @@ def test_param_errors_keep_their_prefix():
 
     with pytest.raises(ParamError, match=r"^params.yaml: x"):
         check(False, "x", 1, "2")
+
+
+# --------------------------------------------------------------------------------------------
+# 4. the whole-file params check
+# --------------------------------------------------------------------------------------------
+
+
+def _check(tmp_path: Path, text: str, capsys, ram: int | None = None) -> tuple[int, str]:
+    from neural_codec import params
+
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    if ram is not None:
+        with pytest.raises(ParamError) as err:
+            params.check_params(p, ram=ram)
+        return 2, str(err.value)
+    rc = params.main([str(p)])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_check_params_accepts_the_repository_params(capsys):
+    from neural_codec import params
+
+    assert params.main([str(REPO / "params.yaml")]) == 0
+    assert "ok (9 sections)" in capsys.readouterr().out
+    assert set(params.section_classes()) == set(params.SECTIONS)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "params.yaml is empty"),
+        ("squeezer: [1, 2\n", "not valid YAML at line 2"),
+        ("squeezer:\n  M: 64\nsqueezr:\n  M: 32\n", "params.yaml: squeezr = {'M': 32} is not allowed"),
+        ("squeezer:\n", "params.yaml: squeezer = None is not allowed; expected a mapping of keys"),
+        ("compare:\n  n_perms: 3\n", "params.yaml: compare.n_perms"),
+        ("logic:\n  alpha: 'small'\n", "params.yaml: logic.alpha = 'small'"),
+        (
+            "sae:\n  d_sae: 16\nfeatures:\n  top_k: 32\n",
+            "features.top_k = 32 is not allowed; expected <= the SAE's",
+        ),
+        ("- 1\n- 2\n", "expected a mapping of sections"),
+    ],
+)
+def test_check_params_refuses_bad_files_in_one_line(tmp_path, capsys, text, needle):
+    rc, err = _check(tmp_path, text, capsys)
+    assert rc == 2
+    assert err.startswith("[check-params] error:") and err.count("\n") == 0, err
+    assert needle in err
+
+
+def test_check_params_flags_sizes_beyond_memory(tmp_path, capsys):
+    rc, err = _check(tmp_path, "squeezer:\n  M: 100000000\n", capsys, ram=16 * 2**30)
+    assert "params.yaml: squeezer.M = 100000000 is not allowed; expected a size that fits in memory" in err
+    assert "16.0 GB of RAM" in err
+    rc, _ = _check(tmp_path, "squeezer:\n  M: 64\n", capsys)
+    assert rc == 0
+
+
+def test_stage_run_directly_on_an_empty_params_file_fails_in_one_line(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text("")
+    with pytest.raises(SystemExit) as ex:
+        run_stage(tmp_path, "logic")
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "[logic] error: params.yaml is empty: expected a mapping of the sections " + ", ".join(
+        SECTIONS
+    )
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "data").exists()
