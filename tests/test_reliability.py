@@ -424,3 +424,23 @@ def test_stage_run_directly_on_an_empty_params_file_fails_in_one_line(tmp_path, 
         SECTIONS
     )
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "data").exists()
+
+
+def test_shards_and_npz_are_byte_stable_and_readable(tmp_path, monkeypatch):
+    import time as _time
+
+    arrays = {"idx": np.arange(12, dtype=np.int32).reshape(6, 2), "val": np.ones((6, 2), np.float32)}
+    storage.save_npz(tmp_path / "a.npz", **arrays)
+    monkeypatch.setattr(_time, "time", lambda: 2e9)  # another day: np.savez would stamp it
+    storage.save_npz(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = storage.load_shard(tmp_path / "b.npz")
+    assert set(loaded) == {"idx", "val"} and np.array_equal(loaded["idx"], arrays["idx"])
+
+
+def test_a_reason_covers_only_the_keys_it_names(tmp_path):
+    out = tmp_path / "g.json"
+    obj = {"trained": {"lines": {"2/5": {"enrichment": float("nan")}}, "fvu": float("nan")}}
+    with pytest.raises(DataError, match=r"1 non-finite \(NaN/inf\) values to write at trained\.fvu"):
+        storage.write_json(out, obj, missing_ok="empty flanks", where="*.lines.*")
+    assert not out.exists()

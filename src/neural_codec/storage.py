@@ -15,6 +15,7 @@ directly, and `SparseFeatures.to_csr()` gives a scipy CSR matrix for statistics.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -154,7 +155,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | Path, obj: Any, missing_ok: str | None = None) -> None:
+def write_json(path: str | Path, obj: Any, missing_ok: str | None = None, where: str = "*") -> None:
     """Write `obj` as JSON, atomically.
 
     A NaN or inf anywhere in `obj` (a metric that could not be computed, or one poisoned by bad
@@ -162,8 +163,11 @@ def write_json(path: str | Path, obj: Any, missing_ok: str | None = None) -> Non
     has no NaN, and a silent `null` reads like a result. A caller for whom some values are
     legitimately undefined (e.g. a statistic over an empty group) passes `missing_ok="<why>"`:
     those values are written as null and a one-line note on stderr gives the count, keys and reason.
+    `where` (an fnmatch pattern of dotted keys) limits which keys may be null; others still fail.
     """
     bad = list(_non_finite(_numpy_free(obj)))
+    if missing_ok is not None and any(not fnmatch.fnmatchcase(k, where) for k in bad):
+        missing_ok, bad = None, [k for k in bad if not fnmatch.fnmatchcase(k, where)]
     if bad:
         shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
         if missing_ok is None:
@@ -267,10 +271,23 @@ def write_json_sorted(path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+#: the timestamp of every member of our .npz files: np.savez stamps the wall clock, so the same
+#: arrays written a second later would differ in bytes (and in DVC hash)
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(file: Any, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` (uncompressed, `np.load` reads it) with fixed member timestamps: byte-stable."""
+    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH), "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+
+
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with tmp.open("wb") as fh:
-            np.savez(fh, **cast(dict[str, Any], arrays))
+            write_npz(fh, arrays)
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -325,7 +342,7 @@ class ShardWriter:
         joined = {k: np.concatenate(v) for k, v in self._buffer.items()}
         out = {k: a[:n] for k, a in joined.items()}
         rest = {k: a[n:] for k, a in joined.items()}
-        np.savez(self.directory / f"shard_{self.n_shards:05d}.npz", **cast(dict[str, Any], out))
+        write_npz(self.directory / f"shard_{self.n_shards:05d}.npz", out)
         self.n_shards += 1
         self.n_rows += n
         self._buffer = {k: [a] for k, a in rest.items()}
