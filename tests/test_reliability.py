@@ -444,3 +444,64 @@ def test_a_reason_covers_only_the_keys_it_names(tmp_path):
     with pytest.raises(DataError, match=r"1 non-finite \(NaN/inf\) values to write at trained\.fvu"):
         storage.write_json(out, obj, missing_ok="empty flanks", where="*.lines.*")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 6. scripts/sweep_m.py
+# --------------------------------------------------------------------------------------------
+
+
+def _sweep_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_m", REPO / "scripts" / "sweep_m.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def _rev(rev: str, name: str, M: int, fvu: float, experiments=None) -> dict:
+    return {
+        "rev": rev,
+        "name": name,
+        "error": None,
+        "experiments": experiments,
+        "data": {
+            "rev": rev,
+            "params": {"params.yaml": {"data": {"squeezer": {"M": M}}}},
+            "metrics": {"metrics/squeeze.json": {"data": {"squeezer": {"fvu": fvu, "M": M}}}},
+        },
+    }
+
+
+def test_sweep_m_clear_errors(tmp_path, monkeypatch, capsys):
+    main = _sweep_main()
+    assert main(["--json", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweep_m: error: --json") and "no such file" in err and "\n" not in err
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["--json", str(tmp_path / "bad.json")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dvc here
+    assert main(["--out", str(tmp_path / "o.csv"), "--png", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweep_m: error: dvc is not on PATH") and "\n" not in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_sweep_m_one_row_per_m_and_main_is_not_an_experiment(tmp_path, capsys):
+    exps = [{"revs": [_rev("b" * 40, "exp-128", 128, 0.25)]}, {"revs": [_rev("c" * 40, "exp-64", 64, 0.5)]}]
+    data = [_rev("a" * 40, "main", 128, 0.75, exps)]
+    (tmp_path / "show.json").write_text(json.dumps(data))
+    out_csv = tmp_path / "sweep.csv"
+    rc = _sweep_main()(
+        ["--json", str(tmp_path / "show.json"), "--out", str(out_csv), "--png", str(tmp_path / "s.png")]
+    )
+    assert rc == 0
+    lines = out_csv.read_text().splitlines()
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["64", "exp-64", "0.5"],
+        ["128", "exp-128+main", "0.5"],
+    ]
+    assert "2 values of M from 2 experiments and 1 baseline commits" in capsys.readouterr().out
