@@ -420,9 +420,11 @@ def test_stage_run_directly_on_an_empty_params_file_fails_in_one_line(tmp_path, 
         run_stage(tmp_path, "logic")
     assert ex.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "[logic] error: params.yaml is empty: expected a mapping of the sections " + ", ".join(
+    expected = "[logic] error: params.yaml is empty: expected a mapping of the sections " + ", ".join(
         SECTIONS
     )
+    assert err.startswith(expected) and "\n" not in err
+    assert err.endswith("`dvc checkout` restores the previous outputs)")
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "data").exists()
 
 

@@ -49,8 +49,11 @@ def run(name: str, main: Callable[[], None]) -> None:
     start = time.perf_counter()
     try:
         main()
-    except (ParamError, DataError) as err:
+    except DataError as err:  # its message already says what to run
         print(f"[{name}] error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ParamError as err:
+        print(f"[{name}] error: {err}{RESTORE_HINT}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"[{name}] interrupted (Ctrl-C): no output was written{RESTORE_HINT}", file=sys.stderr)

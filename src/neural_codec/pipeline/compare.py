@@ -145,6 +145,7 @@ def run(cfg: CompareConfig) -> CompareRun:
     heldout = storage.load_sparse(features / "heldout")
     n_main = len(storage.load_npy(paths.HELDOUT_NEURONS, mmap=True))
     n_act = int(storage.read_meta(act_dir)["n_rows"])
+    storage.check_shards(act_dir)  # readable and finite before minutes of work (not in scipy later)
     if not (len(heldout) == n_main == n_act):
         raise data_error(
             paths.HELDOUT_NEURONS,
