@@ -188,7 +188,7 @@ def test_byte_stable_artifacts_and_the_run_cache(repo):
     root, _ = repo
     sh(root, "git", "checkout", "--", "params.yaml")  # the committed tiny params
     sh(root, "dvc", "repro")
-    for stage in ("source", "sae", "squeeze"):
+    for stage in ("source", "activations", "sae", "features", "squeeze"):
         sh(root, "dvc", "repro", "-f", "-s", stage)
         status = sh(root, "dvc", "status")
         assert "up to date" in status, (stage, status)
