@@ -10,6 +10,20 @@ class ParamError(ValueError):
     """A bad value in params.yaml (or a missing upstream output): the message says how to fix it."""
 
 
+class DataError(ValueError):
+    """A missing, corrupt or non-finite input or output file (not a params.yaml problem): the one-line
+    message names the file, what is wrong with it and what to run (`dvc repro`, `dvc checkout`)."""
+
+
+RESTORE = "run `dvc repro` (or `dvc checkout` to restore it from the DVC cache)"
+
+
+def data_error(path: Any, problem: str, fix: str = RESTORE) -> DataError:
+    """A DataError saying `<path>: <problem>; <fix>` in one line."""
+    problem = " ".join(str(problem).split())[:300]
+    return DataError(f"{path}: {problem}; {fix}")
+
+
 def fail(key: str, value: Any, allowed: str) -> None:
     raise ParamError(f"params.yaml: {key} = {value!r} is not allowed; expected {allowed}")
 

@@ -15,7 +15,7 @@ import torch
 
 from neural_codec import storage
 from neural_codec.config import FeaturesConfig
-from neural_codec.errors import check
+from neural_codec.errors import check, data_error
 from neural_codec.sae import load_sae
 
 
@@ -41,15 +41,14 @@ def encode_split(sae: Any, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) ->
     nnz = 0
     for b in storage.iter_batches(act_dir, cfg.batch_size, ["resid"]):
         x = torch.from_numpy(b["resid"].astype(np.float32))
-        if not torch.isfinite(x).all():
-            raise ValueError(
-                f"non-finite activations in {act_dir} (rows {n}..{n + len(x) - 1}): re-run activations"
-            )
-        f = sae.encode(x)
+        f = sae.encode(x)  # (the shards' finiteness is checked as they are read: storage.load_shard)
         # checked before the threshold below, which would turn a NaN into silent padding
         if not torch.isfinite(f).all():
-            raise ValueError(
-                f"the SAE produced non-finite feature activations on {act_dir} (rows {n}..{n + len(x) - 1})"
+            n_bad = int((~torch.isfinite(f)).sum())
+            raise data_error(
+                act_dir,
+                f"the SAE produced {n_bad} non-finite feature activations on rows {n}..{n + len(x) - 1}",
+                "the SAE weights are bad: re-run `dvc repro -f sae` (or `dvc checkout data/sae`)",
             )
         idx, val = sparsify(f, cfg.top_k, cfg.min_value)
         idx = torch.where(val > 0, idx, torch.zeros_like(idx))

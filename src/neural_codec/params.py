@@ -3,12 +3,22 @@
 Every stage reads only its own sections into dataclasses before doing any work, so a typo or
 an out-of-range value fails at once with a message naming the key, the value and what is
 allowed (and `dvc exp run -S section.key=...` gets the same checks).
+
+`python -m neural_codec.params` (the README runs it before `dvc repro`) checks the whole file up
+front: every section, unknown sections and keys, types and ranges, the cross-section rules the
+stages would check later (features.top_k <= sae.d_sae, ...), and sizes that cannot fit in memory.
+One line and exit code 2 on the first problem; so a bad `compare` key fails in a second, not
+after minutes of upstream stages. (Not a DVC stage: it would have to depend on all of
+params.yaml, and then any param change would re-run every stage.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -35,6 +45,17 @@ SECTIONS = (
 )
 
 
+from neural_codec.config import (  # noqa: E402
+    ActivationsConfig,
+    BaselinesConfig,
+    CompareConfig,
+    FeaturesConfig,
+    GeometryConfig,
+    LogicConfig,
+    SAEConfig,
+    SourceConfig,
+    SqueezerConfig,
+)
 from neural_codec.errors import ParamError, check, fail  # noqa: E402  (re-used by the loader)
 
 
@@ -128,15 +149,29 @@ def from_dict(cls: type[T], data: Any, section: str) -> T:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The parsed file. Invalid YAML, an empty file, a non-mapping, an unknown section or an
+    empty (null) section each fail in one line: none of them may silently mean code defaults."""
     path = Path(path)
     if not path.exists():
         raise ParamError(f"{path} not found: run stages from the repository root")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ParamError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ParamError(f"{path} is empty: expected a mapping of the sections {', '.join(SECTIONS)}")
     check(isinstance(data, dict), str(path), type(data).__name__, "a mapping of sections")
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:  # a misspelt section would otherwise leave its stage silently on code defaults
         fail(unknown[0], data[unknown[0]], "one of the sections " + ", ".join(SECTIONS))
+    for section, value in data.items():
+        check(
+            value is not None, section, value, "a mapping of keys (delete the section to use code defaults)"
+        )
     return data
 
 
@@ -156,3 +191,122 @@ def require_inputs(*paths: str | Path) -> None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole-file check: `python -m neural_codec.params [params.yaml]`
+# --------------------------------------------------------------------------------------------
+
+
+def section_classes() -> dict[str, type]:
+    """Each params.yaml section and the dataclass that reads it (all of config.py's sections)."""
+    return {
+        "source": SourceConfig,
+        "activations": ActivationsConfig,
+        "sae": SAEConfig,
+        "features": FeaturesConfig,
+        "squeezer": SqueezerConfig,
+        "baselines": BaselinesConfig,
+        "geometry": GeometryConfig,
+        "logic": LogicConfig,
+        "compare": CompareConfig,
+    }
+
+
+def ram_bytes() -> int:
+    """Physical memory of this machine (0 if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def check_fits(key: str, value: Any, need: float, detail: str, ram: int | None = None) -> None:
+    """Fail on `key` unless `need` bytes (estimated) fit in this machine's RAM."""
+    ram = ram_bytes() if ram is None else ram
+    check(
+        not ram or need <= ram,
+        key,
+        value,
+        f"a size that fits in memory: ~{_gb(need)} needed ({detail}), {_gb(ram)} of RAM",
+    )
+
+
+def squeezer_bytes(n_features: int, cfg: SqueezerConfig, n_train: int, top_k: int) -> float:
+    """Estimated peak bytes of the squeeze stage: W_enc + W_dec with their gradients and two Adam
+    moments (4 copies of 2 n M float32), a dense (batch, n) reconstruction, target and gradient
+    (3 copies, exact loss), the training features (idx int32 + val float32 per slot)."""
+    weights = 4 * 2 * n_features * cfg.M * 4
+    cols = n_features if cfg.loss_sample == 0 else min(n_features, cfg.loss_sample + top_k)
+    dense = 3 * cfg.batch_size * cols * 4
+    return float(weights + dense + n_train * top_k * 8)
+
+
+def _sae_latents(sae: SAEConfig) -> int | None:
+    """The SAE's number of latents: sae.d_sae when trained, else from an existing cfg.json."""
+    if not sae.pretrained:
+        return sae.d_sae
+    for folder in (sae.path, "data/sae"):
+        cfg_json = Path(folder) / "cfg.json" if folder else None
+        if cfg_json is not None and cfg_json.exists():
+            try:
+                return int(json.loads(cfg_json.read_text())["d_sae"])
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def check_params(path: str | Path = "params.yaml", ram: int | None = None) -> dict[str, Any]:
+    """Validate every section of `path` and the rules between sections; returns the configs.
+
+    Raises ParamError (one line) on: invalid or empty YAML, an unknown or empty section, an
+    unknown key, a wrong type or range (each dataclass's own checks), features.top_k or
+    squeezer.importance_given that do not fit sae.d_sae, sae.batch_size above
+    activations.n_train, and a squeeze or SAE size that cannot fit in `ram` bytes."""
+    data = load_params(path)
+    configs: dict[str, Any] = {n: from_dict(c, data.get(n), n) for n, c in section_classes().items()}
+    src: SourceConfig = configs["source"]
+    acts: ActivationsConfig = configs["activations"]
+    sae: SAEConfig = configs["sae"]
+    feats: FeaturesConfig = configs["features"]
+    sq: SqueezerConfig = configs["squeezer"]
+    n_train = src.lm.n_tokens_train if src.kind == "lm" else acts.n_train
+    if not sae.pretrained:
+        check(sae.batch_size <= n_train, "sae.batch_size", sae.batch_size,
+              f"<= the number of training rows ({n_train})")  # fmt: skip
+    n = _sae_latents(sae)
+    if n is not None:
+        check(feats.top_k <= n, "features.top_k", feats.top_k, f"<= the SAE's number of latents ({n})")
+        if sq.importance_given is not None:
+            check(len(sq.importance_given) == n, "squeezer.importance_given",
+                  f"<list of length {len(sq.importance_given)}>", f"a list of length n_features = {n}")  # fmt: skip
+        need = squeezer_bytes(n, sq, n_train, feats.top_k)
+        check_fits("squeezer.M", sq.M, need, f"n_features {n} x M {sq.M}, batch {sq.batch_size}", ram)
+    if not sae.pretrained and src.kind == "synthetic":
+        d_in = src.synthetic.d_model
+        sae_need = 4 * 2 * d_in * sae.d_sae * 4 + 3 * sae.batch_size * max(d_in, sae.d_sae) * 4
+        check_fits("sae.d_sae", sae.d_sae, sae_need, f"d_model {d_in} x d_sae {sae.d_sae}", ram)
+        acts_need = (acts.rows_per_shard + acts.batch_size) * (d_in + src.synthetic.n_neurons) * 4 * 4
+        check_fits("activations.rows_per_shard", acts.rows_per_shard, acts_need, "one shard in memory", ram)
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m neural_codec.params [params.yaml]`: one line, exit 0 (ok) or 2 (the problem)."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0]) if args else Path("params.yaml")
+    try:
+        configs = check_params(path)
+    except ParamError as err:
+        print(f"[check-params] error: {err}", file=sys.stderr)
+        return 2
+    print(f"[check-params] {path}: ok ({len(configs)} sections)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,15 @@ import torch
 
 from neural_codec import storage
 from neural_codec.config import SAEConfig
-from neural_codec.errors import OFFLINE_SAES, LMUnavailable, ParamError, check, first_line
+from neural_codec.errors import (
+    OFFLINE_SAES,
+    RESTORE,
+    LMUnavailable,
+    ParamError,
+    check,
+    data_error,
+    first_line,
+)
 
 
 def _training_sae(cfg: SAEConfig, d_in: int):
@@ -53,8 +61,7 @@ def _cycle_batches(directory: Path, batch_size: int, seed: int) -> Iterator[torc
     paths = storage.shard_paths(directory)
     while True:
         for p in rng.permutation(len(paths)):
-            with np.load(paths[p]) as z:
-                x = z["resid"].astype(np.float32)
+            x = storage.load_shard(paths[p], ["resid"])["resid"].astype(np.float32)
             x = x[rng.permutation(len(x))]
             for i in range(0, len(x) - batch_size + 1, batch_size):
                 yield torch.from_numpy(x[i : i + batch_size])
@@ -81,6 +88,8 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
         save_final_checkpoint=False,
     )
     rows = int(storage.read_meta(train_dir)["n_rows"])
+    # every shard readable and finite before any training: a NaN would train a NaN SAE silently
+    storage.check_shards(train_dir, ["resid"])
     check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
           f"<= the number of training rows ({rows})")  # fmt: skip
     torch.manual_seed(cfg.seed)
@@ -105,9 +114,14 @@ def load_sae(
         path = Path(path)
         if not (path / "cfg.json").exists():
             raise LMUnavailable(
-                f"{path} is not a SAELens SAE folder (no cfg.json); write one with sae.save_model(path)"
+                f"{path} is not a SAELens SAE folder (no cfg.json); write one with sae.save_model(path), "
+                f"or for {path} made by the sae stage: {RESTORE}"
             )
-        return SAE.load_from_disk(str(path), device=device)
+        storage.read_json(path / "cfg.json")  # a corrupt cfg.json: one line naming it
+        try:
+            return SAE.load_from_disk(str(path), device=device)
+        except Exception as err:
+            raise data_error(path, f"not a loadable SAELens SAE ({first_line(err)})") from None
     if not (release and sae_id):
         raise ParamError(
             "params.yaml: sae.pretrained_release / sae.pretrained_sae_id = "

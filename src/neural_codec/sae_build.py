@@ -35,6 +35,7 @@ def build_sae(
         load_sae(cfg.path, release=cfg.pretrained_release, sae_id=cfg.pretrained_sae_id).save_model(out_dir)
     else:
         train_sae(cfg, activations_dir / "train").save_inference_model(out_dir)
+    storage.write_json_sorted(out_dir / "cfg.json")  # SAELens' key order varies between runs
     sae = load_sae(out_dir)  # what downstream stages will see
     # the loaded SAE's own architecture (a pretrained SAE need not be the sae.architecture param)
     metrics: dict[str, Any] = {

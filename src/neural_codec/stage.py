@@ -1,7 +1,11 @@
 """What every stage script shares: a timed, memory-reported `main` with clean errors.
 
-Bad params raise `ParamError` before any work; `run` turns it into one line on stderr and exit
-code 2 (no traceback to scroll through). On success it reports wall time and peak memory and
+Bad params raise `ParamError` before any work, bad input files `DataError` (missing, truncated,
+corrupt, NaN/inf); `run` turns either into one line on stderr and exit code 2 (no traceback to
+scroll through), and Ctrl-C into one line and exit code 130. Atomic writes leave nothing behind
+on failure, and what a killed run (SIGKILL) left (`.<name>.<pid>.*.tmp`) is swept at stage start.
+A failed stage's old outputs may already be gone (DVC removes outputs before running a stage):
+the error line says how to get them back (`dvc checkout`). On success it reports wall time and peak memory and
 writes them, with whatever the stage passed to `record_timing`, to `timings/<stage>.json`: a file
 DVC does not track, so `dvc metrics diff` shows results, never run-to-run timing noise.
 """
@@ -16,9 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from neural_codec import paths, storage
-from neural_codec.errors import ParamError
+from neural_codec.errors import DataError, ParamError
 
 _TIMINGS: dict[str, Any] = {}
+
+#: where atomic writes put their temporaries (each directory and its sub-directories are swept)
+TEMP_HOMES = (paths.DATA, paths.METRICS, paths.PLOTS, paths.REPORT, paths.TIMINGS)
+#: DVC deletes a stage's outputs before running it; a failed run leaves them gone until restored
+RESTORE_HINT = " (under dvc, `dvc checkout` restores the previous outputs)"
 
 
 def peak_rss_mb() -> float:
@@ -36,12 +45,19 @@ def run(name: str, main: Callable[[], None]) -> None:
     # Our tensors are small: more intra-op threads than cores only adds contention.
     torch.set_num_threads(int(os.environ.get("NEURAL_CODEC_THREADS", "1")))
     _TIMINGS.clear()
+    storage.sweep_stale_temps(*TEMP_HOMES)
     start = time.perf_counter()
     try:
         main()
-    except ParamError as err:
+    except DataError as err:  # its message already says what to run
         print(f"[{name}] error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ParamError as err:
+        print(f"[{name}] error: {err}{RESTORE_HINT}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"[{name}] interrupted (Ctrl-C): no output was written{RESTORE_HINT}", file=sys.stderr)
+        sys.exit(130)
     wall = time.perf_counter() - start
     rss = peak_rss_mb()
     storage.write_json(paths.TIMINGS / f"{name}.json", {"wall_seconds": wall, "peak_rss_mb": rss, **_TIMINGS})

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from neural_codec import nulls, paths, storage
 from neural_codec.analysis import compare as cmp
 from neural_codec.analysis import compare_plots
 from neural_codec.codec import SqueezerCodec, eval_batch_size, iter_eval_batches, represented_features
 from neural_codec.config import CompareConfig, SqueezerConfig
-from neural_codec.errors import ParamError
+from neural_codec.errors import ParamError, data_error
 from neural_codec.params import from_dict, load_params, require_inputs
 from neural_codec.sae import load_sae
 from neural_codec.squeezer.checkpoint import load_squeezer
@@ -48,15 +47,14 @@ def squeezer_config(model: Squeezer) -> SqueezerConfig:
 
 
 def activation_keys(directory: Path) -> set[str]:
-    with np.load(storage.shard_paths(directory)[0]) as z:
-        return set(z.files)
+    return set(storage.load_shard(storage.shard_paths(directory)[0]))
 
 
 def seed2_readin(path: Path) -> np.ndarray | None:
     """W_in (d_model, n_neurons) of the synthetic source's second seed, if it exists."""
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = storage.torch_load(path)
     sd = blob.get("state_dict", {}) if isinstance(blob, dict) else {}
     w = sd.get("W_in")
     return None if w is None else w.detach().float().cpu().numpy()
@@ -104,7 +102,7 @@ def candidate_populations(
     """Synthetic neurons on the held-out features (and encoder weights) of the main Squeezer,
     its untrained and permuted-feature floors and its second seed."""
     n_features = main_sq.n_features
-    arrays = {"squeezer": np.asarray(np.load(paths.HELDOUT_NEURONS, mmap_mode="r"), dtype=np.float32)}
+    arrays = {"squeezer": np.asarray(storage.load_npy(paths.HELDOUT_NEURONS, mmap=True), dtype=np.float32)}
     weights = {"squeezer": main_sq.W_enc.detach().numpy()}
     if cfg.floor_untrained:
         un = nulls.untrained_squeezer(n_features, sq_cfg)
@@ -146,12 +144,14 @@ def run(cfg: CompareConfig) -> CompareRun:
     sq_cfg = squeezer_config(main_sq)
     n_features = main_sq.n_features
     heldout = storage.load_sparse(features / "heldout")
-    n_main = len(np.load(paths.HELDOUT_NEURONS, mmap_mode="r"))
+    n_main = len(storage.load_npy(paths.HELDOUT_NEURONS, mmap=True))
     n_act = int(storage.read_meta(act_dir)["n_rows"])
+    storage.check_shards(act_dir)  # readable and finite before minutes of work (not in scipy later)
     if not (len(heldout) == n_main == n_act):
-        raise ParamError(
-            f"held-out rows differ: features {len(heldout)}, squeezer neurons "
-            f"{n_main}, activations {n_act}; re-run `dvc repro`"
+        raise data_error(
+            paths.HELDOUT_NEURONS,
+            f"held-out rows differ: features {len(heldout)}, squeezer neurons {n_main}, activations {n_act}",
+            "re-run `dvc repro`",
         )
     if heldout.n_features != n_features:
         raise ParamError(f"features have {heldout.n_features} latents, the Squeezer {n_features}")
@@ -177,12 +177,12 @@ def run(cfg: CompareConfig) -> CompareRun:
     comps = {name: cmp.compare_populations(m, cfg.svcca_keep) for name, m in mom.items()}
 
     # --- feature-interference structure ---------------------------------------------------------
-    readin = np.load(READIN)
+    readin = storage.load_npy(READIN)
     W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
     if W_sae.shape[0] != n_features:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
     loadings = cmp.model_feature_loadings(W_sae, readin)
-    alive = np.load(paths.FIRING_FREQ) > 0
+    alive = storage.load_npy(paths.FIRING_FREQ) > 0
     # the held-out self-gain criterion of `features_represented` (metrics/squeeze.json), not a
     # weight norm (which counts barely-trained features whose xavier rows already have norm ~0.6)
     represented = represented_features(

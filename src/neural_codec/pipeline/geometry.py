@@ -134,7 +134,13 @@ def write(r: GeometryRun, cfg: GeometryConfig) -> None:
     flat_w = {f"trained_{p}": W for p, W in r.weights["trained"].items()}
     geometry_plots.plot_polytopes(plot_dir / "polytopes.png", trained, flat_w, cfg.max_plot_polytopes)
     geometry_plots.plot_circles(plot_dir / "circles.png", flat_w, r.families, trained)
-    storage.write_json(paths.metrics_file("geometry"), r.metrics)
+    # a polytope line whose flanks hold no features has no enrichment ratio: null, said on stderr
+    storage.write_json(
+        paths.metrics_file("geometry"),
+        r.metrics,
+        missing_ok="no features in a line's flanks",
+        where="*.lines.*",
+    )
 
 
 def summary(m: dict[str, Any]) -> str:

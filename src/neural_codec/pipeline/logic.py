@@ -53,7 +53,7 @@ def run(cfg: LogicConfig) -> LogicRun:
     w_enc = model.W_enc.detach().numpy().astype(np.float64)
     # each neuron's resting output ReLU(b_enc): its activation when no feature is active
     rest = np.maximum(model.b_enc.detach().numpy().astype(np.float64).reshape(model.M), 0.0)
-    neurons = np.load(paths.HELDOUT_NEURONS, mmap_mode="r")
+    neurons = storage.load_npy(paths.HELDOUT_NEURONS, mmap=True)
     held_meta = storage.read_meta(features / "heldout")
     check(
         neurons.shape == (held_meta["n_rows"], w_enc.shape[1]),
@@ -94,8 +94,12 @@ def write(r: LogicRun) -> None:
     header, rows = lift_histogram(r.lifts)
     storage.write_csv(plot_dir / "lift.csv", header, rows)
     logic_plots.plot_lifts(plot_dir / "lift.png", r.lifts, r.metrics)
-    storage.write_json(paths.TRUTH_TABLES, r.truth_tables)
-    storage.write_json(paths.metrics_file("logic"), r.metrics)
+    # a group with no (or one) neuron-sharing pair has no lift statistics: null, said on stderr
+    why = "statistics of an empty group of pairs are undefined"
+    storage.write_json(
+        paths.TRUTH_TABLES, r.truth_tables, missing_ok="a truth-table cell with no rows has no mean"
+    )
+    storage.write_json(paths.metrics_file("logic"), r.metrics, missing_ok=why)
 
 
 def summary(m: dict[str, Any]) -> str:

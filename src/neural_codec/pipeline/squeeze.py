@@ -19,7 +19,7 @@ from neural_codec import paths, storage
 from neural_codec.codec import SqueezerCodec, eval_batch_size, evaluate_codec, iter_eval_batches
 from neural_codec.config import FeaturesConfig, SourceConfig, SqueezerConfig
 from neural_codec.errors import ParamError
-from neural_codec.params import from_dict
+from neural_codec.params import check_fits, from_dict, squeezer_bytes
 from neural_codec.sae import load_sae_decoder
 from neural_codec.source.lm.ce import squeezer_ce_scores
 from neural_codec.squeezer.checkpoint import save_squeezer
@@ -43,6 +43,8 @@ def run(params: dict[str, Any]) -> SqueezeRun:
     src = from_dict(SourceConfig, params.get("source"), "source")
     info = check_upstream(params, cfg, paths.FEATURES, paths.ACTIVATIONS, paths.SAE)
     n = info["n_features"]
+    need = squeezer_bytes(n, cfg, info["n_train"], info["k"])  # before an allocation traceback
+    check_fits("squeezer.M", cfg.M, need, f"n_features {n} x M {cfg.M}, batch {cfg.batch_size}")
     sae_decode = load_sae_decoder(paths.SAE)
     if sae_decode.n_features != n:
         raise ParamError(

@@ -22,14 +22,15 @@ def fvu_at_m(m: Metrics) -> tuple[list[str], list[Any]]:
     return ["M", *SWEEP_COLUMNS], ["" if M is None else M] + ["" if v is None else v for v in vals]
 
 
-def _walk_exp_show(entries: Any) -> Iterable[dict[str, Any]]:
-    """Every revision in `dvc exp show --json` output: baselines and their experiments."""
+def _walk_exp_show(entries: Any, baseline: bool = True) -> Iterable[tuple[dict[str, Any], bool]]:
+    """Every revision in `dvc exp show --json` output, and whether it is a baseline (a commit such
+    as `main`, not an experiment): baselines and their experiments."""
     for e in entries or []:
         if not isinstance(e, dict):
             continue
-        yield e
+        yield e, baseline
         for exp in e.get("experiments") or []:
-            yield from _walk_exp_show(exp.get("revs") if isinstance(exp, dict) else None)
+            yield from _walk_exp_show(exp.get("revs") if isinstance(exp, dict) else None, False)
 
 
 def _dict(d: Any, key: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def parse_exp_show(
     workspace is skipped unless `include_workspace` (it usually repeats HEAD).
     """
     rows: dict[str, dict[str, Any]] = {}
-    for e in _walk_exp_show(entries):
+    for e, is_baseline in _walk_exp_show(entries):
         rev = e.get("rev")
         data = e.get("data")
         if not isinstance(data, dict) or e.get("error") or not rev:
@@ -68,8 +69,30 @@ def parse_exp_show(
             continue
         key = data.get("rev") or rev
         name = e.get("name") or (rev if rev == "workspace" else str(rev)[:7])
-        rows.setdefault(key, {"M": M, "experiment": name, **fvu})
+        rows.setdefault(key, {"M": M, "experiment": name, "baseline": is_baseline and rev != "workspace", **fvu})
     return sorted(rows.values(), key=lambda r: (r["M"], r["experiment"]))
+
+
+def one_row_per_m(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge rows with the same M (a baseline commit and an experiment at its M, or repeats):
+    each FVU is the mean over the merged rows that have it, `experiment` joins their names with
+    '+', `n_runs` counts them, `baseline` is true only if every merged row is a baseline."""
+    by_m: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_m.setdefault(r["M"], []).append(r)
+    out = []
+    for M, group in sorted(by_m.items()):
+        merged: dict[str, Any] = {
+            "M": M,
+            "experiment": "+".join(r["experiment"] for r in group),
+            "baseline": all(r.get("baseline", False) for r in group),
+            "n_runs": len(group),
+        }
+        for c in SWEEP_COLUMNS:
+            vals = [float(r[c]) for r in group if r.get(c) is not None]
+            merged[c] = sum(vals) / len(vals) if vals else None
+        out.append(merged)
+    return out
 
 
 def write_sweep(rows: list[dict[str, Any]], csv_path: str | Path, png_path: str | Path | None) -> None:

@@ -282,13 +282,12 @@ def toy_model_metrics(model: ToyModel, gen: ActivationGenerator, n: int = 8192) 
 
 
 def save_toy_model(path: Any, model: ToyModel, cfg: SyntheticConfig, seed: int) -> None:
-    with storage.atomic_path(path) as tmp:
-        torch.save({"kind": "synthetic", "config": cfg.__dict__, "seed": seed,
-                    "state_dict": model.state_dict()}, tmp)  # fmt: skip
+    storage.torch_save(path, {"kind": "synthetic", "config": cfg.__dict__, "seed": seed,
+                              "state_dict": model.state_dict()})  # fmt: skip
 
 
 def load_toy_model(path: Any) -> ToyModel:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = storage.torch_load(path)
     sd = blob["state_dict"]
     model = ToyModel(sd["embedding"], sd["W_in"].shape[1], blob["seed"])
     model.load_state_dict(sd)

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from neural_codec.config import SqueezerConfig
+from neural_codec.errors import RESTORE, data_error
 from neural_codec.squeezer.model import Squeezer
-from neural_codec.storage import atomic_path
+from neural_codec.storage import torch_load, torch_save
 
 
 def save_squeezer(path: str | Path, model: Squeezer, cfg: SqueezerConfig, extra: dict | None = None) -> None:
@@ -22,12 +23,13 @@ def save_squeezer(path: str | Path, model: Squeezer, cfg: SqueezerConfig, extra:
         "config": dataclasses.asdict(cfg),
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(path, state)
 
 
 def load_squeezer(path: str | Path) -> Squeezer:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch_load(path)
+    if not isinstance(state, dict) or not {"W_enc", "b_enc", "W_dec", "b_dec", "config"} <= set(state):
+        raise data_error(path, "not a squeezer checkpoint (no W_enc/b_enc/W_dec/b_dec/config)", RESTORE)
     n, M = state["W_enc"].shape
     tied = bool(state["config"].get("tied", False))
     model = Squeezer(n, M, tied, hidden=state["config"].get("hidden", "relu"))

@@ -10,7 +10,7 @@ import numpy as np
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError, check
 from neural_codec.params import require_inputs
-from neural_codec.storage import SparseFeatures, iter_sparse, read_meta
+from neural_codec.storage import SparseFeatures, check_shards, iter_sparse, load_npy, read_meta
 
 
 def check_features(feats: SparseFeatures, what: str = "features") -> None:
@@ -37,7 +37,7 @@ def check_upstream(
     """Everything that can be wrong with the inputs, checked before any training:
     upstream outputs exist, features.top_k <= n_features, importance_given has length
     n_features, features are finite / non-negative / in range (every shard scanned),
-    held-out activations are row-aligned with held-out features.
+    held-out activations are readable, finite and row-aligned with held-out features.
     Returns {"n_features", "k", "firing_freq", "n_train", "n_heldout"}."""
 
     features_dir, activations_dir, sae_dir = Path(features_dir), Path(activations_dir), Path(sae_dir)
@@ -69,7 +69,7 @@ def check_upstream(
             f"<list of length {len(cfg.importance_given)}>",
             f"a list of length n_features = {n}",
         )
-    freq = np.load(features_dir / "firing_freq.npy")
+    freq = load_npy(features_dir / "firing_freq.npy")
     check(freq.shape == (n,), str(features_dir / "firing_freq.npy"), freq.shape, f"shape ({n},)")
     counts = {}
     for split in ("train", "heldout"):
@@ -79,6 +79,7 @@ def check_upstream(
             rows += len(b)
         counts[split] = rows
     act_rows = int(read_meta(activations_dir / "heldout")["n_rows"])
+    check_shards(activations_dir / "heldout")  # readable and finite (a NaN would score as null)
     check(
         act_rows == counts["heldout"],
         f"{activations_dir / 'heldout'}: n_rows",
