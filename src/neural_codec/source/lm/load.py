@@ -109,7 +109,9 @@ def load_hf_encoder(directory: str | Path, device: str = "cpu") -> Any:
     if tok.eos_token is None and tok.sep_token is not None:
         tok.eos_token = tok.sep_token
     verbosity = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # "heads newly initialised": expected, see above
+    transformers.utils.logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,6 +126,8 @@ def load_hf_encoder(directory: str | Path, device: str = "cpu") -> Any:
             model = HookedEncoder(cfg, tokenizer=tok, move_to_device=False)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     model.load_state_dict(state, strict=False)
     return model.to(device, print_details=False).eval()
 
