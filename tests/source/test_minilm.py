@@ -2,7 +2,8 @@
 test articles as text: the loader against `transformers`' BertModel, the hooks the pipeline
 reads, the WordPiece day/month tokens, and every stage on a tiny slice.
 
-Needs the opt-in extras (`NEURAL_CODEC_EXTRAS=minilm bash scripts/setup.sh`); skipped without.
+Needs the opt-in extras (`NEURAL_CODEC_EXTRAS=minilm bash scripts/setup.sh`, as .ci/run does);
+skipped without. The every-stage test takes about a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -153,7 +154,6 @@ STAGES = ["source", "activations", "sae", "features", "squeeze", "baselines", "g
           "compare", "report"]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_every_stage_runs_with_minilm_on_wikipedia(minilm, tmp_path):
     pytest.importorskip("gensim")
     write_params(tmp_path, TINY_MINILM)
