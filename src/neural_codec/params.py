@@ -53,8 +53,10 @@ from neural_codec.config import (  # noqa: E402
     GeometryConfig,
     LogicConfig,
     SAEConfig,
+    SeedsConfig,
     SourceConfig,
     SqueezerConfig,
+    TMSConfig,
 )
 from neural_codec.errors import ParamError, check, fail  # noqa: E402  (re-used by the loader)
 
@@ -210,6 +212,8 @@ def section_classes() -> dict[str, type]:
         "geometry": GeometryConfig,
         "logic": LogicConfig,
         "compare": CompareConfig,
+        "tms": TMSConfig,
+        "seeds": SeedsConfig,
     }
 
 
