@@ -695,6 +695,7 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
         and c["measured"]["hungarian_mean_r_uninformative_floors"] == []
     )
     at_ceiling["compare"]["ceiling_model_vs_model_seed2"]["cka"] = 0.99
+    at_ceiling["compare"]["floor_permuted"]["cka"] = 0.85
     c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
     assert not c["found"] and c["measured"]["cka_uninformative_floors"] == [], c
     # the toy model plants no codec: compare is no control there
