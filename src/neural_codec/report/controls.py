@@ -143,6 +143,8 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
 def _cell(d: Any) -> str:
     if isinstance(d, dict):
         return ", ".join(f"{k} {_cell(v)}" for k, v in d.items())
+    if isinstance(d, list):
+        return "/".join(map(str, d)) or "none"
     return fmt(d)
 
 
