@@ -676,8 +676,28 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     broken["logic"]["families"]["exclusive"]["opposite_sign"]["enrichment"] = 0.9
     del broken["geometry"]["trained"]["encoder"]["circles"]
     bad = positive_controls(Metrics(broken))
-    for name in ("compare_planted_codec", "logic_exclusive_lift", "logic_exclusive_antipodal", "geometry_circles"):
+    for name in (
+        "compare_planted_codec",
+        "logic_exclusive_lift",
+        "logic_exclusive_antipodal",
+        "geometry_circles",
+    ):
         assert not bad[name]["found"], name
+    # a floor the model's own second seed does not clear is no floor for neuron identity: it is
+    # listed, not counted; a floor the seed-2 ceiling clears counts, and a Squeezer at it fails
+    at_ceiling = _codec_metrics()
+    at_ceiling["compare"]["ceiling_model_vs_model_seed2"] = {"hungarian_mean_r": 0.8, "cka": 0.62}
+    at_ceiling["compare"]["floor_permuted"]["cka"] = 0.94
+    c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
+    assert c["found"] and c["measured"]["cka_uninformative_floors"] == ["floor_permuted"], c
+    assert (
+        c["measured"]["cka_best_floor"] == 0.5
+        and c["measured"]["hungarian_mean_r_uninformative_floors"] == []
+    )
+    at_ceiling["compare"]["ceiling_model_vs_model_seed2"]["cka"] = 0.99
+    at_ceiling["compare"]["floor_permuted"]["cka"] = 0.85
+    c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
+    assert not c["found"] and c["measured"]["cka_uninformative_floors"] == [], c
     # the toy model plants no codec: compare is no control there
     toy = _codec_metrics()
     toy["source"]["model"] = "toy"
