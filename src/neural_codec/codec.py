@@ -139,6 +139,35 @@ def represented_features(codec: Codec, batches: Iterable[EvalBatch]) -> np.ndarr
 
 
 @torch.no_grad()
+def row_errors(codec: Codec, batches: Iterable[EvalBatch]) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out row: ||F_r - F_hat_r||^2 and ||F_r - mean F||^2 (the mean over all rows), the
+    two sums whose ratio is `evaluate_codec`'s fvu (for a bootstrap over rows)."""
+    err: list[np.ndarray] = []
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    s1: Any = None
+    for batch in batches:
+        feats = batch.feats
+        n = feats.n_features
+        s1 = np.zeros(n) if s1 is None else s1
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        target = dense_target(idx, torch.from_numpy(feats.val.astype(np.float32)), n)
+        f_hat = codec.decode(codec.code(batch)[1])
+        err.append(((target - f_hat).double() ** 2).sum(1).numpy())
+        val = np.where(feats.val > 0, feats.val, 0).astype(np.float64)
+        np.add.at(s1, feats.idx[feats.val > 0], val[feats.val > 0])
+        rows.append((feats.idx, val))
+    if s1 is None:
+        raise ValueError("no held-out rows to evaluate")
+    e = np.concatenate(err)
+    mu = s1 / len(e)
+    # ||F_r - mu||^2 = ||mu||^2 + sum over r's non-zeros of (v - mu_i)^2 - mu_i^2
+    dev = np.concatenate(
+        [float(mu @ mu) + np.where(v > 0, (v - mu[i]) ** 2 - mu[i] ** 2, 0.0).sum(1) for i, v in rows]
+    )
+    return e, dev
+
+
+@torch.no_grad()
 def evaluate_codec(
     codec: Codec,
     batches: Iterable[EvalBatch],
