@@ -59,3 +59,18 @@ def test_a_point_win_that_fails_over_intervals_does_not_hold():
     text = "".join(c if isinstance(c, str) else "" for c in fvu.decide())
     assert text.startswith("does not hold over seeds")
     assert "below every floor: " in text  # the single-seed comparison, still shown beside it
+
+
+def test_figures_draw_the_intervals_deterministically(tmp_path):
+    from neural_codec.report.figures import bars_figure, matched_r_figure
+
+    labels, values = ["Squeezer", "PCA"], [0.25, 0.3]
+    ivs = [iv(0.26, 0.02), iv(0.3, 0.01, 1, n_rows=4000)]
+    plain = bars_figure(labels, values, "t", "FVU")
+    with_bars = bars_figure(labels, values, "t", "FVU", ivs)
+    assert with_bars != plain and with_bars == bars_figure(labels, values, "t", "FVU", ivs)
+    assert bars_figure(labels, values, "t", "FVU", [None, {"mean": None}]) == plain  # nothing to draw
+    csv = tmp_path / "matched_r.csv"
+    csv.write_text("rank,squeezer_vs_model,floor_untrained\n0,0.9,0.3\n1,0.7,0.2\n2,0.5,0.1\n")
+    band = matched_r_figure(csv, {"squeezer_vs_model": iv(0.7, 0.05)})
+    assert band != matched_r_figure(csv) and band == matched_r_figure(csv, {"squeezer_vs_model": iv(0.7, 0.05)})

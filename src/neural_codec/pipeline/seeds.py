@@ -172,6 +172,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     per_seed: dict[str, dict[str, list[Any]]] = {c: defaultdict(list) for c in conds}
     rand_enc: dict[str, list[Any]] = defaultdict(list)
     with_rand = "random_encoder" in base.methods
+    fitted = read_baselines()
     seconds = []
     for s in range(cfg.n_seeds):
         t0 = time.perf_counter()
@@ -184,7 +185,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                         ("permuted", permuted)):  # fmt: skip
             for k, v in measures(m, ctx, geo, logic, comp, cfg.n_permutations).items():
                 per_seed[cond][k].append(None if v is None else float(v))
-        if with_rand:  # the random-encoder baseline over seeds (seed + 0 = the baselines stage's)
+        if with_rand and s == 0 and "random_encoder" in fitted:  # seed + 0: the baselines stage's fit
+            for k in ("fvu", "features_represented"):
+                rand_enc[k].append(float(fitted["random_encoder"][k]))
+        elif with_rand:  # the random-encoder baseline over seeds
             b_cfg = dataclasses.replace(base, seed=base.seed + s)
             codec, _ = fit_random_encoder(train, sq_cfg.M, b_cfg, imp, sq_cfg.init, sq_cfg.bias_init)
             batches = iter_eval_batches(
@@ -206,16 +210,20 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_baselines() -> dict[str, Any]:
+    """metrics/baselines.json ({} before the baselines stage has run)."""
+    path = paths.metrics_file("baselines")
+    return storage.read_json(path) if path.exists() else {}
+
+
 def baseline_intervals(rand_enc: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     """{method: {measure: interval}}: the random encoder over seeds (`rand_enc`); PCA,
     no superposition and the model's neurons from baselines.json's bootstrap over held-out rows
     (`fvu_interval`), when the baselines stage has run."""
     out: dict[str, dict[str, Any]] = {}
-    path = paths.metrics_file("baselines")
-    if path.exists():
-        for b, res in storage.read_json(path).items():
-            if isinstance(res, dict) and isinstance(res.get("fvu_interval"), dict) and b != "random_encoder":
-                out[b] = {"fvu": res["fvu_interval"]}
+    for b, res in read_baselines().items():
+        if isinstance(res, dict) and isinstance(res.get("fvu_interval"), dict) and b != "random_encoder":
+            out[b] = {"fvu": res["fvu_interval"]}
     if rand_enc:
         out["random_encoder"] = {k: {**interval(v), "per_seed": v} for k, v in rand_enc.items()}
     return out

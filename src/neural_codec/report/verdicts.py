@@ -63,7 +63,13 @@ class VerdictRow:
             bound, best = min(floors, key=lambda p: p[0])
             ok = v < bound
             words = ("below every floor: ", "not below every floor: ", " < ", " >= ")
-        return [words[0] if ok else words[1], self.value, words[2] if ok else words[3], best, f" ({best.label})"]
+        return [
+            words[0] if ok else words[1],
+            self.value,
+            words[2] if ok else words[3],
+            best,
+            f" ({best.label})",
+        ]
 
 
 def _labelled(nums: list[Num], cis: list[list[Cell]] | None = None) -> list[Cell]:
