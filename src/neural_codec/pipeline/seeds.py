@@ -4,8 +4,15 @@ One stage looping over seeds (not a dvc `foreach`: the interval needs every seed
 loop keeps the memory to one Squeezer and one batch at a time). Seed squeezer.seed + 0 is the main
 Squeezer (reloaded from data/squeeze/squeezer.pt, so its numbers are the single-seed stages'),
 seeds + 1 .. S-1 are retrained on the same rows with the same schedule. Each seed also gets its
-untrained null (the same initial weights), the floor a measure must clear: a measure "holds" only
-when the trained interval lies wholly above (or, for FVU, below) the untrained one.
+floors: the untrained null (the same initial weights) and the permuted-feature null (a Squeezer
+trained at that seed on `nulls.permute_feature_columns(train, seed)`, `seeds.steps` steps), both
+measured like the Squeezer; and for FVU / features represented the baselines: the random encoder
+refitted at baselines.seed + s (seed + 0 read from baselines.json), PCA, no superposition and the
+model's neurons (one deterministic fit or a reference: baselines.json's `fvu_interval`, a
+bootstrap over held-out rows). `holds` = the trained interval clears EVERY floor's interval:
+wholly above it (higher is better), below it (FVU), or disjoint from it (descriptive measures);
+`holds_untrained` keeps the comparison with the untrained floor alone. The model's neurons are a
+reference, not a floor: shown with their interval, not used by `holds`.
 
 Measures per seed (same functions as the single-seed stages):
 - squeeze: FVU and features represented on the held-out rows (`evaluate_codec`);
@@ -14,8 +21,9 @@ Measures per seed (same functions as the single-seed stages):
 - logic (co-occurrence split): median lift and Cliff's delta of both sign groups;
 - compare (held-out rows, the model's neurons): Hungarian mean |r|, CKA, SVCCA, interference
   Mantel r on the features the main Squeezer represents.
-Where seeds do not apply (the model's own numbers), nothing is repeated here; the bootstrap over
-rows lives in `analysis.stats.bootstrap_interval`.
+Where seeds do not apply (deterministic baselines, the model's neurons, the SAE's recovery of the
+true features), the bootstrap over rows (`analysis.stats.bootstrap_ratio` / `bootstrap_interval`)
+runs in the stage that has the fit (baselines, sae).
 """
 
 from __future__ import annotations
