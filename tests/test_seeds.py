@@ -79,6 +79,10 @@ def test_every_floor_has_an_interval_and_holds_reads_them_all(run):
         b_iv = iv["baselines"][b]["fvu"]
         assert b_iv["mean"] == pytest.approx(base[b]["fvu"], rel=1e-9), b  # bootstrap centred on the fit
         assert b_iv["ci_low"] < b_iv["mean"] < b_iv["ci_high"], b
+        fr = iv["baselines"][b]["features_represented"]  # Poisson bootstrap, centred on the count
+        assert (
+            fr["mean"] == base[b]["features_represented"] and fr["ci_low"] <= fr["mean"] <= fr["ci_high"]
+        ), b
     # holds = clears every floor; a trained FVU above PCA's interval would not hold
     t = iv["trained"]["fvu"]
     beats = [t["ci_high"] < iv[c]["fvu"]["ci_low"] for c in ("untrained", "permuted")]

@@ -232,6 +232,8 @@ def baseline_intervals(rand_enc: dict[str, list[Any]]) -> dict[str, dict[str, An
     for b, res in read_baselines().items():
         if isinstance(res, dict) and isinstance(res.get("fvu_interval"), dict) and b != "random_encoder":
             out[b] = {"fvu": res["fvu_interval"]}
+            if isinstance(res.get("features_represented_interval"), dict):
+                out[b]["features_represented"] = res["features_represented_interval"]
     if rand_enc:
         out["random_encoder"] = {k: {**interval(v), "per_seed": v} for k, v in rand_enc.items()}
     return out
