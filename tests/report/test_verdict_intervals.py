@@ -25,6 +25,7 @@ def metrics(holds_fvu):
             "baselines": {b: {"fvu": v["fvu_interval"]} for b, v in base.items() if b != "random_encoder"}
             | {"random_encoder": {"fvu": iv(0.4, 0.03)}},
             "holds": {"fvu": holds_fvu, "cka": True},
+            "holds_against": {"fvu": {"untrained": True, "permuted": holds_fvu, "pca": True}},
         },
     })  # fmt: skip
 
@@ -58,6 +59,7 @@ def test_a_point_win_that_fails_over_intervals_does_not_hold():
     fvu = row(verdict_rows(metrics(False)), "squeeze.json:squeezer.fvu")
     text = "".join(c if isinstance(c, str) else "" for c in fvu.decide())
     assert text.startswith("does not hold over seeds")
+    assert "(not: permuted-feature Squeezer)" in text  # names the floor it did not clear
     assert "below every floor: " in text  # the single-seed comparison, still shown beside it
 
 

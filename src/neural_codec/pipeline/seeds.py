@@ -214,6 +214,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     out["holds"] = {
         k: holds_all(k, iv, list(floor_intervals(out, k).values())) for k, iv in out["trained"].items()
     }
+    # per floor: does the trained interval clear it (the floors a failing "holds" did not clear)
+    out["holds_against"] = {
+        k: {f: holds(k, iv, fiv) for f, fiv in floor_intervals(out, k).items()}
+        for k, iv in out["trained"].items()
+    }
     out["_seconds_per_seed"] = seconds
     return out
 

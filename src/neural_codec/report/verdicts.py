@@ -36,6 +36,8 @@ class VerdictRow:
     interval_holds: Num | None = None
     #: per floor (same order as `floors`): its " [ci_low, ci_high] (n seeds)" cells, [] for none
     floor_ci: list[list[Cell]] = field(default_factory=list)
+    #: the floors (intervals.json holds_against) whose interval the value's does not clear
+    floors_missed: list[str] = field(default_factory=list)
 
     def decide(self) -> list[Cell]:
         point = self._decide_point()
@@ -44,7 +46,9 @@ class VerdictRow:
             return point
         if h.value is True:
             return [*point, "; over seeds: holds (the interval clears every floor's interval)"]
-        return ["does not hold over seeds: the interval does not clear every floor's interval (", *point, ")"]
+        missed = f" (not: {', '.join(self.floors_missed)})" if self.floors_missed else ""
+        return [f"does not hold over seeds: the interval does not clear every floor's interval{missed} (",
+                *point, ")"]  # fmt: skip
 
     def _decide_point(self) -> list[Cell]:
         if self.outcome is not None:
@@ -397,7 +401,14 @@ def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
                       *interval_cells(m, "trained", key)]  # fmt: skip
         r.interval_holds = m.num(f"intervals.json:holds.{key}")
         r.floor_ci = [floor_interval_cells(m, f.cite, key) for f in r.floors]
+        against = m.get(f"intervals.json:holds_against.{key}")
+        if isinstance(against, dict):
+            r.floors_missed = [str(FLOOR_NAMES.get(f) or f) for f, ok in against.items() if ok is False]
     return rows
+
+
+#: intervals.json floor names as the outcome column names them
+FLOOR_NAMES = {"untrained": "untrained Squeezer", "permuted": "permuted-feature Squeezer", **BASELINE_LABELS}
 
 
 def floor_group(cite: str) -> str | None:
