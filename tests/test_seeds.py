@@ -91,4 +91,9 @@ def test_every_floor_has_an_interval_and_holds_reads_them_all(run):
         for b in ("pca", "no_superposition", "random_encoder")
     ]
     assert iv["holds"]["fvu"] is all(beats)
+    against = iv["holds_against"]["fvu"]
+    assert set(against) == {"untrained", "permuted", "pca", "no_superposition", "random_encoder"}
+    assert [against[f] for f in ("untrained", "permuted")] == beats[:2] and iv["holds"]["fvu"] is all(
+        against.values()
+    )
     assert iv["holds_untrained"]["fvu"] is True
