@@ -1,8 +1,8 @@
 """Stage `seeds`: the Squeezer over `seeds.n_seeds` seeds, each headline as mean [95% CI] beside
 its untrained floor's; see neural_codec.pipeline.seeds.
 
-Params: `seeds`, `squeezer`, `geometry`, `logic`, `compare`. Reads data/squeeze, data/features,
-data/activations, data/sae. Writes metrics/intervals.json.
+Params: `seeds`, `squeezer`, `geometry`, `logic`, `compare`, `baselines`. Reads data/squeeze,
+data/features, data/activations, data/sae, metrics/baselines.json. Writes metrics/intervals.json.
 """
 
 from __future__ import annotations

@@ -47,6 +47,15 @@ def test_activations_are_the_toy_model_on_true_features(workdir):
 def test_sae_recovers_the_true_features(workdir):
     m = json.loads((workdir / "metrics/sae.json").read_text())
     assert m["ground_truth"]["frac_recovered"] >= 0.8
+    iv = m["ground_truth"]["frac_recovered_interval"]  # a bootstrap over the true features
+    src = json.loads((workdir / "metrics/source.json").read_text())
+    assert (
+        iv["mean"] == pytest.approx(m["ground_truth"]["frac_recovered"])
+        and iv["n_rows"] == src["n_true_features"]
+    )
+    assert iv["ci_low"] <= iv["mean"] <= iv["ci_high"] and iv["ci_low"] >= 0.7
+    cos = m["ground_truth"]["mean_best_cosine_interval"]
+    assert cos["ci_low"] <= m["ground_truth"]["mean_best_cosine"] <= cos["ci_high"]
     assert m["explained_variance"] > 0.8
     assert m["l0"] == pytest.approx(3, abs=0.01)
     from neural_codec.sae import load_sae

@@ -38,7 +38,15 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
-from neural_codec.codec import Codec, EvalBatch, SqueezerCodec, evaluate_codec
+from neural_codec.analysis.stats import bootstrap_ratio
+from neural_codec.codec import (
+    Codec,
+    EvalBatch,
+    SqueezerCodec,
+    evaluate_codec,
+    represented_bootstrap,
+    row_errors,
+)
 from neural_codec.config import BaselinesConfig, BiasInit, Init
 from neural_codec.squeezer.loss import reconstruction_loss
 from neural_codec.squeezer.train import CurveLogger, make_optimizer, train_squeezer
@@ -328,6 +336,11 @@ def run_baselines(
         else:
             raise ValueError(f"unknown baseline {m!r}")
         metrics = evaluate_codec(codec, eval_batches(m == "model_neurons"), sae_decode)
+        # one seed (the fit is deterministic or a single reference): a bootstrap over held-out rows
+        metrics["fvu_interval"] = bootstrap_ratio(*row_errors(codec, eval_batches(m == "model_neurons")))
+        metrics["features_represented_interval"] = represented_bootstrap(
+            codec, eval_batches(m == "model_neurons")
+        )
         out[m] = {
             **metrics,
             "M": M,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from neural_codec.squeezer.model import Squeezer, dense_target
@@ -102,7 +103,7 @@ def batches_from_arrays(
 
 
 def _self_gain(
-    s1: np.ndarray, s2: np.ndarray, s_hat: np.ndarray, s_cross: np.ndarray, n_rows: int
+    s1: np.ndarray, s2: np.ndarray, s_hat: np.ndarray, s_cross: np.ndarray, n_rows: int | np.ndarray
 ) -> np.ndarray:
     """g_i = Cov(F_i, F_hat_i) / Var(F_i) from running sums (0 for a constant feature)."""
     var = s2 - s1**2 / n_rows
@@ -136,6 +137,68 @@ def represented_features(codec: Codec, batches: Iterable[EvalBatch]) -> np.ndarr
     if s1 is None:
         raise ValueError("no held-out rows to evaluate")
     return (_self_gain(s1, s2, s_hat, s_cross, n_rows) > REPRESENTED_THRESHOLD) & (cnt > 0)
+
+
+@torch.no_grad()
+def row_errors(codec: Codec, batches: Iterable[EvalBatch]) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out row: ||F_r - F_hat_r||^2 and ||F_r - mean F||^2 (the mean over all rows), the
+    two sums whose ratio is `evaluate_codec`'s fvu (for a bootstrap over rows)."""
+    err: list[np.ndarray] = []
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    s1: Any = None
+    for batch in batches:
+        feats = batch.feats
+        n = feats.n_features
+        s1 = np.zeros(n) if s1 is None else s1
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        target = dense_target(idx, torch.from_numpy(feats.val.astype(np.float32)), n)
+        f_hat = codec.decode(codec.code(batch)[1])
+        err.append(((target - f_hat).double() ** 2).sum(1).numpy())
+        val = np.where(feats.val > 0, feats.val, 0).astype(np.float64)
+        np.add.at(s1, feats.idx[feats.val > 0], val[feats.val > 0])
+        rows.append((feats.idx, val))
+    if s1 is None:
+        raise ValueError("no held-out rows to evaluate")
+    e = np.concatenate(err)
+    mu = s1 / len(e)
+    # ||F_r - mu||^2 = ||mu||^2 + sum over r's non-zeros of (v - mu_i)^2 - mu_i^2
+    dev = np.concatenate(
+        [float(mu @ mu) + np.where(v > 0, (v - mu[i]) ** 2 - mu[i] ** 2, 0.0).sum(1) for i, v in rows]
+    )
+    return e, dev
+
+
+@torch.no_grad()
+def represented_bootstrap(
+    codec: Codec, batches: Iterable[EvalBatch], n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """`features_represented` with a Poisson bootstrap over held-out rows (streamed: each row
+    weighted Poisson(1) in each resample), as {"mean" (the full sample's count, = evaluate_codec's),
+    "ci_low", "ci_high", "n_seeds": 1, "n_rows"} (percentile interval)."""
+    rng = np.random.default_rng(seed)
+    acc: Any = None
+    for batch in batches:
+        feats = batch.feats
+        n, B = feats.n_features, len(feats)
+        if acc is None:  # s1, s2, s_cross, cnt, s_hat per resample (row 0: the full sample)
+            acc = [np.zeros((n_boot + 1, n)) for _ in range(5)]
+            rows = np.zeros((n_boot + 1, 1))
+        w = np.vstack([np.ones(B), rng.poisson(1.0, (n_boot, B))]).astype(np.float64)
+        f_hat = codec.decode(codec.code(batch)[1]).double().numpy()
+        r, c = np.nonzero(feats.val > 0)
+        i = feats.idx[r, c].astype(np.int64)
+        v = feats.val[r, c].astype(np.float64)
+        for a, data in zip(acc[:4], (v, v**2, v * f_hat[r, i], np.ones_like(v)), strict=True):
+            a += np.asarray((sp.csr_matrix((data, (r, i)), shape=(B, n)).T @ w.T).T)
+        acc[4] += w @ f_hat
+        rows += w.sum(1, keepdims=True)
+    if acc is None:
+        raise ValueError("no held-out rows to evaluate")
+    s1, s2, s_cross, cnt, s_hat = acc
+    counts = ((_self_gain(s1, s2, s_hat, s_cross, rows) > REPRESENTED_THRESHOLD) & (cnt > 0)).sum(1)
+    lo, hi = np.quantile(counts[1:], [0.5 - level / 2, 0.5 + level / 2])
+    return {"mean": float(counts[0]), "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1,
+            "n_rows": int(rows[0, 0])}  # fmt: skip
 
 
 @torch.no_grad()

@@ -751,7 +751,10 @@ class SeedsConfig:
       The headlines (FVU, features represented, D*, lines, polytopes, circle correlation, logic
       lift and Cliff's delta, Hungarian |r|, CKA, SVCCA, Mantel r) go to metrics/intervals.json
       as {"mean", "ci_low", "ci_high", "n_seeds"} (Student-t over seeds); >= 3 for an interval.
-    - steps: training steps of the extra seeds (null: squeezer.steps, the same schedule).
+      Each seed also trains its permuted-feature floor and refits the random-encoder baseline;
+      "holds" = the interval clears every floor's (see neural_codec.pipeline.seeds).
+    - steps: training steps of the extra seeds and of the permuted floors (null: squeezer.steps,
+      the same schedule).
     - n_permutations: circle and Mantel permutations per seed (fewer than the single-seed
       stages': the interval, not the p-value, is what the seeds are for).
     """

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from neural_codec import storage
+from neural_codec.analysis.stats import bootstrap_interval
 from neural_codec.config import SAEConfig, SourceConfig
 from neural_codec.sae import (
     families_in_latent_space,
@@ -56,6 +57,10 @@ def build_sae(
         latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae),
     )
     metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
+    # one SAE: a bootstrap over the true features (percentile, 1000 resamples)
+    best = np.asarray(rec["best_cosine"], dtype=np.float64)
+    metrics["ground_truth"]["frac_recovered_interval"] = bootstrap_interval(best >= rec["threshold"])
+    metrics["ground_truth"]["mean_best_cosine_interval"] = bootstrap_interval(best)
     # SAELens' synthetic metrics: F1 over all latents shows filler latents the cosines hide
     metrics["synthetic"] = synthetic_sae_metrics(sae, activations_dir / "heldout", truth["directions"])
     hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]

@@ -3,6 +3,8 @@
 - `interval(values)`: a headline over seeds as {"mean", "ci_low", "ci_high", "n_seeds"} (Student-t
   95% interval of the mean; with one seed the interval is the point).
 - `bootstrap_interval(values)`: the same shape for one seed, over rows (percentile bootstrap).
+- `bootstrap_ratio(num, den)`: the same over rows for a ratio of sums (FVU = sum of per-row
+  squared errors / sum of per-row squared deviations).
 - `holm(p)`: Holm (1979) step-down adjusted p-values, the correction used wherever the report
   tests several things at once (line fractions, cyclic families, the two logic sign groups). It
   controls the family-wise error rate at alpha under any dependence, and is uniformly more
@@ -55,6 +57,25 @@ def bootstrap_interval(
     lo, hi = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
     return {"mean": float(statistic(x)), "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1,
             "n_rows": int(len(x))}  # fmt: skip
+
+
+def bootstrap_ratio(
+    num: Sequence[float] | np.ndarray,
+    den: Sequence[float] | np.ndarray,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile bootstrap over rows of sum(num) / sum(den) (rows resampled together); the
+    mean is the full-sample ratio. For FVU: num = ||F_r - F_hat_r||^2, den = ||F_r - mean F||^2."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+
+    def ratio(rows: np.ndarray) -> float:
+        r = rows.astype(np.int64)
+        d = float(b[r].sum())
+        return float(a[r].sum()) / d if d > 0 else float("nan")
+
+    return bootstrap_interval(np.arange(len(a)), ratio, n_boot, level, seed)
 
 
 def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ Computed by the report stage from this run's own metrics (no extra training), wr
 and shown as the report's first table, each row beside the experiment's own headline result:
 
 - sae_recovery: the true feature directions (source.json n_true_features) recovered by the SAE
-  (sae.json ground_truth.frac_recovered >= 0.8; SAELens' F1 and uniqueness shown beside it).
+  (sae.json ground_truth.frac_recovered >= 0.8, with its bootstrap interval over the true
+  features; SAELens' F1 and uniqueness shown beside it).
 - logic_exclusive_lift: planted exclusive families never co-occur: the median lift of their
   pairs (logic.json families.exclusive.lift_all_pairs.median) is < 0.5.
 - logic_correlated_lift: planted correlated pairs co-occur: median lift > 2.
@@ -74,6 +75,10 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         "planted": {"n_true_features": m.get("source.json:n_true_features")},
         "measured": {
             "frac_recovered": frac,
+            "frac_recovered_ci": [
+                m.get("sae.json:ground_truth.frac_recovered_interval.ci_low"),
+                m.get("sae.json:ground_truth.frac_recovered_interval.ci_high"),
+            ],
             "f1": m.get("sae.json:synthetic.f1"),
             "uniqueness": m.get("sae.json:synthetic.uniqueness"),
         },
@@ -143,7 +148,9 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
 def _cell(d: Any) -> str:
     if isinstance(d, dict):
         return ", ".join(f"{k} {_cell(v)}" for k, v in d.items())
-    if isinstance(d, list):
+    if isinstance(d, list) and d and all(isinstance(v, (int, float)) for v in d):  # [ci_low, ci_high]
+        return "[" + ", ".join(_cell(v) for v in d) + "]"
+    if isinstance(d, list):  # names (e.g. uninformative floors)
         return "/".join(map(str, d)) or "none"
     return fmt(d)
 

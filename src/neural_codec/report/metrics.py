@@ -17,8 +17,19 @@ from typing import Any
 from neural_codec import paths, storage
 
 #: the metrics files the report reads, in pipeline order (metrics/<stem>.json)
-STAGES = ("source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic", "compare",
-          "tms", "intervals")  # fmt: skip  (intervals: the headlines over seeds, stage `seeds`)
+STAGES = (
+    "source",
+    "activations",
+    "sae",
+    "features",
+    "squeeze",
+    "baselines",
+    "geometry",
+    "logic",
+    "compare",
+    "tms",
+    "intervals",
+)  # fmt: skip  (intervals: the headlines over seeds, stage `seeds`)
 #: the cite stem of paths.TRUTH_TABLES (a list of truth-table dicts written by the logic stage)
 TRUTH_TABLES = "truth_tables"
 BASELINES = ("pca", "no_superposition", "random_encoder", "model_neurons")

@@ -169,8 +169,13 @@ def compression_section(m: Metrics, plots: Path) -> Section:
                 [n.number for n in nums],
                 f"FVU of F at M = {fmt(m.get(f'{SQ}.M'))} (lower is better)",
                 "FVU",
+                [m.get("intervals.json:trained.fvu")]
+                + [m.get(f"intervals.json:baselines.{b}.fvu") for b in BASELINES],
             ),
-            "FVU of F on held-out rows (from `metrics/squeeze.json`, `metrics/baselines.json`)",
+            "FVU of F on held-out rows (from `metrics/squeeze.json`, `metrics/baselines.json`); "
+            "error bars: 95% interval (`metrics/intervals.json`) over seeds (Squeezer, random "
+            "encoder) or a bootstrap over held-out rows (PCA, no superposition, model neurons), "
+            "the dot at its mean",
         )
     )
     _figure_or_note(
@@ -410,8 +415,16 @@ def compare_section(m: Metrics, plots: Path) -> Section:
         s.blocks,
         plots / "compare/matched_r.csv",
         "matched_r.png",
-        "Sorted |r| of Hungarian-matched neuron pairs",
-        matched_r_figure,
+        "Sorted |r| of Hungarian-matched neuron pairs (bands: the Hungarian mean |r| over seeds, "
+        "95% interval, from `metrics/intervals.json`)",
+        lambda p: matched_r_figure(
+            p,
+            {
+                "squeezer_vs_model": m.get("intervals.json:trained.hungarian_mean_r"),
+                "floor_untrained": m.get("intervals.json:untrained.hungarian_mean_r"),
+                "floor_permuted": m.get("intervals.json:permuted.hungarian_mean_r"),
+            },
+        ),
     )
     _figure_or_note(
         s.blocks,
@@ -439,7 +452,14 @@ def tms_section(m: Metrics, plots: Path) -> Section:
             lines = ", ".join(st.get("lines_found") or []) or "none"
             poly = ", ".join(f"{k} {v}" for k, v in (st.get("polytopes_found") or {}).items()) or "none"
             rows.append(
-                [f"`{setting}`", model, m.num(f"{key}.D_star"), lines, poly, m.num(f"{key}.pentagon_found_frac")]
+                [
+                    f"`{setting}`",
+                    model,
+                    m.num(f"{key}.D_star"),
+                    lines,
+                    poly,
+                    m.num(f"{key}.pentagon_found_frac"),
+                ]
             )
     s.blocks.append(Table(["setting", "model", "D*", "lines", "polytopes", "pentagon (seeds)"], rows))
     _figure_or_note(

@@ -69,7 +69,9 @@ def parse_exp_show(
             continue
         key = data.get("rev") or rev
         name = e.get("name") or (rev if rev == "workspace" else str(rev)[:7])
-        rows.setdefault(key, {"M": M, "experiment": name, "baseline": is_baseline and rev != "workspace", **fvu})
+        rows.setdefault(
+            key, {"M": M, "experiment": name, "baseline": is_baseline and rev != "workspace", **fvu}
+        )
     return sorted(rows.values(), key=lambda r: (r["M"], r["experiment"]))
 
 

@@ -31,9 +31,13 @@ class VerdictRow:
     better: str = "higher"
     outcome: list[Cell] | None = None  # set explicitly (e.g. the logic verdict) or computed
     #: from metrics/intervals.json (`with_intervals`): the value's " [ci_low, ci_high] (n seeds)"
-    #: cells, and whether its interval clears the untrained floor's (None: no interval)
+    #: cells, and whether its interval clears every floor's (None: no interval)
     value_ci: list[Cell] = field(default_factory=list)
     interval_holds: Num | None = None
+    #: per floor (same order as `floors`): its " [ci_low, ci_high] (n seeds)" cells, [] for none
+    floor_ci: list[list[Cell]] = field(default_factory=list)
+    #: the floors (intervals.json holds_against) whose interval the value's does not clear
+    floors_missed: list[str] = field(default_factory=list)
 
     def decide(self) -> list[Cell]:
         point = self._decide_point()
@@ -41,8 +45,10 @@ class VerdictRow:
         if h is None or h.value is None:
             return point
         if h.value is True:
-            return [*point, "; over seeds: holds (the interval clears the untrained floor's)"]
-        return ["does not hold over seeds: the interval does not clear the untrained floor's (", *point, ")"]
+            return [*point, "; over seeds: holds (the interval clears every floor's interval)"]
+        missed = f" (not: {', '.join(self.floors_missed)})" if self.floors_missed else ""
+        return [f"does not hold over seeds: the interval does not clear every floor's interval{missed} (",
+                *point, ")"]  # fmt: skip
 
     def _decide_point(self) -> list[Cell]:
         if self.outcome is not None:
@@ -61,15 +67,23 @@ class VerdictRow:
             bound, best = min(floors, key=lambda p: p[0])
             ok = v < bound
             words = ("below every floor: ", "not below every floor: ", " < ", " >= ")
-        return [words[0] if ok else words[1], self.value, words[2] if ok else words[3], best, f" ({best.label})"]
+        return [
+            words[0] if ok else words[1],
+            self.value,
+            words[2] if ok else words[3],
+            best,
+            f" ({best.label})",
+        ]
 
 
-def _labelled(nums: list[Num]) -> list[Cell]:
+def _labelled(nums: list[Num], cis: list[list[Cell]] | None = None) -> list[Cell]:
     out: list[Cell] = []
     for i, n in enumerate(nums):
         if i:
             out.append("; ")
         out += [f"{n.label} ", n] if n.label else [n]
+        if cis and i < len(cis):
+            out += cis[i]
     return out or ["—"]
 
 
@@ -83,7 +97,7 @@ def verdict_table(rows: list[VerdictRow]) -> Table:
                 r.hypothesis if first else "",
                 r.measure,
                 [r.value, *r.value_ci] if r.value_ci else r.value,
-                _labelled(r.floors),
+                _labelled(r.floors, r.floor_ci),
                 _labelled(r.ceilings),
                 r.decide(),
             ]
@@ -368,8 +382,10 @@ def interval_key(cite: str) -> str | None:
 def interval_cells(m: Metrics, group: str, key: str) -> list[Cell]:
     """ " [ci_low, ci_high] (n seeds)" of intervals.json:<group>.<key>, cited."""
     base = f"intervals.json:{group}.{key}"
-    return [" [", m.num(f"{base}.ci_low"), ", ", m.num(f"{base}.ci_high"), "] (",
-            m.num(f"{base}.n_seeds"), " seeds)"]  # fmt: skip
+    cells: list[Cell] = [" [", m.num(f"{base}.ci_low"), ", ", m.num(f"{base}.ci_high"), "] ("]
+    if m.get(f"{base}.n_rows") is not None:  # one fit, a bootstrap over held-out rows
+        return [*cells, "bootstrap over ", m.num(f"{base}.n_rows"), " held-out rows)"]
+    return [*cells, m.num(f"{base}.n_seeds"), " seeds)"]
 
 
 def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
@@ -384,11 +400,39 @@ def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
         r.value_ci = [" (seed 0); mean ", m.num(f"intervals.json:trained.{key}.mean"),
                       *interval_cells(m, "trained", key)]  # fmt: skip
         r.interval_holds = m.num(f"intervals.json:holds.{key}")
+        r.floor_ci = [floor_interval_cells(m, f.cite, key) for f in r.floors]
+        against = m.get(f"intervals.json:holds_against.{key}")
+        if isinstance(against, dict):
+            r.floors_missed = [str(FLOOR_NAMES.get(f) or f) for f, ok in against.items() if ok is False]
     return rows
 
 
+#: intervals.json floor names as the outcome column names them
+FLOOR_NAMES = {"untrained": "untrained Squeezer", "permuted": "permuted-feature Squeezer", **BASELINE_LABELS}
+
+
+def floor_group(cite: str) -> str | None:
+    """The intervals.json group holding a floor's interval: `untrained` / `permuted` (the
+    Squeezer nulls over seeds) or `baselines.<method>` (baselines.json:<method>.*)."""
+    if cite.startswith("baselines.json:"):
+        return "baselines." + cite[len("baselines.json:") :].split(".")[0]
+    for group in ("untrained", "permuted"):
+        if cite.startswith((f"geometry.json:{group}.", f"compare.json:floor_{group}.")):
+            return group
+    return None
+
+
+def floor_interval_cells(m: Metrics, cite: str, key: str) -> list[Cell]:
+    """A floor's " [ci_low, ci_high] (n seeds)" from intervals.json, [] when it has none."""
+    group = floor_group(cite)
+    if group is None or m.get(f"intervals.json:{group}.{key}.ci_low") is None:
+        return []
+    return interval_cells(m, group, key)
+
+
 def interval_table(m: Metrics) -> Table:
-    """Every headline over seeds: mean [95% CI] beside the untrained floor's, and whether it holds."""
+    """Every headline over seeds: mean [95% CI] beside the untrained and permuted floors', and
+    whether it holds (clears every floor's interval, baselines included)."""
     trained = m.get("intervals.json:trained")
     body: list[Row] = []
     for key in trained if isinstance(trained, dict) else []:
@@ -398,6 +442,10 @@ def interval_table(m: Metrics) -> Table:
             f"`{key}`",
             [m.num(f"intervals.json:trained.{key}.mean"), *interval_cells(m, "trained", key)],
             [m.num(f"intervals.json:untrained.{key}.mean"), *interval_cells(m, "untrained", key)],
+            [m.num(f"intervals.json:permuted.{key}.mean"), *interval_cells(m, "permuted", key)]
+            if m.get(f"intervals.json:permuted.{key}.mean") is not None else "—",
             word,
         ])  # fmt: skip
-    return Table(["measure", "Squeezer: mean [95% CI]", "untrained floor: mean [95% CI]", "outcome"], body)
+    header = ["measure", "Squeezer: mean [95% CI]", "untrained floor: mean [95% CI]",
+              "permuted-feature floor: mean [95% CI]", "outcome (against every floor)"]  # fmt: skip
+    return Table(header, body)
