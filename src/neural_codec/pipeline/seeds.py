@@ -41,7 +41,13 @@ from neural_codec.analysis.geometry import analyse_weights
 from neural_codec.analysis.logic import analyse_sharing
 from neural_codec.analysis.stats import clears, interval
 from neural_codec.baselines import fit_random_encoder
-from neural_codec.codec import SqueezerCodec, eval_batch_size, evaluate_codec, iter_eval_batches
+from neural_codec.codec import (
+    SqueezerCodec,
+    eval_batch_size,
+    evaluate_codec,
+    iter_eval_batches,
+    represented_features,
+)
 from neural_codec.config import (
     BaselinesConfig,
     CompareConfig,
@@ -52,6 +58,7 @@ from neural_codec.config import (
 )
 from neural_codec.params import from_dict, require_inputs
 from neural_codec.pipeline.compare import READIN, squeezer_config, stream_moments
+from neural_codec.pipeline.geometry import weights_of
 from neural_codec.pipeline.logic import cooccurrence_split
 from neural_codec.sae import load_sae, load_sae_decoder
 from neural_codec.squeezer.checkpoint import load_squeezer
@@ -111,7 +118,9 @@ def measures(
     ev = evaluate_codec(SqueezerCodec(model), batches, ctx["sae_decode"])
     out["fvu"], out["features_represented"] = ev["fvu"], ev["features_represented"]
     w_enc = model.W_enc.detach().numpy().astype(np.float64)
-    g = analyse_weights(w_enc, ctx["families"], GeometryConfig(**{**geo.__dict__, "n_permutations": n_perm}))
+    # geometry as the geometry stage computes it: balanced encoder rows of the firing latents
+    w_geo = weights_of(model)["encoder"] * ctx["alive"][:, None]
+    g = analyse_weights(w_geo, ctx["families"], GeometryConfig(**{**geo.__dict__, "n_permutations": n_perm}))
     out.update(D_star=g["D_star"], frac_features_represented=g["frac_features_represented"])
     out["n_lines"] = g["n_lines"]
     out["n_polytopes"] = float(sum(v for k, v in g["polytopes"].items() if k not in ("other", "isolated")))
@@ -147,15 +156,18 @@ def context(main: Squeezer, logic: LogicConfig, comp: CompareConfig) -> dict[str
         "has_neurons": has_neurons,
         "model_gram": None,
         "feats": None,
+        "alive": (np.load(paths.FIRING_FREQ) > 0).astype(np.float64),
     }
     if has_neurons and READIN.exists():
         W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
         loadings = cmp.model_feature_loadings(W_sae, np.load(READIN))
         alive = np.load(paths.FIRING_FREQ) > 0
         loaded = np.linalg.norm(loadings, axis=1) > 0
-        feats = cmp.select_features(
-            [alive, main.feature_gain() > 0.5, loaded], comp.max_features_for_mantel, comp.seed
+        # the compare stage's filter: represented by the held-out self-gain of the main Squeezer
+        represented = represented_features(
+            SqueezerCodec(main), iter_eval_batches(paths.FEATURES / "heldout", None, eval_batch_size(n))
         )
+        feats = cmp.select_features([alive, represented, loaded], comp.max_features_for_mantel, comp.seed)
         if len(feats) >= 3 and W_sae.shape[0] == n:
             ctx["feats"], ctx["model_gram"] = feats, cmp.normalized_gram(loadings[feats])
     return ctx
