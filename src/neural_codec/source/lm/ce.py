@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from neural_codec.config import LMSourceConfig
@@ -34,13 +35,14 @@ def ce_scores(
     reconstruct_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     n_batches: int = 8,
     split: Literal["train", "heldout"] = "heldout",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Next-token CE clean, with the SAE reconstruction patched in at sae_hook, with zero ablation,
     and the CE-loss score (CE_zero - CE_patched) / (CE_zero - CE_clean).
 
     With `reconstruct_fn(features (N, d_sae)) -> features`, also the CE of
     decode(reconstruct_fn(encode(x))): the Squeezer's reconstruction through the SAE decoder.
-    Special-token positions (BOS) keep their clean activations in every patched run.
+    Special-token positions (BOS) keep their clean activations in every patched run. Each score
+    also gets `<score>_interval`, a bootstrap over the held-out sequences (`score_intervals`).
     """
     cfg = cfg.resolved()
     runs = _runs(sae, reconstruct_fn)
@@ -48,6 +50,7 @@ def ce_scores(
         return hidden_scores(model, cfg, runs, n_batches, split)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     sums = {k: 0.0 for k in runs}
+    per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in runs}  # for score_intervals
     n = 0
     for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
         if i >= n_batches:
@@ -61,9 +64,10 @@ def ce_scores(
             hooks = [] if fn is None else [(cfg.sae_hook, _patcher(fn, keep))]
             loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
             sums[k] += float(loss.sum())
+            per_seq[k].append(loss.detach().double().sum(-1).cpu())
         n += tokens.shape[0] * (tokens.shape[1] - 1)
     ce = {k: v / max(n, 1) for k, v in sums.items()}
-    out = {
+    out: dict[str, Any] = {
         "ce_clean": ce["clean"],
         "ce_zero_ablation": ce["zero"],
         "ce_sae": ce["sae"],
@@ -73,6 +77,7 @@ def ce_scores(
     if "reconstruct" in ce:
         out["ce_reconstruct"] = ce["reconstruct"]
         out["ce_loss_score_reconstruct"] = _score(ce["zero"], ce["reconstruct"], ce["clean"])
+    out.update(score_intervals(per_seq, "ce"))
     return out
 
 
@@ -107,11 +112,12 @@ def hidden_scores(
     runs: dict[str, Patch | None],
     n_batches: int = 8,
     split: Literal["train", "heldout"] = "heldout",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """An encoder's faithfulness measure (no next-token loss): how far the final hidden states
     move when each run's reconstruction is patched in at sae_hook (see the module docstring)."""
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     sq = {k: 0.0 for k in runs if k != "clean"}
+    per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in sq}  # for score_intervals
     norm = 0.0
     n = 0
     for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
@@ -131,13 +137,18 @@ def hidden_scores(
             with model.hooks(fwd_hooks=[(cfg.sae_hook, _patcher(fn, keep))]):
                 h = model.encoder_output(tokens)[keep].float()
             sq[k] += float((h - clean).pow(2).sum())
-    out: dict[str, float] = {"n_tokens": n}
+            rows = torch.zeros(tokens.shape[0], dtype=torch.float64)
+            per_seq[k].append(
+                rows.index_add_(0, keep.nonzero()[:, 0].cpu(), (h - clean).pow(2).sum(-1).double().cpu())
+            )
+    out: dict[str, Any] = {"n_tokens": n}
     for k, v in sq.items():
         if k == "zero":
             out["hidden_rel_change_zero_ablation"] = (v / max(norm, 1e-12)) ** 0.5
             continue
         out[f"hidden_rel_change_{k}"] = (v / max(norm, 1e-12)) ** 0.5
         out[f"hidden_score_{k}"] = float("nan") if sq["zero"] < 1e-12 else 1.0 - v / sq["zero"]
+    out.update(score_intervals(per_seq, "hidden"))
     return out
 
 
@@ -166,7 +177,7 @@ def squeezer_ce_scores(
     top_k: int,
     min_value: float = 0.0,
     n_batches: int = 8,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """CE-loss score of the Squeezer's reconstruction decoded by the SAE decoder (and, for
     reference, the SAE's own and the top-k-only reconstruction), on held-out windows."""
     sae = load_sae(sae_dir, device=cfg.device)
@@ -184,7 +195,51 @@ def squeezer_ce_scores(
     if is_encoder(model):
         out["hidden_rel_change_topk"] = tk["hidden_rel_change_reconstruct"]
         out["hidden_score_topk"] = tk["hidden_score_reconstruct"]
+        if "hidden_score_reconstruct_interval" in tk:
+            out["hidden_score_topk_interval"] = tk["hidden_score_reconstruct_interval"]
         return out
     out["ce_topk"] = tk["ce_reconstruct"]
     out["ce_loss_score_topk"] = tk["ce_loss_score_reconstruct"]
+    if "ce_loss_score_reconstruct_interval" in tk:
+        out["ce_loss_score_topk_interval"] = tk["ce_loss_score_reconstruct_interval"]
+    return out
+
+
+# --- intervals (issue 12): a bootstrap over held-out sequences ---------------------------------
+
+
+def score_intervals(
+    per_seq: dict[str, list[torch.Tensor]], kind: Literal["ce", "hidden"], n_boot: int = 200, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """`<score>_interval` for each patched run's score: {"mean" (the full-sample score), "ci_low",
+    "ci_high" (percentile 95%), "n_seeds": 1, "n_sequences"}, resampling whole held-out sequences.
+
+    `per_seq[run]`: per batch, each sequence's summed CE (kind "ce": runs clean, zero, ...) or
+    summed squared change of the final hidden states (kind "hidden": runs zero, ...). A score is
+    a ratio of these sums, so a resample reweights them (a sequence drawn twice counts twice).
+    Scores whose denominator vanishes are left out (the point score is NaN there too)."""
+    sums = {k: torch.cat(v).numpy() for k, v in per_seq.items() if v}
+    if "zero" not in sums or len(sums["zero"]) < 2:
+        return {}
+    n = len(sums["zero"])
+    rng = np.random.default_rng(seed)
+    w = np.vstack([np.ones(n), [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]])
+    tot = {k: w @ v for k, v in sums.items()}  # row 0: the full sample
+    out: dict[str, dict[str, Any]] = {}
+    for k, t in tot.items():
+        if k in ("clean", "zero"):
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if kind == "ce":
+                score = (tot["zero"] - t) / (tot["zero"] - tot["clean"])
+                name = f"ce_loss_score_{k}_interval"
+            else:
+                score = 1.0 - t / tot["zero"]
+                name = f"hidden_score_{k}_interval"
+        boot = score[1:][np.isfinite(score[1:])]
+        if not np.isfinite(score[0]) or len(boot) < 2:
+            continue
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        out[name] = {"mean": float(score[0]), "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1,
+                     "n_sequences": n}  # fmt: skip
     return out
