@@ -11,7 +11,7 @@ from pipeline_helpers import copy_repo, run_stage, tiny_params, write_params
 OVERRIDES = {
     "squeezer": {"M": 16, "steps": 300, "batch_size": 512},
     "logic": {"min_expected": 2.0},
-    "compare": {"max_features_for_mantel": 200},
+    "compare": {"max_features_for_mantel": 200, "n_mantel_permutations": 49},
     "seeds": {"n_seeds": 3, "n_permutations": 49},
 }
 
@@ -22,7 +22,18 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     root = copy_repo(tmp_path_factory.mktemp("seeds") / "repo")
     write_params(root, tiny_params(**OVERRIDES))
-    for stage in ["source", "activations", "sae", "features", "squeeze", "logic", "baselines", "seeds"]:
+    for stage in [
+        "source",
+        "activations",
+        "sae",
+        "features",
+        "squeeze",
+        "logic",
+        "geometry",
+        "baselines",
+        "compare",
+        "seeds",
+    ]:
         run_stage(root, stage)
     first = (root / "metrics/intervals.json").read_text()
     run_stage(root, "seeds")
@@ -97,3 +108,100 @@ def test_every_floor_has_an_interval_and_holds_reads_them_all(run):
         against.values()
     )
     assert iv["holds_untrained"]["fvu"] is True
+
+
+def test_every_verdict_number_has_an_interval(run):
+    """The numbers the verdict table prints beside the headlines: SAE-input explained variance,
+    circle neighbour fraction and wrap ratio, the logic controls' lift and pair counts."""
+    root, _ = run
+    iv = read(root, "intervals.json")
+    for key in ("sae_explained_variance", "neighbour_frac_weekdays", "wrap_ratio_weekdays",
+                "logic_same_sign_median_lift_control", "logic_opposite_sign_median_lift_control",
+                "logic_same_sign_n_shared", "logic_opposite_sign_n_shared"):  # fmt: skip
+        t = iv["trained"][key]
+        assert t["n_seeds"] == 3 and t["ci_low"] <= t["mean"] <= t["ci_high"], key
+        assert key in iv["untrained"] and key in iv["permuted"], key
+    sq, logic = read(root, "squeeze.json")["squeezer"], read(root, "logic.json")
+    assert iv["trained"]["sae_explained_variance"]["per_seed"][0] == pytest.approx(
+        sq["sae_explained_variance"]
+    )
+    for g in ("same_sign", "opposite_sign"):  # seed 0 is the logic stage's Squeezer
+        assert iv["trained"][f"logic_{g}_median_lift_control"]["per_seed"][0] == pytest.approx(
+            logic[g]["median_lift_control"]
+        )
+        assert iv["trained"][f"logic_{g}_n_shared"]["per_seed"][0] == logic[g]["n_shared"]
+    # the logic lift's own floor: its frequency-matched controls, read by holds
+    against = iv["holds_against"]["logic_same_sign_median_lift"]
+    assert set(against) == {"untrained", "permuted", "matched_control"}
+    t, c = iv["trained"]["logic_same_sign_median_lift"], iv["trained"]["logic_same_sign_median_lift_control"]
+    assert against["matched_control"] is (t["ci_high"] < c["ci_low"])
+    pca = iv["baselines"]["pca"]["sae_explained_variance"]
+    assert pca["n_rows"] > 0 and pca["ci_low"] < pca["mean"] < pca["ci_high"]
+    assert pca["mean"] == pytest.approx(
+        read(root, "baselines.json")["pca"]["sae_explained_variance"], rel=1e-9
+    )
+    assert "pca" in iv["holds_against"]["sae_explained_variance"]
+
+
+def test_ceilings_have_intervals_and_seed_zero_is_the_compare_stage(run):
+    root, _ = run
+    iv, comp = read(root, "intervals.json"), read(root, "compare.json")
+    ce = iv["ceilings"]
+    seed_pair = ce["squeezer_vs_seed2"]
+    for key, cite in (("hungarian_mean_r", "hungarian_mean_r"), ("cka", "cka"), ("svcca", "svcca"),
+                      ("mantel_r", "interference_mantel_r")):  # fmt: skip
+        assert seed_pair[key]["n_pairs"] == 3 and seed_pair[key]["n_seeds"] == 3, key
+        # pair (0, 1) is the compare stage's Squeezer against its seed 2 (same seed, same steps)
+        assert seed_pair[key]["per_seed"][0] == pytest.approx(
+            comp["ceiling_squeezer_vs_seed2"][cite], rel=1e-5
+        )
+        model = ce["model_vs_model_seed2"][key]
+        assert model["mean"] == pytest.approx(comp["ceiling_model_vs_model_seed2"][cite], rel=1e-5), key
+        assert model["ci_low"] <= model["mean"] <= model["ci_high"] and model["ci_low"] < model["ci_high"], (
+            key
+        )
+        assert ("n_features" if key == "mantel_r" else "n_rows") in model, key
+    sae = ce["sae"]["sae_explained_variance"]
+    assert sae["mean"] == pytest.approx(
+        read(root, "squeeze.json")["squeezer"]["sae_explained_variance_ceiling"]
+    )
+    assert sae["ci_low"] < sae["mean"] < sae["ci_high"] and sae["n_rows"] == 4000
+
+
+def test_mantel_features_are_the_compare_stages(run):
+    """compare and seeds share `mantel_features`: seed 0's Mantel r is compare.json's."""
+    root, _ = run
+    iv, comp = read(root, "intervals.json"), read(root, "compare.json")
+    assert iv["trained"]["mantel_r"]["per_seed"][0] == pytest.approx(
+        comp["squeezer_vs_model"]["interference_mantel_r"], rel=1e-5
+    )
+
+
+def test_without_the_permuted_floor_the_run_says_so(run, tmp_path):
+    import shutil
+
+    root, _ = run
+    cheap = shutil.copytree(root, tmp_path / "repo", ignore=shutil.ignore_patterns("timings"))
+    write_params(
+        cheap, tiny_params(**{**OVERRIDES, "seeds": {**OVERRIDES["seeds"], "floor_permuted": False}})
+    )
+    run_stage(cheap, "seeds")
+    iv = read(cheap, "intervals.json")
+    assert iv["floors_not_run"] == ["permuted"] and iv["permuted"] == {}
+    assert "permuted" not in iv["holds_against"]["fvu"] and "untrained" in iv["holds_against"]["fvu"]
+    full = read(root, "intervals.json")
+    assert full["floors_not_run"] == [] and iv["trained"]["fvu"] == full["trained"]["fvu"]
+
+
+def test_the_verdict_table_shows_an_interval_for_every_number(run):
+    """On a real (tiny) run: every number the verdict table prints has its interval beside it,
+    and each Squeezer headline's outcome is the interval verdict."""
+    from neural_codec.report.metrics import Metrics
+    from neural_codec.report.verdicts import numbers_without_interval, verdict_rows
+
+    root, _ = run
+    m = Metrics.load(root / "metrics", root / "data/logic/truth_tables.json")
+    rows = verdict_rows(m)
+    assert numbers_without_interval(rows, m) == []
+    with_holds = [r for r in rows if r.interval_holds is not None and r.interval_holds.value is not None]
+    assert len(with_holds) >= 10 and all(r.value_ci for r in rows if r.value.value is not None)

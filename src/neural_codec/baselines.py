@@ -38,7 +38,7 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
-from neural_codec.analysis.stats import bootstrap_ratio
+from neural_codec.analysis.stats import bootstrap_ratio, complement
 from neural_codec.codec import (
     Codec,
     EvalBatch,
@@ -46,6 +46,7 @@ from neural_codec.codec import (
     evaluate_codec,
     represented_bootstrap,
     row_errors,
+    sae_row_errors,
 )
 from neural_codec.config import BaselinesConfig, BiasInit, Init
 from neural_codec.squeezer.loss import reconstruction_loss
@@ -341,6 +342,9 @@ def run_baselines(
         metrics["features_represented_interval"] = represented_bootstrap(
             codec, eval_batches(m == "model_neurons")
         )
+        if sae_decode is not None and metrics["sae_explained_variance"] is not None:
+            err, _, dev = sae_row_errors(codec, eval_batches(m == "model_neurons"), sae_decode)
+            metrics["sae_explained_variance_interval"] = complement(bootstrap_ratio(err, dev))
         out[m] = {
             **metrics,
             "M": M,

@@ -169,6 +169,34 @@ def row_errors(codec: Codec, batches: Iterable[EvalBatch]) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
+def sae_row_errors(
+    codec: Codec, batches: Iterable[EvalBatch], sae_decode: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-out row: ||x - dec(F_hat)||^2, ||x - dec(F)||^2 (the SAE's own top-k features)
+    and ||x - mean x||^2, whose sums give `evaluate_codec`'s sae_explained_variance and its
+    ceiling (for a bootstrap over rows: EV = 1 - bootstrap_ratio(err, dev))."""
+    err: list[np.ndarray] = []
+    err_f: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    for batch in batches:
+        if batch.resid is None:
+            raise ValueError("sae_row_errors needs the held-out activations (resid)")
+        feats = batch.feats
+        idx = torch.from_numpy(feats.idx.astype(np.int64))
+        target = dense_target(idx, torch.from_numpy(feats.val.astype(np.float32)), feats.n_features)
+        x = torch.from_numpy(np.asarray(batch.resid, dtype=np.float32)).double()
+        f_hat = codec.decode(codec.code(batch)[1])
+        err.append(((x - sae_decode(f_hat.float()).double()) ** 2).sum(1).numpy())
+        err_f.append(((x - sae_decode(target).double()) ** 2).sum(1).numpy())
+        xs.append(x.numpy())
+    if not xs:
+        raise ValueError("no held-out rows to evaluate")
+    x_all = np.concatenate(xs)
+    dev = ((x_all - x_all.mean(0)) ** 2).sum(1)
+    return np.concatenate(err), np.concatenate(err_f), dev
+
+
+@torch.no_grad()
 def represented_bootstrap(
     codec: Codec, batches: Iterable[EvalBatch], n_boot: int = 200, level: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:

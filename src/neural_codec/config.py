@@ -757,13 +757,21 @@ class SeedsConfig:
       the same schedule).
     - n_permutations: circle and Mantel permutations per seed (fewer than the single-seed
       stages': the interval, not the p-value, is what the seeds are for).
+    - floor_permuted: train the permuted-feature floor per seed (false: cheap sweeps; the
+      verdict then says the floor was not run instead of passing without it).
+    - n_bootstrap: resamples of the ceilings that have one fit (the SAE's own explained
+      variance, the model against its second seed): a bootstrap over held-out rows.
     """
 
     n_seeds: int = 3
     steps: int | None = None
     n_permutations: int = 199
+    floor_permuted: bool = True
+    n_bootstrap: int = 200
 
     def __post_init__(self) -> None:
         check(self.n_seeds >= 1, "n_seeds", self.n_seeds, "an integer >= 1")
         check(self.steps is None or self.steps >= 1, "steps", self.steps, "null or an integer >= 1")
         check(self.n_permutations >= 1, "n_permutations", self.n_permutations, "an integer >= 1")
+        check(isinstance(self.floor_permuted, bool), "floor_permuted", self.floor_permuted, "true or false")
+        check(self.n_bootstrap >= 10, "n_bootstrap", self.n_bootstrap, "an integer >= 10")

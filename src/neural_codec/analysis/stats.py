@@ -5,6 +5,7 @@
 - `bootstrap_interval(values)`: the same shape for one seed, over rows (percentile bootstrap).
 - `bootstrap_ratio(num, den)`: the same over rows for a ratio of sums (FVU = sum of per-row
   squared errors / sum of per-row squared deviations).
+- `complement(iv)`: the interval of 1 - x (explained variance from an FVU-like ratio).
 - `holm(p)`: Holm (1979) step-down adjusted p-values, the correction used wherever the report
   tests several things at once (line fractions, cyclic families, the two logic sign groups). It
   controls the family-wise error rate at alpha under any dependence, and is uniformly more
@@ -76,6 +77,13 @@ def bootstrap_ratio(
         return float(a[r].sum()) / d if d > 0 else float("nan")
 
     return bootstrap_interval(np.arange(len(a)), ratio, n_boot, level, seed)
+
+
+def complement(iv: dict[str, Any]) -> dict[str, Any]:
+    """The interval of 1 - x from x's (explained variance = 1 - the ratio `bootstrap_ratio` gives)."""
+    if iv.get("mean") is None:
+        return dict(iv)
+    return {**iv, "mean": 1.0 - iv["mean"], "ci_low": 1.0 - iv["ci_high"], "ci_high": 1.0 - iv["ci_low"]}
 
 
 def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:

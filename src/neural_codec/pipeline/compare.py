@@ -90,6 +90,24 @@ def stream_moments(
     return mom
 
 
+def mantel_features(
+    main_sq: Squeezer, loadings: np.ndarray, cfg: CompareConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The features the Mantel test compares (the compare and seeds stages share them): alive,
+    represented by the main Squeezer and loaded by the model, at most
+    `cfg.max_features_for_mantel` (a seeded subset). Returns (features, alive, represented).
+
+    Represented is the held-out self-gain criterion of `features_represented` (squeeze.json),
+    not a weight norm (which counts barely-trained features whose xavier rows already have
+    norm ~0.6)."""
+    alive = storage.load_npy(paths.FIRING_FREQ) > 0
+    heldout = iter_eval_batches(paths.FEATURES / "heldout", None, eval_batch_size(main_sq.n_features))
+    represented = represented_features(SqueezerCodec(main_sq), heldout)
+    loaded = np.linalg.norm(loadings, axis=1) > 0
+    feats = cmp.select_features([alive, represented, loaded], cfg.max_features_for_mantel, cfg.seed)
+    return feats, alive, represented
+
+
 @dataclass
 class CompareRun:
     metrics: dict[str, Any]
@@ -182,14 +200,7 @@ def run(cfg: CompareConfig) -> CompareRun:
     if W_sae.shape[0] != n_features:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
     loadings = cmp.model_feature_loadings(W_sae, readin)
-    alive = storage.load_npy(paths.FIRING_FREQ) > 0
-    # the held-out self-gain criterion of `features_represented` (metrics/squeeze.json), not a
-    # weight norm (which counts barely-trained features whose xavier rows already have norm ~0.6)
-    represented = represented_features(
-        SqueezerCodec(main_sq), iter_eval_batches(features / "heldout", None, eval_batch_size(n_features))
-    )
-    loaded = np.linalg.norm(loadings, axis=1) > 0
-    feats = cmp.select_features([alive, represented, loaded], cfg.max_features_for_mantel, cfg.seed)
+    feats, alive, represented = mantel_features(main_sq, loadings, cfg)
     grams = {name: cmp.squeezer_feature_gram(w, feats) for name, w in weights.items()}
     grams["neurons"] = cmp.normalized_gram(loadings[feats])
     if has_seed2:

@@ -5,25 +5,38 @@ loop keeps the memory to one Squeezer and one batch at a time). Seed squeezer.se
 Squeezer (reloaded from data/squeeze/squeezer.pt, so its numbers are the single-seed stages'),
 seeds + 1 .. S-1 are retrained on the same rows with the same schedule. Each seed also gets its
 floors: the untrained null (the same initial weights) and the permuted-feature null (a Squeezer
-trained at that seed on `nulls.permute_feature_columns(train, seed)`, `seeds.steps` steps), both
-measured like the Squeezer; and for FVU / features represented the baselines: the random encoder
-refitted at baselines.seed + s (seed + 0 read from baselines.json), PCA, no superposition and the
-model's neurons (one deterministic fit or a reference: baselines.json's `fvu_interval`, a
-bootstrap over held-out rows). `holds` = the trained interval clears EVERY floor's interval:
-wholly above it (higher is better), below it (FVU), or disjoint from it (descriptive measures);
-`holds_untrained` keeps the comparison with the untrained floor alone. The model's neurons are a
-reference, not a floor: shown with their interval, not used by `holds`.
+trained at that seed on `nulls.permute_feature_columns(train, seed)`, `seeds.steps` steps; off
+with `seeds.floor_permuted: false`, recorded in `floors_not_run` so the verdict says so), both
+measured like the Squeezer; and for FVU / features represented / SAE-input explained variance
+the baselines: the random encoder refitted at baselines.seed + s (seed + 0 read from
+baselines.json), PCA, no superposition and the model's neurons (one deterministic fit or a
+reference: baselines.json's `*_interval`, a bootstrap over held-out rows). The logic lifts have
+one more floor, their frequency-matched control pairs (measured per seed: the pairs depend on
+the Squeezer). `holds` = the trained interval clears EVERY floor's interval: wholly above it
+(higher is better), below it (FVU; the logic lift against its control), or disjoint from it
+(descriptive measures); `holds_untrained` keeps the comparison with the untrained floor alone.
+The model's neurons are a reference, not a floor: shown with their interval, not used by `holds`.
 
 Measures per seed (same functions as the single-seed stages):
-- squeeze: FVU and features represented on the held-out rows (`evaluate_codec`);
+- squeeze: FVU, features represented and SAE-input explained variance on the held-out rows
+  (`evaluate_codec`);
 - geometry (encoder rows): D*, fraction represented, number of lines, polytopes, circular
-  correlation of each cyclic family;
-- logic (co-occurrence split): median lift and Cliff's delta of both sign groups;
+  correlation, neighbour fraction and wrap ratio of each cyclic family;
+- logic (co-occurrence split): median lift of the sharing pairs and of their controls, the
+  numbers of sharing and control pairs and Cliff's delta of both sign groups;
 - compare (held-out rows, the model's neurons): Hungarian mean |r|, CKA, SVCCA, interference
-  Mantel r on the features the main Squeezer represents.
-Where seeds do not apply (deterministic baselines, the model's neurons, the SAE's recovery of the
-true features), the bootstrap over rows (`analysis.stats.bootstrap_ratio` / `bootstrap_interval`)
-runs in the stage that has the fit (baselines, sae).
+  Mantel r on the features the main Squeezer represents (`compare.mantel_features`).
+Ceilings (`ceilings` in intervals.json):
+- squeezer_vs_seed2: seed s against seed s + 1 (cyclically; S pairs for S >= 3), the compare
+  measures over those pairs (neighbouring pairs share a seed: the interval is a little narrow);
+- model_vs_model_seed2 (synthetic source): the model's neurons against its second seed's, a
+  bootstrap over held-out rows (Hungarian |r|, CKA, SVCCA) and over features (Mantel r);
+- sae: the SAE's own explained variance of its input (the SAE-input ceiling), a bootstrap
+  over held-out rows; firing: the features that fire on held-out (the ceiling of features
+  represented), a Poisson bootstrap over held-out rows.
+Where seeds do not apply otherwise (deterministic baselines, the model's neurons, the SAE's
+recovery of the true features), the bootstrap over rows (`analysis.stats.bootstrap_ratio` /
+`bootstrap_interval`) runs in the stage that has the fit (baselines, sae).
 """
 
 from __future__ import annotations
@@ -34,19 +47,20 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from neural_codec import nulls, paths, storage
 from neural_codec.analysis import compare as cmp
 from neural_codec.analysis.geometry import analyse_weights
 from neural_codec.analysis.logic import analyse_sharing
-from neural_codec.analysis.stats import clears, interval
+from neural_codec.analysis.stats import bootstrap_ratio, clears, complement, interval
 from neural_codec.baselines import fit_random_encoder
 from neural_codec.codec import (
     SqueezerCodec,
     eval_batch_size,
     evaluate_codec,
     iter_eval_batches,
-    represented_features,
+    sae_row_errors,
 )
 from neural_codec.config import (
     BaselinesConfig,
@@ -57,7 +71,13 @@ from neural_codec.config import (
     SqueezerConfig,
 )
 from neural_codec.params import from_dict, require_inputs
-from neural_codec.pipeline.compare import READIN, squeezer_config, stream_moments
+from neural_codec.pipeline.compare import (
+    READIN,
+    mantel_features,
+    seed2_readin,
+    squeezer_config,
+    stream_moments,
+)
 from neural_codec.pipeline.geometry import weights_of
 from neural_codec.pipeline.logic import cooccurrence_split
 from neural_codec.sae import load_sae, load_sae_decoder
@@ -69,34 +89,44 @@ from neural_codec.squeezer.train import neuron_activations, train_squeezer
 LOWER_IS_BETTER = ("fvu",)
 #: measures where higher is better; every other measure "holds" when the intervals are disjoint
 #: (it differs from the floor in either direction: D*, lines, polytopes, logic lift and delta)
-HIGHER_IS_BETTER = ("features_represented", "hungarian_mean_r", "cka", "svcca", "mantel_r", "circular_corr")
+HIGHER_IS_BETTER = ("features_represented", "hungarian_mean_r", "cka", "svcca", "mantel_r", "circular_corr",
+                    "sae_explained_variance", "neighbour_frac")  # fmt: skip
+#: the floor a logic lift must lie below (features sharing a neuron co-occur less than controls)
+CONTROL = "matched_control"
+#: the compare measures of a pair of neuron populations (the ceilings over seed pairs)
+PAIR_MEASURES = ("hungarian_mean_r", "cka", "svcca", "mantel_r")
 
 
-def holds_all(name: str, trained: dict[str, Any], floors: list[dict[str, Any] | None]) -> bool | None:
+def holds_all(name: str, trained: dict[str, Any], floors: dict[str, dict[str, Any]]) -> bool | None:
     """`holds` against every floor with an interval (None when none has one)."""
-    each = [holds(name, trained, f) for f in floors]
+    each = [holds(name, trained, f, against) for against, f in floors.items()]
     known = [h for h in each if h is not None]
     return all(known) if known else None
 
 
 def floor_intervals(out: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
-    """Every floor's interval of measure `key`: the untrained and permuted Squeezers (over seeds)
-    and, for FVU and features represented, the baselines (random encoder over seeds; PCA and
-    no superposition, deterministic fits, bootstrapped over held-out rows)."""
+    """Every floor's interval of measure `key`: the untrained and permuted Squeezers (over seeds),
+    for FVU, features represented and SAE-input explained variance the baselines (random encoder
+    over seeds; PCA and no superposition, deterministic fits, bootstrapped over held-out rows),
+    and for a logic lift its frequency-matched controls (over seeds)."""
     fl = {c: out[c][key] for c in ("untrained", "permuted") if key in out.get(c, {})}
     for b, ivs in out.get("baselines", {}).items():
         if key in ivs and b != "model_neurons":  # the model's own codec is a reference, not a floor
             fl[b] = ivs[key]
+    control = out["trained"].get(f"{key}_control") if key.endswith("_median_lift") else None
+    if control is not None:
+        fl[CONTROL] = control
     return fl
 
 
-def holds(name: str, trained: dict[str, Any], floor: dict[str, Any] | None) -> bool | None:
-    """The trained interval clears the floor's: above it (higher is better), below it (FVU), or
-    disjoint from it (descriptive measures); None when either interval is missing."""
+def holds(name: str, trained: dict[str, Any], floor: dict[str, Any] | None, against: str = "") -> bool | None:
+    """The trained interval clears the floor's: above it (higher is better), below it (FVU; a
+    logic lift against its control), or disjoint from it (descriptive measures); None when
+    either interval is missing."""
     if floor is None:
         return None
     above, below = clears(trained, floor), clears(floor, trained)
-    if name in LOWER_IS_BETTER:
+    if name in LOWER_IS_BETTER or against == CONTROL:
         return below
     if name.startswith(HIGHER_IS_BETTER):
         return above
@@ -110,13 +140,16 @@ def measures(
     logic: LogicConfig,
     comp: CompareConfig,
     n_perm: int,
-) -> dict[str, float | None]:
-    """Every headline of one Squeezer, flat {name: value}."""
+) -> tuple[dict[str, float | None], np.ndarray | None]:
+    """Every headline of one Squeezer, flat {name: value}, and its held-out neurons (None
+    without the model's neurons: nothing to compare them with)."""
     n = model.n_features
     out: dict[str, float | None] = {}
     batches = iter_eval_batches(paths.FEATURES / "heldout", paths.ACTIVATIONS / "heldout", eval_batch_size(n))
     ev = evaluate_codec(SqueezerCodec(model), batches, ctx["sae_decode"])
     out["fvu"], out["features_represented"] = ev["fvu"], ev["features_represented"]
+    if ev["sae_explained_variance"] is not None:
+        out["sae_explained_variance"] = ev["sae_explained_variance"]
     w_enc = model.W_enc.detach().numpy().astype(np.float64)
     # geometry as the geometry stage computes it: balanced encoder rows of the firing latents
     w_geo = weights_of(model)["encoder"] * ctx["alive"][:, None]
@@ -125,13 +158,19 @@ def measures(
     out["n_lines"] = g["n_lines"]
     out["n_polytopes"] = float(sum(v for k, v in g["polytopes"].items() if k not in ("other", "isolated")))
     for fam, c in g["circles"].items():
-        out[f"circular_corr_{fam}"] = c["circular_corr"]
+        for k in ("circular_corr", "neighbour_frac", "wrap_ratio"):
+            out[f"{k}_{fam}"] = c[k]
     res, _ = analyse_sharing(
         w_enc, lambda: storage.iter_sparse(ctx["cooc_dir"], logic.batch_size), logic, ctx["families"]
     )
     for grp in ("same_sign", "opposite_sign"):
-        out[f"logic_{grp}_median_lift"] = res.metrics[grp]["median_lift_shared"]
-        out[f"logic_{grp}_cliffs_delta"] = res.metrics[grp]["cliffs_delta"]
+        r = res.metrics[grp]
+        out[f"logic_{grp}_median_lift"] = r["median_lift_shared"]
+        out[f"logic_{grp}_median_lift_control"] = r["median_lift_control"]
+        out[f"logic_{grp}_n_shared"] = r["n_shared"]
+        out[f"logic_{grp}_n_control"] = r["n_control"]
+        out[f"logic_{grp}_cliffs_delta"] = r["cliffs_delta"]
+    h = None
     if ctx["has_neurons"]:
         h = neuron_activations(model, ctx["heldout"], comp.batch_size)
         mom = stream_moments({"x": ("sq", "neurons")}, {"sq": h}, comp.batch_size, ["neurons"])
@@ -140,7 +179,7 @@ def measures(
         if ctx["model_gram"] is not None:
             gram = cmp.squeezer_feature_gram(w_enc, ctx["feats"])
             out["mantel_r"] = cmp.mantel(gram, ctx["model_gram"], n_perm, comp.seed).r
-    return out
+    return out, h
 
 
 def context(main: Squeezer, logic: LogicConfig, comp: CompareConfig) -> dict[str, Any]:
@@ -157,20 +196,120 @@ def context(main: Squeezer, logic: LogicConfig, comp: CompareConfig) -> dict[str
         "model_gram": None,
         "feats": None,
         "alive": (np.load(paths.FIRING_FREQ) > 0).astype(np.float64),
+        "W_sae": None,
     }
     if has_neurons and READIN.exists():
         W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
         loadings = cmp.model_feature_loadings(W_sae, np.load(READIN))
-        alive = np.load(paths.FIRING_FREQ) > 0
-        loaded = np.linalg.norm(loadings, axis=1) > 0
-        # the compare stage's filter: represented by the held-out self-gain of the main Squeezer
-        represented = represented_features(
-            SqueezerCodec(main), iter_eval_batches(paths.FEATURES / "heldout", None, eval_batch_size(n))
-        )
-        feats = cmp.select_features([alive, represented, loaded], comp.max_features_for_mantel, comp.seed)
+        feats, _, _ = mantel_features(main, loadings, comp)  # the compare stage's selection
         if len(feats) >= 3 and W_sae.shape[0] == n:
             ctx["feats"], ctx["model_gram"] = feats, cmp.normalized_gram(loadings[feats])
+            ctx["W_sae"] = W_sae
     return ctx
+
+
+def pair_measures(
+    a: np.ndarray, b: np.ndarray, gram_a: np.ndarray | None, gram_b: np.ndarray | None,
+    comp: CompareConfig, n_perm: int,
+) -> dict[str, float]:  # fmt: skip
+    """The compare measures of two row-aligned neuron populations (and their feature Grams)."""
+    c = cmp.compare_populations(cmp.moments(a, b, comp.batch_size), comp.svcca_keep).metrics
+    out = {k: float(c[k]) for k in ("hungarian_mean_r", "cka", "svcca")}
+    if gram_a is not None and gram_b is not None:
+        out["mantel_r"] = float(cmp.mantel(gram_a, gram_b, n_perm, comp.seed).r)
+    return out
+
+
+def seed_pairs(n_seeds: int) -> list[tuple[int, int]]:
+    """(s, s + 1) cyclically: one pair for 2 seeds, S pairs for S >= 3, none for 1."""
+    if n_seeds < 2:
+        return []
+    return [(0, 1)] if n_seeds == 2 else [(s, (s + 1) % n_seeds) for s in range(n_seeds)]
+
+
+def squeezer_seed_ceiling(
+    hs: list[np.ndarray], grams: list[np.ndarray | None], comp: CompareConfig, n_perm: int
+) -> dict[str, dict[str, Any]]:
+    """The Squeezer against its next seed (the compare stage's `ceiling_squeezer_vs_seed2`), an
+    interval over the seed pairs."""
+    per: dict[str, list[Any]] = defaultdict(list)
+    for a, b in seed_pairs(len(hs)):
+        for k, v in pair_measures(hs[b], hs[a], grams[b], grams[a], comp, n_perm).items():
+            per[k].append(v)
+    return {k: {**interval(v), "per_seed": v, "n_pairs": len(v)} for k, v in per.items()}
+
+
+def mantel_feature_bootstrap(g1: np.ndarray, g2: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mantel r of two (n, n) Grams with a bootstrap over features (a weight-derived number: no
+    rows to resample). A resample's pairs of one feature with itself are dropped."""
+    n = len(g1)
+    iu = np.triu_indices(n, k=1)
+    full = float(np.corrcoef(g1[iu], g2[iu])[0, 1])
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        a, b = idx[iu[0]], idx[iu[1]]
+        keep = a != b
+        boot.append(float(np.corrcoef(g1[a[keep], b[keep]], g2[a[keep], b[keep]])[0, 1]))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"mean": full, "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1, "n_features": n}
+
+
+def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -> dict[str, dict[str, Any]]:
+    """The model's neurons against its second seed's (synthetic source): a bootstrap over
+    held-out rows (Hungarian |r|, CKA, SVCCA; the mean is the full-sample value, as compare.json)
+    and over features (Mantel r). {} when the source has no second seed."""
+    act = paths.ACTIVATIONS / "heldout"
+    if not ctx["has_neurons"] or "neurons_seed2" not in set(storage.load_shard(storage.shard_paths(act)[0])):
+        return {}
+    arr = {k: [] for k in ("neurons", "neurons_seed2")}  # type: dict[str, list[np.ndarray]]
+    for batch in storage.iter_batches(act, comp.batch_size, list(arr)):
+        for k in arr:
+            arr[k].append(np.asarray(batch[k], dtype=np.float32))
+    a, b = np.concatenate(arr["neurons_seed2"]), np.concatenate(arr["neurons"])
+    full = pair_measures(a, b, None, None, comp, 1)
+    rng = np.random.default_rng(comp.seed)
+    boot: dict[str, list[float]] = defaultdict(list)
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(a), len(a))
+        for k, v in pair_measures(a[rows], b[rows], None, None, comp, 1).items():
+            boot[k].append(v)
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in full.items():
+        lo, hi = np.quantile(boot[k], [0.025, 0.975])
+        out[k] = {"mean": v, "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1, "n_rows": len(a)}
+    r2 = seed2_readin(paths.MODEL_SEED2)
+    if ctx["model_gram"] is not None and r2 is not None and r2.shape[1] == b.shape[1]:
+        g2 = cmp.model_feature_gram(ctx["W_sae"], r2, ctx["feats"])
+        out["mantel_r"] = mantel_feature_bootstrap(g2, ctx["model_gram"], n_boot, comp.seed)
+    return out
+
+
+def sae_ceiling(main: Squeezer, ctx: dict[str, Any], n_boot: int) -> dict[str, dict[str, Any]]:
+    """The SAE's own explained variance of its input (the SAE-input ceiling of squeeze.json),
+    bootstrapped over held-out rows; {} without held-out activations."""
+    batches = iter_eval_batches(
+        paths.FEATURES / "heldout", paths.ACTIVATIONS / "heldout", eval_batch_size(main.n_features)
+    )
+    try:
+        _, err_f, dev = sae_row_errors(SqueezerCodec(main), batches, ctx["sae_decode"])
+    except ValueError:  # no resid in the held-out activations
+        return {}
+    return {"sae_explained_variance": complement(bootstrap_ratio(err_f, dev, n_boot))}
+
+
+def firing_ceiling(heldout: storage.SparseFeatures, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """The number of features that fire on held-out (the ceiling of features represented), with
+    a Poisson bootstrap over held-out rows (a rare feature may not fire in a resample)."""
+    r, c = np.nonzero(heldout.val > 0)
+    fires = sp.csr_matrix((np.ones(len(r)), (r, heldout.idx[r, c])), shape=(len(heldout), heldout.n_features))
+    w = np.random.default_rng(seed).poisson(1.0, (n_boot, len(heldout))).astype(np.float64)
+    counts = ((fires.T @ w.T).T > 0).sum(1)
+    lo, hi = np.quantile(counts, [0.025, 0.975])
+    full = int((np.asarray(fires.sum(0)).ravel() > 0).sum())
+    return {"n_features_firing": {"mean": float(full), "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1,
+                                  "n_rows": len(heldout)}}  # fmt: skip
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -188,47 +327,68 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     ctx = context(main, logic, comp)
     train = storage.load_sparse(paths.FEATURES / "train")
     imp = resolve_importance(sq_cfg, n, train.firing_frequency())
-    conds = ("trained", "untrained", "permuted")
+    conds = ("trained", "untrained") + (("permuted",) if cfg.floor_permuted else ())
     per_seed: dict[str, dict[str, list[Any]]] = {c: defaultdict(list) for c in conds}
     rand_enc: dict[str, list[Any]] = defaultdict(list)
     with_rand = "random_encoder" in base.methods
     fitted = read_baselines()
     seconds = []
+    hs: list[np.ndarray] = []  # the trained seeds' held-out neurons and feature Grams (ceilings)
+    grams: list[np.ndarray | None] = []
     for s in range(cfg.n_seeds):
         t0 = time.perf_counter()
         s_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + s, steps=cfg.steps if s else None)
         model = main if s == 0 else train_squeezer(train, s_cfg, imp, n)[0]
-        # the permuted-feature floor: a Squeezer trained on each column shuffled (seeded per seed)
-        p_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + s, steps=cfg.steps)
-        permuted = train_squeezer(nulls.permute_feature_columns(train, sq_cfg.seed + s), p_cfg, imp, n)[0]
-        for cond, m in (("trained", model), ("untrained", nulls.untrained_squeezer(n, s_cfg)),
-                        ("permuted", permuted)):  # fmt: skip
-            for k, v in measures(m, ctx, geo, logic, comp, cfg.n_permutations).items():
+        models = {"trained": model, "untrained": nulls.untrained_squeezer(n, s_cfg)}
+        if cfg.floor_permuted:  # a Squeezer trained on each column shuffled (seeded per seed)
+            p_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + s, steps=cfg.steps)
+            models["permuted"] = train_squeezer(
+                nulls.permute_feature_columns(train, sq_cfg.seed + s), p_cfg, imp, n
+            )[0]
+        for cond, m in models.items():
+            vals, h = measures(m, ctx, geo, logic, comp, cfg.n_permutations)
+            for k, v in vals.items():
                 per_seed[cond][k].append(None if v is None else float(v))
+            if cond == "trained" and h is not None:
+                hs.append(h)
+                w = m.W_enc.detach().numpy().astype(np.float64)
+                grams.append(None if ctx["feats"] is None else cmp.squeezer_feature_gram(w, ctx["feats"]))
         if with_rand and s == 0 and "random_encoder" in fitted:  # seed + 0: the baselines stage's fit
-            for k in ("fvu", "features_represented"):
-                rand_enc[k].append(float(fitted["random_encoder"][k]))
+            for k in ("fvu", "features_represented", "sae_explained_variance"):
+                if fitted["random_encoder"].get(k) is not None:
+                    rand_enc[k].append(float(fitted["random_encoder"][k]))
         elif with_rand:  # the random-encoder baseline over seeds
             b_cfg = dataclasses.replace(base, seed=base.seed + s)
             codec, _ = fit_random_encoder(train, sq_cfg.M, b_cfg, imp, sq_cfg.init, sq_cfg.bias_init)
             batches = iter_eval_batches(
                 paths.FEATURES / "heldout", paths.ACTIVATIONS / "heldout", eval_batch_size(n)
             )
-            ev = evaluate_codec(codec, batches)
-            for k in ("fvu", "features_represented"):
-                rand_enc[k].append(float(ev[k]))
+            ev = evaluate_codec(codec, batches, ctx["sae_decode"])
+            for k in ("fvu", "features_represented", "sae_explained_variance"):
+                if ev[k] is not None:
+                    rand_enc[k].append(float(ev[k]))
         seconds.append(time.perf_counter() - t0)
     out: dict[str, Any] = {"n_seeds": cfg.n_seeds, "seeds": [sq_cfg.seed + s for s in range(cfg.n_seeds)]}
-    for cond, d in per_seed.items():
-        out[cond] = {k: {**interval(v), "per_seed": v} for k, v in d.items()}
+    for cond in ("trained", "untrained", "permuted"):
+        out[cond] = {k: {**interval(v), "per_seed": v} for k, v in per_seed.get(cond, {}).items()}
+    # floors this run skipped (the verdict names them rather than pass without them)
+    out["floors_not_run"] = [] if cfg.floor_permuted else ["permuted"]
     out["baselines"] = baseline_intervals(rand_enc)
-    out["holds_untrained"] = {k: holds(k, iv, out["untrained"].get(k)) for k, iv in out["trained"].items()}
-    out["holds"] = {
-        k: holds_all(k, iv, list(floor_intervals(out, k).values())) for k, iv in out["trained"].items()
+    out["ceilings"] = {
+        name: ivs
+        for name, ivs in (
+            ("squeezer_vs_seed2", squeezer_seed_ceiling(hs, grams, comp, cfg.n_permutations)),
+            ("model_vs_model_seed2", model_seed2_ceiling(ctx, comp, cfg.n_bootstrap)),
+            ("sae", sae_ceiling(main, ctx, cfg.n_bootstrap)),
+            ("firing", firing_ceiling(ctx["heldout"], cfg.n_bootstrap, comp.seed)),
+        )
+        if ivs
     }
+    out["holds_untrained"] = {k: holds(k, iv, out["untrained"].get(k)) for k, iv in out["trained"].items()}
+    out["holds"] = {k: holds_all(k, iv, floor_intervals(out, k)) for k, iv in out["trained"].items()}
     # per floor: does the trained interval clear it (the floors a failing "holds" did not clear)
     out["holds_against"] = {
-        k: {f: holds(k, iv, fiv) for f, fiv in floor_intervals(out, k).items()}
+        k: {f: holds(k, iv, fiv, f) for f, fiv in floor_intervals(out, k).items()}
         for k, iv in out["trained"].items()
     }
     out["_seconds_per_seed"] = seconds
@@ -244,13 +404,15 @@ def read_baselines() -> dict[str, Any]:
 def baseline_intervals(rand_enc: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     """{method: {measure: interval}}: the random encoder over seeds (`rand_enc`); PCA,
     no superposition and the model's neurons from baselines.json's bootstrap over held-out rows
-    (`fvu_interval`), when the baselines stage has run."""
+    (`fvu_interval`, `features_represented_interval`, `sae_explained_variance_interval`), when
+    the baselines stage has run."""
     out: dict[str, dict[str, Any]] = {}
     for b, res in read_baselines().items():
         if isinstance(res, dict) and isinstance(res.get("fvu_interval"), dict) and b != "random_encoder":
             out[b] = {"fvu": res["fvu_interval"]}
-            if isinstance(res.get("features_represented_interval"), dict):
-                out[b]["features_represented"] = res["features_represented_interval"]
+            for k in ("features_represented", "sae_explained_variance"):
+                if isinstance(res.get(f"{k}_interval"), dict):
+                    out[b][k] = res[f"{k}_interval"]
     if rand_enc:
         out["random_encoder"] = {k: {**interval(v), "per_seed": v} for k, v in rand_enc.items()}
     return out

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from neural_codec import paths, storage
 from neural_codec.errors import ParamError
+from neural_codec.report.controls import controls_table, positive_controls
 from neural_codec.report.metrics import NA, Metrics, Num
 from neural_codec.report.page import Block, Cell, Figure, Report, Table
-from neural_codec.report.controls import controls_table, positive_controls
 from neural_codec.report.sections import build
 from neural_codec.report.sweep import fvu_at_m
 

@@ -15,6 +15,7 @@ from neural_codec.report.metrics import BASELINE_LABELS, BASELINES, TRUTH_TABLES
 from neural_codec.report.page import Block, Cell, Figure, Report, Row, Section, Table
 from neural_codec.report.verdicts import (
     cyclic_families,
+    ceiling_table,
     interval_table,
     polytope_kinds,
     verdict_rows,
@@ -501,10 +502,24 @@ def uncertainty_section(m: Metrics) -> Section:
             " seeds (seed 0 is the main Squeezer of the sections above), each beside the untrained "
             "Squeezer at the same seed. Mean and Student-t 95% interval over seeds; a measure "
             "**holds** only when its interval clears the floor's (above it; below it for FVU; "
-            "disjoint from it for descriptive measures such as D*, lines and logic lift).",
+            "disjoint from it for descriptive measures such as D* and lines; a logic lift must also "
+            "lie below its frequency-matched controls' interval).",
         ]
     )
+    not_run = m.get("intervals.json:floors_not_run")
+    if isinstance(not_run, list) and not_run:
+        s.blocks.append(
+            f"Floors not run over seeds in this run: {', '.join(not_run)} (`seeds.floor_permuted: false`); "
+            "the verdicts name them and hold against the floors that were run only."
+        )
     s.blocks.append(interval_table(m))
+    if isinstance(m.get("intervals.json:ceilings"), dict):
+        s.blocks.append(
+            "Ceilings: the Squeezer against its next seed (over the seed pairs), and, with one fit "
+            "each, a bootstrap over held-out rows (the SAE's own explained variance, the features "
+            "that fire, the model against its second seed) or over features (that pair's Mantel r)."
+        )
+        s.blocks.append(ceiling_table(m))
     s.blocks.append(
         "Reproducibility: on one machine, the same params and seeds give bit-identical metrics "
         "(every stage seeds torch and numpy and runs single-threaded reductions in a fixed order). "

@@ -38,17 +38,30 @@ class VerdictRow:
     floor_ci: list[list[Cell]] = field(default_factory=list)
     #: the floors (intervals.json holds_against) whose interval the value's does not clear
     floors_missed: list[str] = field(default_factory=list)
+    #: per ceiling (same order as `ceilings`): its interval cells, [] for none
+    ceiling_ci: list[list[Cell]] = field(default_factory=list)
+    #: floors the seeds stage did not run (intervals.json floors_not_run): named, never passed
+    floors_not_run: list[str] = field(default_factory=list)
 
     def decide(self) -> list[Cell]:
         point = self._decide_point()
         h = self.interval_holds
         if h is None or h.value is None:
+            if self.floors_not_run and h is not None:
+                return [*point, f"; over seeds: no floor interval ({self._not_run()})"]
             return point
         if h.value is True:
+            if self.floors_not_run:
+                return [*point, "; over seeds: holds against the floors that were run (the interval clears "
+                        f"their intervals; {self._not_run()})"]  # fmt: skip
             return [*point, "; over seeds: holds (the interval clears every floor's interval)"]
         missed = f" (not: {', '.join(self.floors_missed)})" if self.floors_missed else ""
-        return [f"does not hold over seeds: the interval does not clear every floor's interval{missed} (",
+        not_run = f"; {self._not_run()}" if self.floors_not_run else ""
+        return [f"does not hold over seeds: the interval does not clear every floor's interval{missed}{not_run} (",
                 *point, ")"]  # fmt: skip
+
+    def _not_run(self) -> str:
+        return f"not run: {', '.join(self.floors_not_run)}"
 
     def _decide_point(self) -> list[Cell]:
         if self.outcome is not None:
@@ -98,7 +111,7 @@ def verdict_table(rows: list[VerdictRow]) -> Table:
                 r.measure,
                 [r.value, *r.value_ci] if r.value_ci else r.value,
                 _labelled(r.floors, r.floor_ci),
-                _labelled(r.ceilings),
+                _labelled(r.ceilings, r.ceiling_ci),
                 r.decide(),
             ]
         )
@@ -348,86 +361,226 @@ def validation_rows(m: Metrics) -> list[VerdictRow]:
     ]
 
 
+#: the verdict table's blocks in order; a new hypothesis block is one more (Metrics -> rows) builder
+ROW_BUILDERS = [compression_rows, geometry_rows, logic_rows, validation_rows]
+
+
 def verdict_rows(m: Metrics) -> list[VerdictRow]:
-    return with_intervals(compression_rows(m) + geometry_rows(m) + logic_rows(m) + validation_rows(m), m)
+    return with_intervals([r for build in ROW_BUILDERS for r in build(m)], m)
 
 
-#: the single-seed cite (its key after `<file>.json:`, prefix match) -> its key in intervals.json
-INTERVAL_KEYS = (
-    ("squeeze.json:squeezer.fvu", "fvu"),
-    ("squeeze.json:squeezer.features_represented", "features_represented"),
-    ("geometry.json:trained.encoder.D_star", "D_star"),
-    ("geometry.json:trained.encoder.n_lines", "n_lines"),
-    ("geometry.json:trained.encoder.polytopes.", "n_polytopes"),
-    ("logic.json:same_sign.median_lift_shared", "logic_same_sign_median_lift"),
-    ("logic.json:opposite_sign.median_lift_shared", "logic_opposite_sign_median_lift"),
-    ("compare.json:squeezer_vs_model.hungarian_mean_r", "hungarian_mean_r"),
-    ("compare.json:squeezer_vs_model.cka", "cka"),
-    ("compare.json:squeezer_vs_model.svcca", "svcca"),
-    ("compare.json:squeezer_vs_model.interference_mantel_r", "mantel_r"),
+#: a cite's prefix (`<file>.json:<group>.`) -> its group in metrics/intervals.json and its
+#: measure there (None: the rest of the cite, renamed by `interval_measure`). Order matters: the
+#: exact cites first. A new row's numbers get their intervals by one more entry here.
+INTERVAL_GROUPS: tuple[tuple[str, str, str | None], ...] = (
+    ("squeeze.json:squeezer.sae_explained_variance_ceiling", "ceilings.sae", "sae_explained_variance"),
+    ("squeeze.json:squeezer.n_features_firing", "ceilings.firing", "n_features_firing"),
+    ("squeeze.json:squeezer.", "trained", None),
+    ("geometry.json:trained.encoder.", "trained", None),
+    ("geometry.json:untrained.encoder.", "untrained", None),
+    ("geometry.json:permuted.encoder.", "permuted", None),
+    ("logic.json:", "trained", None),
+    ("compare.json:squeezer_vs_model.", "trained", None),
+    ("compare.json:floor_untrained.", "untrained", None),
+    ("compare.json:floor_permuted.", "permuted", None),
+    ("compare.json:ceiling_squeezer_vs_seed2.", "ceilings.squeezer_vs_seed2", None),
+    ("compare.json:ceiling_model_vs_model_seed2.", "ceilings.model_vs_model_seed2", None),
+)
+
+#: a measure's name in its json -> in intervals.json (prefix match; the rest is appended)
+MEASURE_RENAMES = (
+    ("interference_mantel_r", "mantel_r"),
+    ("sae_explained_variance_ceiling", "sae_explained_variance"),
 )
 
 
-def interval_key(cite: str) -> str | None:
-    """The intervals.json key of a verdict value's cite (circles: circular_corr_<family>)."""
-    for prefix, key in INTERVAL_KEYS:
+def interval_measure(group: str, rest: str) -> str | None:
+    """The intervals.json measure of a cite's remainder after its group prefix."""
+    if rest.startswith("polytopes."):  # a `+`-sum of polytope kinds
+        return "n_polytopes"
+    if rest.startswith("circles."):  # circles.<family>.<measure> -> <measure>_<family>
+        parts = rest.split(".")
+        return f"{parts[2]}_{parts[1]}" if len(parts) == 3 else None
+    if group == "trained" and rest.startswith(("same_sign.", "opposite_sign.")):  # logic.json
+        grp, _, key = rest.partition(".")
+        return {"median_lift_shared": f"logic_{grp}_median_lift", "median_lift_control":
+                f"logic_{grp}_median_lift_control", "n_shared": f"logic_{grp}_n_shared", "n_control": f"logic_{grp}_n_control",
+                "cliffs_delta": f"logic_{grp}_cliffs_delta"}.get(key)  # fmt: skip
+    for old, new in MEASURE_RENAMES:
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    return rest
+
+
+def interval_path(m: Metrics, cite: str) -> str | None:
+    """Where a cited number's interval is: in metrics/intervals.json (over seeds, or a bootstrap
+    for the one-fit baselines and ceilings), or beside the number as `<cite>_interval` (e.g. the
+    lm CE-loss scores' bootstrap over held-out sequences). None when it has none."""
+    candidates = [f"{cite}_interval"]
+    if cite.startswith("baselines.json:"):
+        method, _, rest = cite[len("baselines.json:") :].partition(".")
+        candidates.insert(0, f"intervals.json:baselines.{method}.{rest}")
+    for prefix, group, fixed in INTERVAL_GROUPS:
         if cite.startswith(prefix):
-            return key
-    c = "geometry.json:trained.encoder.circles."
-    if cite.startswith(c) and cite.endswith(".circular_corr"):
-        return "circular_corr_" + cite[len(c) : -len(".circular_corr")]
+            key = fixed or interval_measure(group, cite[len(prefix) :])
+            if key is not None:
+                candidates.insert(0, f"intervals.json:{group}.{key}")
+            break
+    for c in candidates:
+        if isinstance(m.get(c), dict) and m.get(f"{c}.ci_low") is not None:
+            return c
     return None
+
+
+def interval_key(cite: str) -> str | None:
+    """The intervals.json measure of a Squeezer value's cite (None: not a seeds headline)."""
+    for prefix, group, fixed in INTERVAL_GROUPS:
+        if cite.startswith(prefix):
+            return (fixed or interval_measure(group, cite[len(prefix) :])) if group == "trained" else None
+    return None
+
+
+#: what a bootstrap resampled (the interval's size key) -> its words
+RESAMPLED = (
+    ("n_rows", " held-out rows"),
+    ("n_sequences", " held-out sequences"),
+    ("n_features", " features"),
+)
 
 
 def interval_cells(m: Metrics, group: str, key: str) -> list[Cell]:
     """ " [ci_low, ci_high] (n seeds)" of intervals.json:<group>.<key>, cited."""
-    base = f"intervals.json:{group}.{key}"
+    return path_cells(m, f"intervals.json:{group}.{key}")
+
+
+def path_cells(m: Metrics, base: str) -> list[Cell]:
+    """ " [ci_low, ci_high] (n seeds | bootstrap over n rows | n seed pairs)" of the interval at
+    `base` (a cite), cited."""
     cells: list[Cell] = [" [", m.num(f"{base}.ci_low"), ", ", m.num(f"{base}.ci_high"), "] ("]
-    if m.get(f"{base}.n_rows") is not None:  # one fit, a bootstrap over held-out rows
-        return [*cells, "bootstrap over ", m.num(f"{base}.n_rows"), " held-out rows)"]
+    for size, words in RESAMPLED:
+        if m.get(f"{base}.{size}") is not None:  # one fit, a bootstrap
+            return [*cells, "bootstrap over ", m.num(f"{base}.{size}"), f"{words})"]
+    if m.get(f"{base}.n_pairs") is not None:
+        return [*cells, m.num(f"{base}.n_pairs"), " seed pairs)"]
     return [*cells, m.num(f"{base}.n_seeds"), " seeds)"]
 
 
+def value_cells(m: Metrics, num: Num) -> list[Cell]:
+    """A number's interval cells: " (seed 0); mean X [lo, hi] (n seeds)" over seeds, or
+    " [lo, hi] (bootstrap ...)" around a one-fit number; [] when it has none."""
+    path = interval_path(m, num.cite)
+    if path is None:
+        return []
+    if m.get(f"{path}.per_seed") is not None:
+        first = " (seeds 0, 1); mean " if m.get(f"{path}.n_pairs") is not None else " (seed 0); mean "
+        return [first, m.num(f"{path}.mean"), *path_cells(m, path)]
+    return path_cells(m, path)
+
+
+def annotate(cells: Cell | list[Cell], m: Metrics, skip: set[str]) -> Cell | list[Cell]:
+    """Put each number's interval after it (numbers cited in `skip` are shown elsewhere)."""
+    if not isinstance(cells, list):
+        return cells
+    out: list[Cell] = []
+    for c in cells:
+        out.append(c)
+        if isinstance(c, Num) and c.cite not in skip:
+            out += value_cells(m, c)
+    return out
+
+
 def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
-    """Attach each row's interval over seeds (metrics/intervals.json, stage `seeds`): the value
-    shows as mean-of-seed-0 [CI], and the row holds only if its interval clears the floor's."""
+    """Attach each number's interval (metrics/intervals.json, stage `seeds`; or a bootstrap): the
+    value shows as seed 0, mean [CI]; floors and ceilings with theirs; and a Squeezer headline
+    holds only if its interval clears every floor's (a floor the run skipped is named)."""
     if not isinstance(m.get("intervals.json:trained"), dict):
         return rows
+    not_run = m.get("intervals.json:floors_not_run")
+    not_run = [str(FLOOR_NAMES.get(f) or f) for f in not_run] if isinstance(not_run, list) else []
     for r in rows:
+        r.value_ci = value_cells(m, r.value)
+        r.floor_ci = [value_cells(m, f) for f in r.floors]
+        r.ceiling_ci = [value_cells(m, c) for c in r.ceilings]
+        shown = {r.value.cite, *(f.cite for f in r.floors), *(c.cite for c in r.ceilings)}
+        r.measure = annotate(r.measure, m, shown)
+        if r.outcome is not None:
+            r.outcome = annotate(r.outcome, m, shown)  # type: ignore[assignment]
         key = interval_key(r.value.cite)
         if key is None or m.get(f"intervals.json:trained.{key}.mean") is None:
             continue
-        r.value_ci = [" (seed 0); mean ", m.num(f"intervals.json:trained.{key}.mean"),
-                      *interval_cells(m, "trained", key)]  # fmt: skip
         r.interval_holds = m.num(f"intervals.json:holds.{key}")
-        r.floor_ci = [floor_interval_cells(m, f.cite, key) for f in r.floors]
+        r.floors_not_run = not_run
         against = m.get(f"intervals.json:holds_against.{key}")
         if isinstance(against, dict):
             r.floors_missed = [str(FLOOR_NAMES.get(f) or f) for f, ok in against.items() if ok is False]
     return rows
 
 
+#: numbers the verdict reads as they are (test p-values, verdict words): no interval expected
+AS_IS = (".p_value", ".verdict")
+
+
+def is_interval_part(cite: str) -> bool:
+    """An interval's own numbers (bounds, sizes) or a number read as it is (AS_IS)."""
+    return cite.startswith("intervals.json:") or "_interval." in cite or cite.endswith(AS_IS)
+
+
+def numbers_without_interval(rows: list[VerdictRow], m: Metrics) -> list[str]:
+    """The cites of every number in the verdict table that has no interval beside it (a test
+    p-value or a verdict word excepted): [] when every number is shown as value [CI]."""
+
+    def nums(cells: Cell | list[Cell]) -> list[tuple[Num, bool]]:
+        items = cells if isinstance(cells, list) else [cells]
+        out = []
+        for i, c in enumerate(items):
+            if isinstance(c, Num):
+                nxt = items[i + 1] if i + 1 < len(items) else None
+                out.append((c, isinstance(nxt, str) and nxt.startswith((" [", " (seed"))))
+            elif isinstance(c, list):
+                out += nums(c)
+        return out
+
+    missing = []
+    for r in rows:
+        pairs = [(r.value, bool(r.value_ci))]
+        pairs += [(f, bool(ci)) for f, ci in zip(r.floors, r.floor_ci or [[]] * len(r.floors), strict=True)]
+        pairs += [
+            (c, bool(ci)) for c, ci in zip(r.ceilings, r.ceiling_ci or [[]] * len(r.ceilings), strict=True)
+        ]
+        shown = {n.cite for n, _ in pairs}
+        pairs += [(n, ok) for n, ok in nums(r.measure) + nums(r.outcome or []) if n.cite not in shown]
+        missing += [
+            n.cite for n, ok in pairs if not ok and n.value is not None and not is_interval_part(n.cite)
+        ]
+    return missing
+
+
 #: intervals.json floor names as the outcome column names them
-FLOOR_NAMES = {"untrained": "untrained Squeezer", "permuted": "permuted-feature Squeezer", **BASELINE_LABELS}
+FLOOR_NAMES = {"untrained": "untrained Squeezer", "permuted": "permuted-feature Squeezer",
+               "matched_control": "frequency-matched control", **BASELINE_LABELS}  # fmt: skip
 
 
-def floor_group(cite: str) -> str | None:
-    """The intervals.json group holding a floor's interval: `untrained` / `permuted` (the
-    Squeezer nulls over seeds) or `baselines.<method>` (baselines.json:<method>.*)."""
-    if cite.startswith("baselines.json:"):
-        return "baselines." + cite[len("baselines.json:") :].split(".")[0]
-    for group in ("untrained", "permuted"):
-        if cite.startswith((f"geometry.json:{group}.", f"compare.json:floor_{group}.")):
-            return group
-    return None
+#: intervals.json ceilings as the uncertainty section names them
+CEILING_NAMES = {
+    "squeezer_vs_seed2": "Squeezer vs its next seed",
+    "model_vs_model_seed2": "model vs its seed 2",
+    "sae": "SAE on its own top-k F",
+    "firing": "features that fire on held-out",
+}
 
 
-def floor_interval_cells(m: Metrics, cite: str, key: str) -> list[Cell]:
-    """A floor's " [ci_low, ci_high] (n seeds)" from intervals.json, [] when it has none."""
-    group = floor_group(cite)
-    if group is None or m.get(f"intervals.json:{group}.{key}.ci_low") is None:
-        return []
-    return interval_cells(m, group, key)
+def ceiling_table(m: Metrics) -> Table:
+    """Every ceiling's interval: over seed pairs (the Squeezer against its next seed) or a
+    bootstrap (the one-fit ceilings)."""
+    ceilings = m.get("intervals.json:ceilings")
+    body: list[Row] = []
+    for name, ivs in ceilings.items() if isinstance(ceilings, dict) else []:
+        for key in ivs if isinstance(ivs, dict) else []:
+            base = f"intervals.json:ceilings.{name}.{key}"
+            body.append(
+                [str(CEILING_NAMES.get(name, name)), f"`{key}`", [m.num(f"{base}.mean"), *path_cells(m, base)]]
+            )
+    return Table(["ceiling", "measure", "mean [95% CI]"], body)
 
 
 def interval_table(m: Metrics) -> Table:
