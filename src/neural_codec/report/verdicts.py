@@ -465,14 +465,15 @@ def path_cells(m: Metrics, base: str) -> list[Cell]:
     return [*cells, m.num(f"{base}.n_seeds"), " seeds)"]
 
 
-def value_cells(m: Metrics, num: Num) -> list[Cell]:
-    """A number's interval cells: " (seed 0); mean X [lo, hi] (n seeds)" over seeds, or
-    " [lo, hi] (bootstrap ...)" around a one-fit number; [] when it has none."""
+def value_cells(m: Metrics, num: Num, seed0: bool = False) -> list[Cell]:
+    """A number's interval cells: ", mean X [lo, hi] (n seeds)" over seeds (" (seed 0); mean ..."
+    for the Squeezer's value, which is seed 0), or " [lo, hi] (bootstrap ...)" around a one-fit
+    number; [] when it has none."""
     path = interval_path(m, num.cite)
     if path is None:
         return []
     if m.get(f"{path}.per_seed") is not None:
-        first = " (seeds 0, 1); mean " if m.get(f"{path}.n_pairs") is not None else " (seed 0); mean "
+        first = " (seed 0); mean " if seed0 and m.get(f"{path}.n_pairs") is None else ", mean "
         return [first, m.num(f"{path}.mean"), *path_cells(m, path)]
     return path_cells(m, path)
 
@@ -485,7 +486,7 @@ def annotate(cells: Cell | list[Cell], m: Metrics, skip: set[str]) -> Cell | lis
     for c in cells:
         out.append(c)
         if isinstance(c, Num) and c.cite not in skip:
-            out += value_cells(m, c)
+            out += value_cells(m, c, seed0=interval_key(c.cite) is not None)
     return out
 
 
@@ -498,7 +499,7 @@ def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
     not_run = m.get("intervals.json:floors_not_run")
     not_run = [str(FLOOR_NAMES.get(f) or f) for f in not_run] if isinstance(not_run, list) else []
     for r in rows:
-        r.value_ci = value_cells(m, r.value)
+        r.value_ci = value_cells(m, r.value, seed0=interval_key(r.value.cite) is not None)
         r.floor_ci = [value_cells(m, f) for f in r.floors]
         r.ceiling_ci = [value_cells(m, c) for c in r.ceilings]
         shown = {r.value.cite, *(f.cite for f in r.floors), *(c.cite for c in r.ceilings)}
@@ -535,7 +536,7 @@ def numbers_without_interval(rows: list[VerdictRow], m: Metrics) -> list[str]:
         for i, c in enumerate(items):
             if isinstance(c, Num):
                 nxt = items[i + 1] if i + 1 < len(items) else None
-                out.append((c, isinstance(nxt, str) and nxt.startswith((" [", " (seed"))))
+                out.append((c, isinstance(nxt, str) and nxt.startswith((" [", " (seed", ", mean "))))
             elif isinstance(c, list):
                 out += nums(c)
         return out
