@@ -86,13 +86,17 @@ def reconstruction_loss(
         z = torch.bmm(rows.index_select(0, flat).view(B, k, -1), h.unsqueeze(2)).squeeze(2)
     f_act = torch.relu(z + b_dec.index_select(0, flat).view(B, k))
     act_loss = (active * weights[idx] * (val - f_act) ** 2).sum(1)
-    # inactive outputs: a shared uniform sample of columns, minus those active in the row
-    cols = torch.randperm(n, generator=generator)[:loss_sample]
+    # inactive outputs: a shared uniform sample of columns, minus those active in the row (drawn
+    # by the CPU generator on every device, then moved: the same columns wherever it trains)
+    dev = h.device
+    cols = torch.randperm(n, generator=generator)[:loss_sample].to(dev)
     f_s = torch.relu(torch.addmm(b_dec.index_select(0, cols), h, rows.index_select(0, cols).T))  # (B, s)
-    slot = torch.full((n,), loss_sample, dtype=torch.long)  # feature -> its sample slot (s: not drawn)
-    slot[cols] = torch.arange(loss_sample)
+    slot = torch.full((n,), loss_sample, dtype=torch.long, device=dev)  # feature -> its sample slot
+    slot[cols] = torch.arange(loss_sample, device=dev)  # (slot s: not drawn)
     s_idx = torch.where(active, slot[idx], loss_sample)
-    hit = torch.zeros(B, loss_sample + 1, dtype=torch.bool).scatter_(1, s_idx, True)[:, :loss_sample]
+    hit = torch.zeros(B, loss_sample + 1, dtype=torch.bool, device=dev).scatter_(1, s_idx, True)[
+        :, :loss_sample
+    ]
     inact = ((~hit) * weights[cols] * f_s**2).sum(1) * (n / loss_sample)
     return (act_loss + inact).mean()
 
