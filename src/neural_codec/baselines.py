@@ -49,8 +49,9 @@ from neural_codec.codec import (
     sae_row_errors,
 )
 from neural_codec.config import BaselinesConfig, BiasInit, Init
+from neural_codec.runtime import resolve_device
 from neural_codec.squeezer.loss import reconstruction_loss
-from neural_codec.squeezer.train import CurveLogger, make_optimizer, train_squeezer
+from neural_codec.squeezer.train import CurveLogger, log_step, make_optimizer, step_bar, train_squeezer
 from neural_codec.storage import SparseFeatures, iter_batches, read_meta
 
 Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
@@ -184,8 +185,8 @@ def fit_random_encoder(
     scfg = cfg.decoder_config(M)
     scfg.init, scfg.bias_init = init, bias_init  # as the Squeezer's (b_enc stays 0: frozen)
     w = np.ones(train.n_features, np.float32) if weights is None else weights
-    model, curve = train_squeezer(train, scfg, importance=w, freeze_encoder=True)
-    return SqueezerCodec(model), curve
+    model, curve = train_squeezer(train, scfg, importance=w, freeze_encoder=True, desc="random_encoder")
+    return SqueezerCodec(model, resolve_device(cfg.device, "baselines.device")), curve
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +198,8 @@ class NeuronReadoutCodec(Codec):
     """h = the model's neurons (given in the batch); f_hat = ReLU(h / s @ W + b).
 
     The model's pre-activations are not stored, so a neuron counts as clipped (pre-activation
-    < 0) when its activation is <= 0 (exact for ReLU neurons; for GELU, act < 0 iff pre < 0)."""
+    < 0) when its activation is <= 0 (exact for ReLU neurons; for GELU, act < 0 iff pre < 0).
+    Computes on the device W is on."""
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, scale: float):
         self.W, self.b, self.scale = W, b, scale
@@ -205,7 +207,7 @@ class NeuronReadoutCodec(Codec):
     def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.neurons is None:
             raise ValueError("model_neurons needs the model's neurons in each held-out batch")
-        h = torch.from_numpy(np.asarray(batch.neurons, dtype=np.float32))
+        h = torch.from_numpy(np.asarray(batch.neurons, dtype=np.float32)).to(self.W.device)
         return torch.where(h > 0, h, torch.full_like(h, -1.0)), h
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -268,33 +270,35 @@ def fit_model_neurons(
     cfg: BaselinesConfig,
     weights: np.ndarray | None = None,
 ) -> tuple[NeuronReadoutCodec, list[dict[str, float]], float]:
-    """Train the readout ReLU(W n / s + b) -> F; returns (codec, curve, samples/s)."""
+    """Train the readout ReLU(W n / s + b) -> F on `cfg.device`; returns (codec, curve, samples/s).
+    The ridge start is fitted on the CPU (float64) and the loss samples drawn by a CPU generator."""
+    device = resolve_device(cfg.device, "baselines.device")
     gen = torch.Generator().manual_seed(cfg.seed)
     first_n, first_f = next(batches)  # also fixes the input scale and the ridge start
     # scale rows to unit mean L2 norm: Adam moves every weight by ~lr, and dense neurons add
     # those moves up coherently, so a per-neuron (RMS) scale makes steps sqrt(d) times too big
     scale = float(np.sqrt(np.mean(np.sum(np.asarray(first_n, dtype=np.float64) ** 2, axis=1)))) or 1.0
     W0, b0 = ridge_readout(np.asarray(first_n, dtype=np.float64) / scale, first_f)
-    W_T = nn.Parameter(torch.from_numpy(np.ascontiguousarray(W0.T, dtype=np.float32)))  # (n, d) rows
-    b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)))
+    W_T = nn.Parameter(torch.from_numpy(np.ascontiguousarray(W0.T, dtype=np.float32)).to(device))  # (n, d)
+    b = nn.Parameter(torch.from_numpy(b0.astype(np.float32)).to(device))
     opt = make_optimizer([W_T, b], cfg.lr, cfg.weight_decay)
     w = torch.from_numpy(
         np.ones(n_features, np.float32) if weights is None else np.asarray(weights, np.float32)
-    )
+    ).to(device)
     log = CurveLogger(cfg.steps)
     t0, seen = time.perf_counter(), 0
     stream = itertools.chain([(first_n, first_f)], batches)
-    for step in range(cfg.steps):
+    bar = step_bar(cfg.steps, "model_neurons")
+    for step in bar:
         neur, f = next(stream)
-        h = torch.from_numpy(np.asarray(neur, dtype=np.float32)) / scale
-        loss = reconstruction_loss(
-            h, W_T.T, b, torch.from_numpy(f.idx), torch.from_numpy(f.val), w, cfg.loss_sample, gen
-        )
+        h = torch.from_numpy(np.asarray(neur, dtype=np.float32)).to(device) / scale
+        idx, val = torch.from_numpy(f.idx).to(device), torch.from_numpy(f.val).to(device)
+        loss = reconstruction_loss(h, W_T.T, b, idx, val, w, cfg.loss_sample, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         seen += len(f)
-        log.add(step, loss.item())
+        log_step(bar, log, log.add(step, loss))
     sps = seen / max(time.perf_counter() - t0, 1e-9)
     return NeuronReadoutCodec(W_T.detach().T, b.detach(), scale), log.curve, sps
 

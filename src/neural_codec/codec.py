@@ -6,6 +6,7 @@ identical keys computed the same way, streaming over held-out batches (memory bo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from neural_codec.runtime import progress
 from neural_codec.squeezer.model import Squeezer, dense_target
 from neural_codec.storage import SparseFeatures, iter_batches, read_meta
 
@@ -53,13 +55,27 @@ class Codec:
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reconstruct(self, batch: EvalBatch) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(pre, h, f_hat) of a batch, on the CPU (where the metrics' accumulators are) whatever
+        device the codec computes on."""
+        pre, h = self.code(batch)
+        f_hat = self.decode(h)
+        return None if pre is None else pre.cpu(), h.cpu(), f_hat.cpu()
+
 
 class SqueezerCodec(Codec):
-    def __init__(self, model: Squeezer):
+    """A Squeezer scored on `device` (None: where the model is). Another device scores a copy,
+    so the caller's model stays where it was."""
+
+    def __init__(self, model: Squeezer, device: torch.device | str | None = None):
+        if device is not None and torch.device(device) != model.W_enc.device:
+            model = copy.deepcopy(model).to(device)
         self.model = model
 
     def code(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.model.preactivations(torch.from_numpy(batch.feats.idx), torch.from_numpy(batch.feats.val))
+        dev = self.model.W_enc.device
+        idx, val = torch.from_numpy(batch.feats.idx).to(dev), torch.from_numpy(batch.feats.val).to(dev)
+        pre = self.model.preactivations(idx, val)
         return pre, torch.relu(pre)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -123,8 +139,7 @@ def represented_features(codec: Codec, batches: Iterable[EvalBatch]) -> np.ndarr
         if s1 is None:
             s1, s2, s_hat, s_cross, cnt = (np.zeros(n) for _ in range(5))
         idx = torch.from_numpy(feats.idx.astype(np.int64))
-        _, h = codec.code(batch)
-        f_hat = codec.decode(h)
+        _, h, f_hat = codec.reconstruct(batch)
         active = feats.val > 0
         a_idx, a_val = feats.idx[active], feats.val[active].astype(np.float64)
         fh_act = torch.gather(f_hat, 1, idx).numpy()[active].astype(np.float64)
@@ -152,7 +167,7 @@ def row_errors(codec: Codec, batches: Iterable[EvalBatch]) -> tuple[np.ndarray, 
         s1 = np.zeros(n) if s1 is None else s1
         idx = torch.from_numpy(feats.idx.astype(np.int64))
         target = dense_target(idx, torch.from_numpy(feats.val.astype(np.float32)), n)
-        f_hat = codec.decode(codec.code(batch)[1])
+        f_hat = codec.reconstruct(batch)[2]
         err.append(((target - f_hat).double() ** 2).sum(1).numpy())
         val = np.where(feats.val > 0, feats.val, 0).astype(np.float64)
         np.add.at(s1, feats.idx[feats.val > 0], val[feats.val > 0])
@@ -212,7 +227,7 @@ def represented_bootstrap(
             acc = [np.zeros((n_boot + 1, n)) for _ in range(5)]
             rows = np.zeros((n_boot + 1, 1))
         w = np.vstack([np.ones(B), rng.poisson(1.0, (n_boot, B))]).astype(np.float64)
-        f_hat = codec.decode(codec.code(batch)[1]).double().numpy()
+        f_hat = codec.reconstruct(batch)[2].double().numpy()
         r, c = np.nonzero(feats.val > 0)
         i = feats.idx[r, c].astype(np.int64)
         v = feats.val[r, c].astype(np.float64)
@@ -274,7 +289,7 @@ def evaluate_codec(
     x_s1: Any = None
     x_s2 = 0.0
     x_rows = 0
-    for batch in batches:
+    for batch in progress(batches, "evaluate", unit="batch"):
         feats = batch.feats
         n = feats.n_features
         if s1 is None:
@@ -283,8 +298,7 @@ def evaluate_codec(
             s_hat, s_cross = np.zeros(n), np.zeros(n)
         idx = torch.from_numpy(feats.idx.astype(np.int64))
         val = torch.from_numpy(feats.val.astype(np.float32))
-        pre, h = codec.code(batch)
-        f_hat = codec.decode(h)
+        pre, h, f_hat = codec.reconstruct(batch)
         target = dense_target(idx, val, n)
         sse += float(((target - f_hat).double() ** 2).sum())
         n_rows += len(feats)

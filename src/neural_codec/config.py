@@ -1,6 +1,6 @@
 """Every stage's parameters: one typed dataclass per `params.yaml` section.
 
-A leaf module (it imports nothing of the project's but `errors`), so any module can take a config
+A leaf module (it imports nothing of the project's but `errors` and the leaf `runtime`), so any module can take a config
 without import cycles. `params.load_params` reads a file into these; each `__post_init__` checks
 ranges and names the key, the value and what is allowed.
 """
@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from neural_codec.errors import check
+from neural_codec.runtime import AUTOCASTS, check_device_name, resolve_device
 
 #: TransformerLens hook names the lm source accepts, and the MLP-neuron hook of layer L
 HOOK_RE = re.compile(r"^(blocks\.(\d+)\.[A-Za-z0-9_.]*hook_[A-Za-z0-9_]+|hook_embed|hook_pos_embed)$")
@@ -168,7 +169,7 @@ class LMSourceConfig:
     heldout_every: int = 10
     batch_size: int = 8
     exclude_special_tokens: bool = True
-    device: str = "cpu"
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
 
     def __post_init__(self) -> None:
         check(
@@ -205,12 +206,8 @@ class LMSourceConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(bool(self.text_column), "text_column", self.text_column, "a column name")
-        check(
-            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
-            "device",
-            self.device,
-            "cpu, cuda, cuda:N or mps",
-        )
+        if self.device != "cpu":  # resolved here: TransformerLens, SAELens and torch take the name
+            self.device = str(resolve_device(self.device, "source.lm.device"))
 
     @property
     def hooks(self) -> list[str]:
@@ -294,8 +291,10 @@ class SAEConfig:
     pretrained_release: str | None = None
     pretrained_sae_id: str | None = None
     path: str | None = None
+    device: str = "auto"  # SAELens training: auto (cuda if available, else cpu) | cpu | cuda
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "sae.device")
         check(self.d_sae >= 1, "sae.d_sae", self.d_sae, "an integer >= 1")
         check(self.k >= 1, "sae.k", self.k, "an integer >= 1")
         check(self.k <= self.d_sae, "sae.k", self.k, f"<= sae.d_sae ({self.d_sae})")
@@ -362,6 +361,11 @@ class SqueezerConfig:
       already counted exactly). For n ~ 25k features.
     - hidden: "relu" (default: h = ReLU(W_enc f + b_enc), a privileged neuron basis) or "linear"
       (h = W_enc f + b_enc; with tied = true this is the TMS model x' = ReLU(W^T W x + b)).
+    - device: where it trains and is scored: auto (cuda if available, else cpu), cpu, cuda,
+      cuda:N, mps; the init and the minibatch/sample draws use a CPU generator, so a seed draws
+      the same numbers everywhere. The trained model comes back to the CPU.
+    - autocast: none | bf16 | fp16 mixed precision of the training steps (fp16: cuda only, with
+      a gradient scaler).
     """
 
     M: int = 128
@@ -378,8 +382,18 @@ class SqueezerConfig:
     seed: int = 0
     loss_sample: int = 0
     hidden: Hidden = "relu"
+    device: str = "auto"
+    autocast: Literal["none", "bf16", "fp16"] = "none"
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "squeezer.device")
+        check(self.autocast in AUTOCASTS, "squeezer.autocast", self.autocast, "none, bf16 or fp16")
+        check(
+            self.autocast != "fp16" or self.device not in ("cpu", "mps"),
+            "squeezer.autocast",
+            self.autocast,
+            f"none or bf16 with squeezer.device = {self.device} (fp16 needs cuda)",
+        )
         check(self.M >= 1, "M", self.M, "an integer >= 1 (the number of synthetic neurons)")
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
@@ -425,8 +439,10 @@ class BaselinesConfig:
     seed: int = 0
     pca_dense_limit: int = 4096
     methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
+    device: str = "auto"  # the trained decoders: auto (cuda if available, else cpu) | cpu | cuda
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "baselines.device")
         check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
@@ -453,6 +469,7 @@ class BaselinesConfig:
             weight_decay=self.weight_decay,
             seed=self.seed,
             loss_sample=self.loss_sample,
+            device=self.device,
         )
 
 
@@ -497,8 +514,10 @@ class GeometryConfig:
     null_rows: int = 50000
     null_steps: int | None = None
     max_plot_polytopes: int = 12
+    device: str = "auto"  # the permuted null's training: auto (cuda if available, else cpu) | cpu | cuda
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "geometry.device")
         check(
             0.0 < self.interference_threshold < 1.0,
             "interference_threshold",
@@ -661,8 +680,10 @@ class CompareConfig:
     retrain_steps: int | None = None
     batch_size: int = 4096
     plot_max_neurons: int = 256
+    device: str = "auto"  # retrained floors/ceilings: auto (cuda if available, else cpu) | cpu | cuda
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "compare.device")
 
         check(
             self.n_mantel_permutations >= 1,

@@ -16,6 +16,7 @@ import torch
 from neural_codec import storage
 from neural_codec.config import FeaturesConfig
 from neural_codec.errors import check, data_error
+from neural_codec.runtime import progress
 from neural_codec.sae import load_sae
 
 
@@ -39,7 +40,7 @@ def encode_split(sae: Any, cfg: FeaturesConfig, act_dir: Path, out_dir: Path) ->
     counts = np.zeros(d_sae, dtype=np.int64)
     n = 0
     nnz = 0
-    for b in storage.iter_batches(act_dir, cfg.batch_size, ["resid"]):
+    for b in progress(storage.iter_batches(act_dir, cfg.batch_size, ["resid"]), f"encode {act_dir.name}"):
         x = torch.from_numpy(b["resid"].astype(np.float32))
         f = sae.encode(x)  # (the shards' finiteness is checked as they are read: storage.load_shard)
         # checked before the threshold below, which would turn a NaN into silent padding

@@ -3,8 +3,8 @@
 - `permute_feature_columns`: each feature's column permuted independently across rows
   (frequencies and values kept, co-occurrence destroyed): the *permuted* null;
 - `untrained_squeezer`: the main Squeezer at its exact initial weights: the *untrained* null;
-- `retrain_config`: the main Squeezer's config with another seed and/or step count (the seed-2
-  ceiling and the retrained nulls).
+- `retrain_config`: the main Squeezer's config with another seed, step count and/or device (the
+  seed-2 ceiling and the retrained nulls, trained on their own section's `device`).
 """
 
 from __future__ import annotations
@@ -59,9 +59,14 @@ def untrained_squeezer(n_features: int, cfg: SqueezerConfig) -> Squeezer:
     return Squeezer(n_features, cfg.M, cfg.tied, cfg.init, generator=gen, hidden=cfg.hidden).eval()
 
 
-def retrain_config(cfg: SqueezerConfig, seed: int | None = None, steps: int | None = None) -> SqueezerConfig:
-    """The main Squeezer's config with another seed and/or a fixed number of steps."""
+def retrain_config(
+    cfg: SqueezerConfig, seed: int | None = None, steps: int | None = None, device: str | None = None
+) -> SqueezerConfig:
+    """The main Squeezer's config with another seed, a fixed number of steps and/or a device
+    (the device changes where it trains, not what it learns: the same seeded draws)."""
     changes: dict[str, Any] = {}
+    if device is not None:
+        changes["device"] = device
     if seed is not None:
         changes["seed"] = seed
     if steps is not None:

@@ -27,6 +27,7 @@ from neural_codec.errors import (
     data_error,
     first_line,
 )
+from neural_codec.runtime import library_bars, resolve_device
 
 
 def _training_sae(cfg: SAEConfig, d_in: int):
@@ -70,8 +71,9 @@ def _cycle_batches(directory: Path, batch_size: int, seed: int) -> Iterator[torc
 def train_sae(cfg: SAEConfig, train_dir: Path):
     """Train with SAELens's SAETrainer on the cached residual activations."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+    from sae_lens.training import sae_trainer
 
+    device = str(resolve_device(cfg.device, "sae.device"))  # a missing GPU fails here, before work
     d_in = int(storage.read_meta(train_dir)["d_model"])
     sae = _training_sae(cfg, d_in)
     trainer_cfg = SAETrainerConfig(
@@ -81,7 +83,7 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
         lr_end=cfg.lr / 10,
         lr_scheduler_name="cosineannealing",
         lr_decay_steps=cfg.training_samples // cfg.batch_size // 5,
-        device="cpu",
+        device=device,  # SAELens moves the SAE and each batch there
         logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
         n_checkpoints=0,
         checkpoint_path=None,
@@ -93,10 +95,12 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
           f"<= the number of training rows ({rows})")  # fmt: skip
     torch.manual_seed(cfg.seed)
-    trainer = SAETrainer(
+    trainer = sae_trainer.SAETrainer(
         cfg=trainer_cfg, sae=sae, data_provider=_cycle_batches(train_dir, cfg.batch_size, cfg.seed)
     )
-    return trainer.fit()
+    with library_bars(sae_trainer):  # its bar, silent in DVC's and CI's logs
+        sae = trainer.fit()
+    return sae if device == "cpu" else sae.to("cpu")  # saved and scored on the CPU
 
 
 def load_sae(

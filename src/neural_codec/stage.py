@@ -8,6 +8,8 @@ A failed stage's old outputs may already be gone (DVC removes outputs before run
 the error line says how to get them back (`dvc checkout`). On success it reports wall time and peak memory and
 writes them, with whatever the stage passed to `record_timing`, to `timings/<stage>.json`: a file
 DVC does not track, so `dvc metrics diff` shows results, never run-to-run timing noise.
+Progress bars (`runtime.progress`, and SAELens' trainer bar) draw only on a terminal and never
+when CI is set, so the logs DVC and CI capture hold no bar redraws.
 """
 
 from __future__ import annotations

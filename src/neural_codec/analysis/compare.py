@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from neural_codec.runtime import progress
+
 # A column whose variance is below this fraction of its mean square (or below _ABS_VAR_EPS) is
 # treated as constant: correlations with it are 0 rather than noise divided by ~0.
 _REL_VAR_EPS = 1e-10
@@ -404,7 +406,7 @@ def mantel(G1: np.ndarray, G2: np.ndarray, n_perm: int = 999, seed: int = 0) -> 
     r = float(np.vdot(Z1, Z2)) / (2 * n_pairs)
     rng = np.random.default_rng(seed)
     null = np.empty(n_perm)
-    for t in range(n_perm):
+    for t in progress(range(n_perm), "Mantel permutations", n_perm):
         perm = rng.permutation(n)
         null[t] = float(np.vdot(Z1, Z2.take(perm, 0).take(perm, 1))) / (2 * n_pairs)
     p = (1 + int((null >= r - 1e-6).sum())) / (1 + n_perm)

@@ -46,6 +46,7 @@ import scipy.stats
 from neural_codec.analysis.stats import holm
 from neural_codec.config import LogicConfig
 from neural_codec.errors import check
+from neural_codec.runtime import progress
 from neural_codec.storage import SparseFeatures
 
 VERDICTS = ("anticorrelated_share", "correlated_share", "no_difference")
@@ -376,7 +377,7 @@ def label_permutation_test(
     observed = {g: delta(ident, a, b) for g, (a, b) in pairs.items()}
     members = [np.flatnonzero(bins == k) for k in range(int(bins.max()) + 1)] if (bins >= 0).any() else []
     exceed = dict.fromkeys(pairs, 0)
-    for _ in range(cfg.n_label_permutations):
+    for _ in progress(range(cfg.n_label_permutations), "label permutations", cfg.n_label_permutations):
         pi = ident.copy()
         for mem in members:
             pi[mem] = rng.permutation(mem)

@@ -20,6 +20,7 @@ from neural_codec.codec import eval_batch_size, iter_eval_batches
 from neural_codec.config import BaselinesConfig, SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
+from neural_codec.runtime import resolve_device
 from neural_codec.sae import load_sae_decoder
 from neural_codec.squeezer.inputs import check_upstream
 from neural_codec.squeezer.model import resolve_importance
@@ -34,6 +35,7 @@ class BaselinesRun:
 def run(params: dict[str, Any]) -> BaselinesRun:
     cfg = from_dict(BaselinesConfig, params.get("baselines"), "baselines")
     sq = from_dict(SqueezerConfig, params.get("squeezer"), "squeezer")
+    resolve_device(cfg.device, "baselines.device")  # a missing GPU fails here, before work
     features, activations = paths.FEATURES, paths.ACTIVATIONS
     neurons = "model_neurons" in cfg.methods
     info = check_upstream(params, sq, features, activations, paths.SAE, need_train_activations=neurons)

@@ -29,6 +29,7 @@ from neural_codec.codec import SqueezerCodec, eval_batch_size, iter_eval_batches
 from neural_codec.config import CompareConfig, SqueezerConfig
 from neural_codec.errors import ParamError, data_error
 from neural_codec.params import from_dict, load_params, require_inputs
+from neural_codec.runtime import resolve_device
 from neural_codec.sae import load_sae
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
@@ -131,15 +132,16 @@ def candidate_populations(
         imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
         if cfg.floor_permuted:
             permuted = nulls.permute_feature_columns(train, cfg.seed)
-            pm, _ = train_squeezer(
-                permuted, nulls.retrain_config(sq_cfg, steps=cfg.retrain_steps), imp, n_features
-            )
+            pm_cfg = nulls.retrain_config(sq_cfg, steps=cfg.retrain_steps, device=cfg.device)
+            pm, _ = train_squeezer(permuted, pm_cfg, imp, n_features, desc="permuted floor")
             arrays["permuted"] = neuron_activations(pm, heldout, cfg.batch_size)
             weights["permuted"] = pm.W_enc.detach().numpy()
             del permuted
         if cfg.ceiling_squeezer_seed2:
-            s2_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + 1, steps=cfg.retrain_steps)
-            s2, _ = train_squeezer(train, s2_cfg, imp, n_features)
+            s2_cfg = nulls.retrain_config(
+                sq_cfg, seed=sq_cfg.seed + 1, steps=cfg.retrain_steps, device=cfg.device
+            )
+            s2, _ = train_squeezer(train, s2_cfg, imp, n_features, desc="squeezer seed 2")
             arrays["squeezer_seed2"] = neuron_activations(s2, heldout, cfg.batch_size)
             weights["squeezer_seed2"] = s2.W_enc.detach().numpy()
         del train
@@ -147,6 +149,7 @@ def candidate_populations(
 
 
 def run(cfg: CompareConfig) -> CompareRun:
+    resolve_device(cfg.device, "compare.device")  # a missing GPU fails here, before work
     act_dir, features = paths.ACTIVATIONS / "heldout", paths.FEATURES
     require_inputs(
         paths.SQUEEZER,

@@ -19,6 +19,7 @@ from neural_codec.analysis import geometry_plots
 from neural_codec.config import GeometryConfig, SqueezerConfig
 from neural_codec.errors import check
 from neural_codec.params import require_inputs
+from neural_codec.runtime import resolve_device
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
 from neural_codec.squeezer.train import train_squeezer
@@ -70,6 +71,7 @@ class GeometryRun:
 
 
 def run(cfg: GeometryConfig, sq_cfg: SqueezerConfig) -> GeometryRun:
+    resolve_device(cfg.device, "geometry.device")  # a missing GPU fails here, before work
     train_dir = paths.FEATURES / "train"
     require_inputs(paths.SQUEEZER, paths.FAMILIES, train_dir / "meta.json", paths.FIRING_FREQ)
     model = load_squeezer(paths.SQUEEZER)
@@ -108,7 +110,8 @@ def run(cfg: GeometryConfig, sq_cfg: SqueezerConfig) -> GeometryRun:
     steps = cfg.null_steps or sq_cfg.n_steps(int(meta["n_rows"]))
     # importance as the squeeze stage resolves it (column permutation keeps the frequencies)
     importance = resolve_importance(sq_cfg, n, firing_freq if sq_cfg.importance == "frequency" else None)
-    null_model, curve = train_squeezer(permuted, nulls.retrain_config(sq_cfg, steps=steps), importance, n)
+    null_cfg = nulls.retrain_config(sq_cfg, steps=steps, device=cfg.device)
+    null_model, curve = train_squeezer(permuted, null_cfg, importance, n, desc="permuted null")
     weights["permuted"] = alive_weights(null_model)
 
     results = {f"{k}_{p}": geo.analyse_weights(weights[k][p], families, cfg) for k in KINDS for p in PARTS}

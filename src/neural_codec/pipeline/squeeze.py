@@ -20,6 +20,7 @@ from neural_codec.codec import SqueezerCodec, eval_batch_size, evaluate_codec, i
 from neural_codec.config import FeaturesConfig, SourceConfig, SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import check_fits, from_dict, squeezer_bytes
+from neural_codec.runtime import autocast_dtype, resolve_device
 from neural_codec.sae import load_sae_decoder
 from neural_codec.source.lm.ce import squeezer_ce_scores
 from neural_codec.squeezer.checkpoint import save_squeezer
@@ -41,6 +42,8 @@ class SqueezeRun:
 def run(params: dict[str, Any]) -> SqueezeRun:
     cfg = from_dict(SqueezerConfig, params.get("squeezer"), "squeezer")
     src = from_dict(SourceConfig, params.get("source"), "source")
+    device = resolve_device(cfg.device, "squeezer.device")  # a missing GPU fails here, before work
+    autocast_dtype(cfg.autocast, device, "squeezer.autocast")
     info = check_upstream(params, cfg, paths.FEATURES, paths.ACTIVATIONS, paths.SAE)
     n = info["n_features"]
     need = squeezer_bytes(n, cfg, info["n_train"], info["k"])  # before an allocation traceback
@@ -57,7 +60,7 @@ def run(params: dict[str, Any]) -> SqueezeRun:
     train_seconds = time.perf_counter() - t0
     del train
     batches = iter_eval_batches(paths.FEATURES / "heldout", paths.ACTIVATIONS / "heldout", eval_batch_size(n))
-    metrics = evaluate_codec(SqueezerCodec(model), batches, sae_decode)
+    metrics = evaluate_codec(SqueezerCodec(model, device), batches, sae_decode)
     if src.kind == "lm":  # lm: the Squeezer's reconstruction, SAE-decoded and patched into the model
         feats_cfg = from_dict(FeaturesConfig, params.get("features"), "features")
         metrics["lm"] = squeezer_ce_scores(src.lm, paths.SAE, model, info["k"], feats_cfg.min_value)

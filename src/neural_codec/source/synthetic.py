@@ -44,6 +44,7 @@ from torch import nn
 
 from neural_codec import storage
 from neural_codec.config import ActivationsConfig, SourceConfig, SyntheticConfig
+from neural_codec.runtime import progress
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [
@@ -248,7 +249,7 @@ def train_toy_model(
     imp = importance(cfg)
     curve = []
     log_every = max(1, cfg.train_steps // 50)
-    for step in range(cfg.train_steps):
+    for step in progress(range(cfg.train_steps), "toy model", cfg.train_steps, unit="step"):
         f = pool[torch.randint(0, len(pool), (cfg.train_batch_size,), generator=g)]
         if cfg.model == "codec" and cfg.codec_l1 > 0:
             h = model.neurons(model.resid(f))

@@ -16,10 +16,10 @@ from neural_codec.storage import torch_load, torch_save
 def save_squeezer(path: str | Path, model: Squeezer, cfg: SqueezerConfig, extra: dict | None = None) -> None:
     """torch.save a dict: W_enc (n, M), b_enc (M,), W_dec (M, n), b_dec (n,), config, extra."""
     state = {
-        "W_enc": model.W_enc.detach().clone(),
-        "b_enc": model.b_enc.detach().clone(),
-        "W_dec": model.W_dec.detach().clone().contiguous(),
-        "b_dec": model.b_dec.detach().clone(),
+        "W_enc": model.W_enc.detach().cpu().clone(),
+        "b_enc": model.b_enc.detach().cpu().clone(),
+        "W_dec": model.W_dec.detach().cpu().clone().contiguous(),
+        "b_dec": model.b_dec.detach().cpu().clone(),
         "config": dataclasses.asdict(cfg),
         "extra": extra or {},
     }

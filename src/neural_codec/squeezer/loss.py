@@ -7,9 +7,19 @@ keeps the (B, n) decoder output out of the autograd graph.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 
 from neural_codec.squeezer.model import Squeezer
+
+
+def _full_precision(device: torch.device) -> Any:
+    """Autocast off for the block when it is on (else nothing: the plain fp32 path is untouched)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _DecoderSquaredError(torch.autograd.Function):
@@ -26,15 +36,18 @@ class _DecoderSquaredError(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W_dec, b_dec, idx, val, weights):  # type: ignore[override]
         B = h.shape[0]
-        f_hat = torch.addmm(b_dec, h, W_dec).relu_()
-        g = f_hat * weights  # w f_hat, becomes the gradient buffer
-        sq = torch.bmm(g.unsqueeze(1), f_hat.unsqueeze(2)).view(B)  # sum_i w_i f_hat_i^2 per row
-        f_act = f_hat.gather(1, idx)
-        del f_hat
-        wv = weights[idx] * val  # padding (val == 0) contributes nothing
-        per_row = sq - 2.0 * (wv * f_act).sum(1) + (wv * val).sum(1)
-        g.mul_(2.0 / B)
-        g.scatter_add_(1, idx, (-2.0 / B) * wv * (f_act > 0))  # f_hat = 0 (clipped): no gradient
+        # under autocast (squeezer.autocast) the decoder matmul runs in bf16/fp16; the sums of n
+        # squares and the gradient buffer stay fp32 (an fp16 sum over ~25k outputs overflows)
+        f_hat = torch.addmm(b_dec, h, W_dec).float().relu_()
+        with _full_precision(h.device):
+            g = f_hat * weights  # w f_hat, becomes the gradient buffer
+            sq = torch.bmm(g.unsqueeze(1), f_hat.unsqueeze(2)).view(B)  # sum_i w_i f_hat_i^2 per row
+            f_act = f_hat.gather(1, idx)
+            del f_hat
+            wv = weights[idx] * val  # padding (val == 0) contributes nothing
+            per_row = sq - 2.0 * (wv * f_act).sum(1) + (wv * val).sum(1)
+            g.mul_(2.0 / B)
+            g.scatter_add_(1, idx, (-2.0 / B) * wv * (f_act > 0))  # f_hat = 0 (clipped): no gradient
         ctx.save_for_backward(h, W_dec, g)
         return per_row.mean()
 
@@ -86,13 +99,17 @@ def reconstruction_loss(
         z = torch.bmm(rows.index_select(0, flat).view(B, k, -1), h.unsqueeze(2)).squeeze(2)
     f_act = torch.relu(z + b_dec.index_select(0, flat).view(B, k))
     act_loss = (active * weights[idx] * (val - f_act) ** 2).sum(1)
-    # inactive outputs: a shared uniform sample of columns, minus those active in the row
-    cols = torch.randperm(n, generator=generator)[:loss_sample]
+    # inactive outputs: a shared uniform sample of columns, minus those active in the row (drawn
+    # by the CPU generator on every device, then moved: the same columns wherever it trains)
+    dev = h.device
+    cols = torch.randperm(n, generator=generator)[:loss_sample].to(dev)
     f_s = torch.relu(torch.addmm(b_dec.index_select(0, cols), h, rows.index_select(0, cols).T))  # (B, s)
-    slot = torch.full((n,), loss_sample, dtype=torch.long)  # feature -> its sample slot (s: not drawn)
-    slot[cols] = torch.arange(loss_sample)
+    slot = torch.full((n,), loss_sample, dtype=torch.long, device=dev)  # feature -> its sample slot
+    slot[cols] = torch.arange(loss_sample, device=dev)  # (slot s: not drawn)
     s_idx = torch.where(active, slot[idx], loss_sample)
-    hit = torch.zeros(B, loss_sample + 1, dtype=torch.bool).scatter_(1, s_idx, True)[:, :loss_sample]
+    hit = torch.zeros(B, loss_sample + 1, dtype=torch.bool, device=dev).scatter_(1, s_idx, True)[
+        :, :loss_sample
+    ]
     inact = ((~hit) * weights[cols] * f_s**2).sum(1) * (n / loss_sample)
     return (act_loss + inact).mean()
 

@@ -114,7 +114,7 @@ class Squeezer(nn.Module):
     def balanced_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(W_enc, W_dec) as float64 numpy after `balance_neurons` (see there)."""
         with torch.no_grad():
-            return balance_neurons(self.W_enc.double().numpy(), self.W_dec.double().numpy())
+            return balance_neurons(self.W_enc.double().cpu().numpy(), self.W_dec.double().cpu().numpy())
 
     def feature_gain(self) -> np.ndarray:
         """sqrt(||W_enc row i|| * ||W_dec column i||) of the **balanced** weights
@@ -148,4 +148,6 @@ def balance_neurons(W_enc: np.ndarray, W_dec: np.ndarray) -> tuple[np.ndarray, n
 
 def dense_target(idx: torch.Tensor, val: torch.Tensor, n_features: int) -> torch.Tensor:
     """(B, n) dense targets from (B, k) pairs (decoder side only; padding adds 0)."""
-    return torch.zeros(idx.shape[0], n_features, dtype=val.dtype).scatter_add_(1, idx.long(), val)
+    return torch.zeros(idx.shape[0], n_features, dtype=val.dtype, device=val.device).scatter_add_(
+        1, idx.long(), val
+    )

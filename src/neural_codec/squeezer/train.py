@@ -1,10 +1,18 @@
-"""Training the Squeezer: minibatches, the optimiser, the loss curve, and the neurons it gives."""
+"""Training the Squeezer: minibatches, the optimiser, the loss curve, and the neurons it gives.
+
+The model trains on `cfg.device` (every parameter, importance weight and minibatch moves there)
+and comes back to the CPU; the seeded generator stays on the CPU, so the init, the minibatch
+order and the loss samples are the same draws on every device. On the CPU this is the plain
+loop (moves are no-ops), so results are bit-identical to a CPU-only loop.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +20,7 @@ from torch import nn
 
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError, check
+from neural_codec.runtime import autocast_dtype, progress, resolve_device
 from neural_codec.squeezer.inputs import check_features
 from neural_codec.squeezer.loss import squeezer_loss
 from neural_codec.squeezer.model import Squeezer, resolve_importance
@@ -41,21 +50,46 @@ def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -
 
 @dataclass
 class CurveLogger:
-    """Mean loss over each logging interval, ~`points` points over training."""
+    """Mean loss over each logging interval, ~`points` points over training.
+
+    `add` takes the loss tensor and sums it in float64 where it lives, so a GPU step never waits
+    for a host read; only a logging point reads it (the same float64 sums as Python floats)."""
 
     n_steps: int
     points: int = 50
     curve: list[dict[str, float]] = field(default_factory=list)
-    _sum: float = 0.0
+    _sum: Any = 0.0
     _count: int = 0
 
-    def add(self, step: int, loss: float) -> None:
-        self._sum += loss
+    def add(self, step: int, loss: torch.Tensor | float) -> bool:
+        """Add one step's loss; True when this step closed a logging interval."""
+        self._sum = self._sum + (loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss))
         self._count += 1
         every = max(1, self.n_steps // self.points)
         if (step + 1) % every == 0 or step + 1 == self.n_steps:
-            self.curve.append({"step": step + 1, "loss": self._sum / self._count})
+            self.curve.append({"step": step + 1, "loss": float(self._sum) / self._count})
             self._sum, self._count = 0.0, 0
+            return True
+        return False
+
+
+def step_bar(n_steps: int, desc: str) -> Any:
+    """The training bar: steps, with the latest logged loss (`log_step`)."""
+    return progress(range(n_steps), desc, n_steps, unit="step")
+
+
+def log_step(bar: Any, log: CurveLogger, logged: bool) -> None:
+    if logged and hasattr(bar, "set_postfix"):
+        bar.set_postfix(loss=f"{log.curve[-1]['loss']:.4g}", refresh=False)
+
+
+def precision(cfg: SqueezerConfig, device: torch.device) -> tuple[Any, Any]:
+    """(autocast context factory, grad scaler or None) for `cfg.autocast` on `device`."""
+    dtype = autocast_dtype(cfg.autocast, device, "squeezer.autocast")
+    if dtype is None:
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def train_squeezer(
@@ -64,14 +98,18 @@ def train_squeezer(
     importance: np.ndarray | None = None,
     n_features: int | None = None,
     freeze_encoder: bool = False,
+    desc: str = "squeezer",
 ) -> tuple[Squeezer, list[dict[str, float]]]:
-    """Train a Squeezer on sparse features; returns (model, curve of {"step", "loss"}).
+    """Train a Squeezer on sparse features; returns (model on the CPU, curve of {"step", "loss"}).
 
     `importance`: per-feature loss weights; None resolves `cfg.importance` (firing frequencies
     from `train`). Deterministic for `cfg.seed`. Training throughput is stored on the model as
     `model.samples_per_s`. `freeze_encoder=True` keeps the random initial encoder (W_enc, and
     b_enc = 0) fixed and trains only the decoder (the random-encoder baseline; needs untied).
+    Trains on `cfg.device` with `cfg.autocast`; `desc` names the progress bar.
     """
+    device = resolve_device(cfg.device, "squeezer.device")
+    autocast, scaler = precision(cfg, device)
     n = int(n_features or train.n_features)
     check(len(train) >= 1, "squeezer", "0 training rows", "at least one training row")
     check_features(train, "train features")
@@ -82,7 +120,7 @@ def train_squeezer(
     )
     if len(w) != n:
         raise ParamError(f"importance weights have length {len(w)}, expected n_features = {n}")
-    weights = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    weights = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     model = Squeezer(n, cfg.M, cfg.tied, cfg.init, generator=gen, hidden=cfg.hidden)
@@ -101,6 +139,7 @@ def train_squeezer(
             model.b_dec.copy_(mu.float())
             if not freeze_encoder:
                 model.b_enc.copy_(-(mu.float() @ model.W_enc))
+    model.to(device)  # initialised on the CPU (the same draws on every device), then moved
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     idx_all = torch.from_numpy(train.idx.astype(np.int64))
     val_all = torch.from_numpy(train.val.astype(np.float32))
@@ -109,24 +148,34 @@ def train_squeezer(
     batches = minibatches(len(train), cfg.batch_size, gen)
     t0 = time.perf_counter()
     seen = 0
-    for step in range(n_steps):
+    bar = step_bar(n_steps, desc)
+    for step in bar:
         rows = next(batches)
-        loss = squeezer_loss(model, idx_all[rows], val_all[rows], weights, cfg.loss_sample, gen)
+        idx, val = idx_all[rows].to(device), val_all[rows].to(device)
+        with autocast():
+            loss = squeezer_loss(model, idx, val, weights, cfg.loss_sample, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:  # fp16: scaled gradients, steps skipped on inf/NaN
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         seen += len(rows)
-        log.add(step, loss.item())
+        log_step(bar, log, log.add(step, loss))
     model.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)  # training throughput
     model.eval()
-    return model, log.curve
+    return model.cpu(), log.curve
 
 
 @torch.no_grad()
 def neuron_activations(model: Squeezer, feats: SparseFeatures, batch_size: int = 4096) -> np.ndarray:
-    """The synthetic neurons h (N, M) on `feats`."""
+    """The synthetic neurons h (N, M) on `feats` (computed where the model is, returned on the CPU)."""
     out = np.empty((len(feats), model.M), dtype=np.float32)
+    dev = model.W_enc.device
     for s in range(0, len(feats), batch_size):
         b = feats[s : s + batch_size]
-        out[s : s + len(b)] = model.encode(torch.from_numpy(b.idx), torch.from_numpy(b.val)).numpy()
+        h = model.encode(torch.from_numpy(b.idx).to(dev), torch.from_numpy(b.val).to(dev))
+        out[s : s + len(b)] = h.cpu().numpy()
     return out

@@ -18,6 +18,7 @@ import torch
 from neural_codec import storage
 from neural_codec.config import ActivationsConfig, LMSourceConfig, hook_layer
 from neural_codec.errors import LMUnavailable, check
+from neural_codec.runtime import progress
 from neural_codec.source.lm.load import is_encoder, load_model
 from neural_codec.source.lm.text import iter_text, special_token_ids, token_batches
 
@@ -137,6 +138,8 @@ def extract_activations(
         )
         n_tok = 0
         t0 = time.perf_counter()
+        target = cfg.n_tokens_train if split == "train" else cfg.n_tokens_heldout
+        bar = progress(desc=f"extract {split}", total=target, unit="tok", unit_scale=True)  # tokens/s
         for window_ids, tokens in token_batches(model, cfg, split):
             with torch.no_grad():
                 cache = run_hooks(model, tokens, cfg)
@@ -156,7 +159,9 @@ def extract_activations(
                 position=pos[keep].cpu().numpy().astype(np.int32),
             )
             n_tok += tokens.numel()
+            bar.update(tokens.numel())
             del cache
+        bar.close()
         meta = writer.close()
         secs = time.perf_counter() - t0
         if meta["n_rows"] == 0:
