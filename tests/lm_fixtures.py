@@ -12,6 +12,8 @@ import torch
 
 from neural_codec.source.lm.load import save_local_model
 
+REPO = Path(__file__).resolve().parents[1]
+
 # capitalised, as in real text (lower-case "may" and "march" are not months)
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [

@@ -159,7 +159,8 @@ class LMSourceConfig:
     dataset: str = ""
     dataset_split: str = "train"
     text_column: str = "text"
-    sae_hook: str | None = "blocks.8.hook_resid_pre"
+    # the MLP input of the neuron layer (what the neurons read); null: the SAE's own hook
+    sae_hook: str | None = "blocks.8.ln2.hook_normalized"
     neuron_hook: str = "blocks.8.mlp.hook_post"
     context_size: int | None = 128
     prepend_bos: bool | None = True
@@ -182,7 +183,7 @@ class LMSourceConfig:
             self.sae_hook is None or bool(HOOK_RE.match(self.sae_hook)),
             "sae_hook",
             self.sae_hook,
-            "a TransformerLens hook name such as blocks.8.hook_resid_pre (or null: the SAE's own)",
+            "a TransformerLens hook name such as blocks.8.ln2.hook_normalized (or null: the SAE's own)",
         )
         check(
             bool(NEURON_HOOK_RE.match(self.neuron_hook)),
@@ -226,10 +227,11 @@ class LMSourceConfig:
         return int(NEURON_HOOK_RE.match(self.neuron_hook).group(1))  # type: ignore[union-attr]
 
     def resolved(self) -> LMSourceConfig:
-        """Fill the fields left null without an SAE (defaults)."""
+        """Fill the fields left null without an SAE (defaults; the hook: the neuron layer's MLP
+        input in a pre-norm decoder; an encoder's is ln1's, see `extract.mlp_input_hooks`)."""
         return dataclasses.replace(
             self,
-            sae_hook=self.sae_hook or "blocks.8.hook_resid_pre",
+            sae_hook=self.sae_hook or f"blocks.{self.neuron_layer}.ln2.hook_normalized",
             context_size=self.context_size or 128,
             prepend_bos=True if self.prepend_bos is None else self.prepend_bos,
         )

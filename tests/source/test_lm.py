@@ -15,7 +15,13 @@ from neural_codec.errors import LMUnavailable, ParamError
 from neural_codec.params import from_dict
 from neural_codec.sae import load_sae, sae_quality
 from neural_codec.source.lm.ce import ce_scores, squeezer_reconstruct_fn
-from neural_codec.source.lm.extract import check_hooks, extract_activations, prepare_source
+from neural_codec.source.lm.extract import (
+    check_hooks,
+    extract_activations,
+    mlp_input_hooks,
+    neuron_readin,
+    prepare_source,
+)
 from neural_codec.source.lm.labels import (
     _matches,
     feature_labels,
@@ -119,6 +125,36 @@ def test_extraction_shapes_special_tokens_and_split(world):
     assert figures["train"]["tokens"] >= cfg.n_tokens_train
     readin = np.load(root / "acts" / "neuron_readin.npy")
     np.testing.assert_array_equal(readin, model.blocks[1].mlp.W_in.detach().numpy())
+
+
+def test_default_hook_is_the_mlp_input_and_others_warn_in_one_line(world, tmp_path):
+    import warnings
+
+    root, cfg, model, _ = world
+    default = LMSourceConfig(sae_hook=None, neuron_hook="blocks.1.mlp.hook_post").resolved().sae_hook
+    assert LMSourceConfig().sae_hook == "blocks.8.ln2.hook_normalized"  # gpt2: layer 8's MLP input
+    assert default == "blocks.1.ln2.hook_normalized" == mlp_input_hooks(model, 1)[0]
+    for hook in (default, "blocks.1.hook_resid_mid"):  # the MLP's input: silent
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
+    for hook in ("blocks.1.hook_resid_pre", "blocks.0.ln2.hook_normalized"):  # not what layer 1's MLP reads
+        with pytest.warns(UserWarning, match=f"sae_hook {hook} is not the input of the neurons") as rec:
+            check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
+        assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    # extraction at the default hook: the neurons' pre-activations are an exact affine map of it
+    cfg2 = dataclasses.replace(cfg, sae_hook=default, n_tokens_train=320, n_tokens_heldout=64)
+    extract_activations(cfg2, tmp_path / "acts", model=model)
+    x = storage.load_array(tmp_path / "acts/train", "resid")
+    readin = np.load(tmp_path / "acts/neuron_readin.npy")
+    blk = model.blocks[1]
+    np.testing.assert_allclose(readin, (blk.ln2.w[:, None] * blk.mlp.W_in).detach().numpy(), rtol=1e-6)
+    _, tokens = next(token_batches(model, cfg2, "train"))
+    _, cache = model.run_with_cache(tokens)
+    keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model)))
+    bias = (blk.ln2.b @ blk.mlp.W_in + blk.mlp.b_in).detach().numpy()
+    pre = cache["blocks.1.mlp.hook_pre"][keep].numpy()
+    np.testing.assert_allclose(x[: len(pre)] @ readin + bias, pre, atol=1e-4, rtol=1e-4)
 
 
 def test_rows_equal_a_direct_full_forward(world):
@@ -322,9 +358,32 @@ def test_glassllm_real_weights_match_its_own_forward():
     got = model(torch.tensor([ids])).detach().numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
     assert model.cfg.d_mlp == 341 and model.cfg.gated_mlp
+    # features at layer 2's MLP input: the linear half of SwiGLU is exactly hook x diag(w) W_in
+    assert cfg.sae_hook == "blocks.2.ln2.hook_normalized" == mlp_input_hooks(model, 2)[0]
+    _, cache = model.run_with_cache(torch.tensor([ids]))
+    np.testing.assert_allclose(
+        cache[cfg.sae_hook][0].numpy() @ neuron_readin(model, 2, cfg.sae_hook),
+        cache["blocks.2.mlp.hook_pre_linear"][0].numpy(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_month_and_day_names_must_be_capitalised():
     assert _matches(" May", "may") and _matches("March", "march") and _matches(" Mondays", "monday")
     assert not _matches(" may", "may") and not _matches("march", "march")  # the modal, the verb
     assert _matches(" Sept", "september") and not _matches(" sept", "september")
+
+
+def test_real_configs_read_the_mlp_input_with_m_the_neurons_compared():
+    import yaml
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    configs = fx.REPO / "configs"
+    glass = yaml.safe_load((configs / "lm-glassllm.yaml").read_text())
+    assert glass["source.lm.sae_hook"] == "blocks.2.ln2.hook_normalized" and glass["squeezer.M"] == 341
+    gpt2 = yaml.safe_load((configs / "gpt2-small-res-jb.yaml").read_text())
+    assert gpt2["squeezer.M"] == 3072 and gpt2["source.lm.neuron_hook"] == "blocks.8.mlp.hook_post"
+    release = get_pretrained_saes_directory()[gpt2["sae.pretrained_release"]]  # the registry file
+    assert release.model == "gpt2-small" and gpt2["sae.pretrained_sae_id"] in release.saes_map
+    assert gpt2["sae.pretrained_sae_id"] == "blocks.8.hook_resid_mid"  # layer 8's MLP input

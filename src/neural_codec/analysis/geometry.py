@@ -392,7 +392,7 @@ def conic_angles(P: np.ndarray) -> np.ndarray:
     return _kasa_angles(X)
 
 
-def max_gap_ratio(P: np.ndarray) -> float:
+def max_gap_ratio(P: np.ndarray, phases: np.ndarray | None = None) -> float:
     """Closure: the largest angular gap between the members (`conic_angles`: positions on the
     fitted ellipse) over the even spacing 2 pi / K.
 
@@ -405,7 +405,16 @@ def max_gap_ratio(P: np.ndarray) -> float:
         return float("nan")
     a = np.sort(conic_angles(P))
     gaps = np.diff(np.concatenate([a, a[:1] + 2 * np.pi]))
-    return float(gaps.max() / (2 * np.pi / K))
+    return float(gaps.max() / _largest_gap(phases, K))
+
+
+def _largest_gap(phases: np.ndarray | None, K: int) -> float:
+    """The largest angular gap between the true phases (2 pi / K when evenly spaced), so that a
+    family with members left out (an uncased vocabulary's may/march) still scores 1 when closed."""
+    if phases is None:
+        return 2 * np.pi / K
+    t = np.sort(np.mod(np.asarray(phases, dtype=np.float64), 2 * np.pi))
+    return float(np.diff(np.concatenate([t, t[:1] + 2 * np.pi])).max())
 
 
 def is_closed(max_gap: float, limit: float = 1.5) -> bool:
@@ -423,11 +432,13 @@ def circular_ranks(theta: np.ndarray) -> np.ndarray:
     return 2 * np.pi * rank / K
 
 
-def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> dict[str, float]:
+def circle_stats(
+    X: np.ndarray, n_permutations: int = 1000, seed: int = 0, phases: np.ndarray | None = None
+) -> dict[str, float]:
     """Circular structure of one cyclic family; rows of X in the true cyclic order.
 
     The rows are projected to their top-2 PCs; theta = angle in that plane, true phase
-    phi_k = 2 pi k / K. `circular_corr` = |Fisher-Lee rho(theta, phi)| (maximised over the
+    phi_k = 2 pi k / K (or `phases`, when members of the cycle are missing). `circular_corr` = |Fisher-Lee rho(theta, phi)| (maximised over the
     reflection theta -> -theta, which flips the sign) on the raw angles: the Fisher-Lee
     circular correlation (not a rank correlation). `circular_rank_corr`: the same on circular
     ranks (`circular_ranks`), i.e. a true circular rank correlation. `p_value`: circular_corr with
@@ -439,14 +450,14 @@ def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> di
     K = len(X)
     P = top2_projection(X)
     theta = np.arctan2(P[:, 1], P[:, 0])
-    phi = 2 * np.pi * np.arange(K) / K
+    phi = 2 * np.pi * np.arange(K) / K if phases is None else np.asarray(phases, dtype=np.float64)
     obs = abs(fisher_lee(theta, phi))
     rng = np.random.default_rng(seed)
     null = np.array([abs(fisher_lee(theta[rng.permutation(K)], phi)) for _ in range(n_permutations)])
     p = (1 + int(np.sum(null >= obs - 1e-12))) / (1 + n_permutations)
     s = np.linalg.svd(X - X.mean(0), compute_uv=False)
     var = s**2
-    gap = max_gap_ratio(P)
+    gap = max_gap_ratio(P, phases)
     return {
         "circular_corr": obs,
         "circular_rank_corr": abs(fisher_lee(circular_ranks(theta), phi)),
@@ -460,20 +471,47 @@ def circle_stats(X: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> di
     }
 
 
+def is_circle_family(fam: dict[str, Any]) -> bool:
+    """A cyclic family with at least 3 distinct points: 3 member latents, or (a cluster family,
+    `source.lm.clusters`) 3 members placed by their mean activations over the cluster."""
+    if fam.get("kind") != "cyclic":
+        return False
+    if fam.get("member_weights") is not None:
+        return len(fam["member_weights"]) >= 3 and len(fam["members"]) >= 1
+    return len(set(int(m) for m in fam["members"])) >= 3
+
+
+def family_points(W: np.ndarray, fam: dict[str, Any]) -> np.ndarray:
+    """One point per family member, in cyclic order: the member latent's row of W, or for a
+    cluster family the member's mean activations over the cluster latents times their rows
+    (`member_weights @ W[members]`, the member's mean reconstruction from the cluster)."""
+    members = [int(m) for m in fam["members"]]
+    if members and (max(members) >= len(W) or min(members) < 0):
+        raise ValueError(f"family {fam.get('name')!r}: member index out of range 0..{len(W) - 1}")
+    if fam.get("member_weights") is not None:
+        return np.asarray(fam["member_weights"], dtype=np.float64) @ np.asarray(W, dtype=np.float64)[members]
+    return np.asarray(W)[members]
+
+
+def family_phases(fam: dict[str, Any]) -> np.ndarray | None:
+    """True phases 2 pi position / cycle when the family gives its members' places in a longer
+    cycle (`positions`, `cycle`: members were left out); None: evenly spaced."""
+    if fam.get("positions") is None or fam.get("cycle") is None:
+        return None
+    return 2 * np.pi * np.asarray(fam["positions"], dtype=np.float64) / float(fam["cycle"])
+
+
 def family_circles(
     W: np.ndarray, families: list[dict[str, Any]], n_permutations: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct members."""
+    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct points."""
     out: dict[str, dict[str, float]] = {}
     for i, fam in enumerate(families):
-        if fam.get("kind") != "cyclic":
+        if not is_circle_family(fam):
             continue
-        members = [int(m) for m in fam["members"]]
-        if len(set(members)) < 3:
-            continue
-        if max(members) >= len(W) or min(members) < 0:
-            raise ValueError(f"family {fam.get('name')!r}: member index out of range 0..{len(W) - 1}")
-        out[str(fam.get("name", f"family_{i}"))] = circle_stats(W[members], n_permutations, seed + i)
+        out[str(fam.get("name", f"family_{i}"))] = circle_stats(
+            family_points(W, fam), n_permutations, seed + i, family_phases(fam)
+        )
     for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
         res["p_holm"] = float(p_adj)  # Holm over the cyclic families tested together
     return out

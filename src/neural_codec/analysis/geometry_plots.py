@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_codec.analysis.geometry import top2_projection
+from neural_codec.analysis.geometry import family_points, is_circle_family, top2_projection
 from neural_codec.config import parse_fraction
 from neural_codec.plotting import pyplot, save_png
 
@@ -128,7 +128,7 @@ def plot_circles(
     closing segment (last -> first) is drawn only when the circle is closed (`closed`), so an
     open arc does not look closed."""
     plt = pyplot()
-    fams = [f for f in families if f.get("kind") == "cyclic" and len(set(f["members"])) >= 3]
+    fams = [f for f in families if is_circle_family(f)]
     names = list(weights)
     ncol = max(len(fams), 1)
     fig, axes = plt.subplots(len(names), ncol, figsize=(3.6 * ncol, 3.4 * len(names)), squeeze=False)
@@ -141,7 +141,7 @@ def plot_circles(
     for i, wname in enumerate(names):
         for j, fam in enumerate(fams):
             ax = axes[i, j]
-            P = top2_projection(np.asarray(weights[wname])[[int(m) for m in fam["members"]]])
+            P = top2_projection(family_points(np.asarray(weights[wname]), fam))
             labels = fam.get("labels") or [str(k) for k in range(len(P))]
             st = results[wname]["circles"].get(str(fam.get("name")), {})
             path_pts = np.vstack([P, P[:1]]) if st.get("closed", False) else P

@@ -59,6 +59,13 @@ def check_families(families: Any, n_features: int) -> list[dict[str, Any]]:
         check(
             not bad, f"{where}: family {f.get('name')!r} members", bad, f"latent indices in [0, {n_features})"
         )
+        mw = f.get("member_weights")  # a cluster family (source.lm.clusters): members x cluster latents
+        check(
+            mw is None or all(len(row) == len(f["members"]) for row in mw),
+            f"{where}: family {f.get('name')!r} member_weights",
+            "rows of other lengths",
+            f"one row per member point, {len(f['members'])} weights each (one per cluster latent)",
+        )
     return families
 
 

@@ -12,7 +12,7 @@ score (0 = zero ablation at the hook, 1 = the clean model).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,18 +48,10 @@ def ce_scores(
     runs = _runs(sae, reconstruct_fn)
     if is_encoder(model):
         return hidden_scores(model, cfg, runs, n_batches, split)
-    special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     sums = {k: 0.0 for k in runs}
     per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in runs}  # for score_intervals
     n = 0
-    for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
-        if i >= n_batches:
-            break
-        keep = (
-            ~torch.isin(tokens, special)
-            if cfg.exclude_special_tokens
-            else torch.ones_like(tokens, dtype=torch.bool)
-        )
+    for tokens, keep in _scored_batches(model, cfg, split, n_batches):
         for k, fn in runs.items():
             hooks = [] if fn is None else [(cfg.sae_hook, _patcher(fn, keep))]
             loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
@@ -82,6 +74,24 @@ def ce_scores(
 
 
 Patch = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _scored_batches(
+    model: Any, cfg: LMSourceConfig, split: Literal["train", "heldout"], n_batches: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(tokens (B, T), keep (B, T)) for the first `n_batches` token batches of `split`: `keep`
+    marks the positions that are patched and scored (not special tokens, unless
+    `exclude_special_tokens` is off), for both the CE and the hidden-state scores."""
+    special = torch.as_tensor(special_token_ids(model), device=cfg.device)
+    for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
+        if i >= n_batches:
+            return
+        keep = (
+            ~torch.isin(tokens, special)
+            if cfg.exclude_special_tokens
+            else torch.ones_like(tokens, dtype=torch.bool)
+        )
+        yield tokens, keep
 
 
 def _runs(sae: Any, reconstruct_fn: Patch | None) -> dict[str, Patch | None]:
@@ -115,19 +125,11 @@ def hidden_scores(
 ) -> dict[str, Any]:
     """An encoder's faithfulness measure (no next-token loss): how far the final hidden states
     move when each run's reconstruction is patched in at sae_hook (see the module docstring)."""
-    special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     sq = {k: 0.0 for k in runs if k != "clean"}
     per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in sq}  # for score_intervals
     norm = 0.0
     n = 0
-    for i, (_, tokens) in enumerate(token_batches(model, cfg, split)):
-        if i >= n_batches:
-            break
-        keep = (
-            ~torch.isin(tokens, special)
-            if cfg.exclude_special_tokens
-            else torch.ones_like(tokens, dtype=torch.bool)
-        )
+    for tokens, keep in _scored_batches(model, cfg, split, n_batches):
         clean = model.encoder_output(tokens)[keep].float()
         norm += float(clean.pow(2).sum())
         n += int(keep.sum())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,38 @@ from neural_codec.source.lm.load import is_encoder, load_model
 from neural_codec.source.lm.text import iter_text, special_token_ids, token_batches
 
 
+def mlp_input_hooks(model: Any, layer: int) -> list[str]:
+    """The hooks that are the input of layer `layer`'s MLP neurons, the exact one first.
+
+    A pre-norm decoder's MLP reads `ln2(resid_mid)`: `blocks.L.ln2.hook_normalized` is that input
+    up to LayerNorm's fixed elementwise affine (folded into `neuron_readin`), so the neurons'
+    pre-activations are an exact linear function of it; `hook_resid_mid` / `hook_mlp_in` are the
+    same stream before the per-token normalisation. A post-LN encoder (BERT) normalises after
+    attention with `ln1`: its MLP reads `blocks.L.ln1.hook_normalized`.
+    """
+    p = f"blocks.{layer}."
+    norm = [p + ("ln1" if is_encoder(model) else "ln2") + ".hook_normalized"]
+    raw = [p + "hook_resid_mid"] + ([] if is_encoder(model) else [p + "hook_mlp_in"])
+    return [h for h in norm + raw if h in model.hook_dict]
+
+
+def warn_unless_mlp_input(model: Any, cfg: LMSourceConfig) -> bool:
+    """One warning line when `sae_hook` is not the input of the neurons compared (the features
+    then never see what the neurons read). True if it is."""
+    inputs = mlp_input_hooks(model, cfg.neuron_layer)
+    if cfg.sae_hook is None or cfg.sae_hook in inputs:
+        return True
+    warnings.warn(
+        f"source.lm.sae_hook {cfg.sae_hook} is not the input of the neurons {cfg.neuron_hook} "
+        f"(that is {inputs[0] if inputs else 'their MLP input'}): the features do not see what they read",
+        stacklevel=2,
+    )
+    return False
+
+
 def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
-    """Fail by key if a hook does not exist in this model (e.g. blocks.8 of a 4-layer model)."""
+    """Fail by key if a hook does not exist in this model (e.g. blocks.8 of a 4-layer model);
+    warn (one line) if the SAE's hook is not the neuron layer's MLP input."""
     n_layers = model.cfg.n_layers
     for key, hook in (("sae_hook", cfg.sae_hook), ("neuron_hook", cfg.neuron_hook)):
         if hook is None:  # taken from the SAE later (config_for_sae)
@@ -42,6 +73,7 @@ def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
         cfg.context_size,
         f"at most the model's context {model.cfg.n_ctx}",
     )
+    warn_unless_mlp_input(model, cfg)
 
 
 def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -75,13 +107,15 @@ def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
 def neuron_readin(model: Any, layer: int, sae_hook: str | None = None) -> np.ndarray:
     """(d_model, d_mlp) W_in of the neuron layer's MLP (ignoring LayerNorm scale; gate excluded).
 
-    A post-LayerNorm encoder (BERT) read at `blocks.L.ln1.hook_normalized` (the MLP's input
-    before LayerNorm's elementwise weight): `diag(ln1.w) W_in`, the exact linear part of the map
-    to the neurons' pre-activations.
+    Read at the norm's output before its elementwise weight (`blocks.L.ln2.hook_normalized` of a
+    pre-norm decoder, `blocks.L.ln1.hook_normalized` of a post-LN encoder such as BERT):
+    `diag(ln.w) W_in`, the exact linear part of the map to the neurons' pre-activations.
     """
     w_in = model.blocks[layer].mlp.W_in.detach().float()
-    if is_encoder(model) and sae_hook == f"blocks.{layer}.ln1.hook_normalized":
-        w_in = model.blocks[layer].ln1.w.detach().float()[:, None] * w_in
+    ln = "ln1" if is_encoder(model) else "ln2"
+    norm: Any = getattr(model.blocks[layer], ln, None)
+    if sae_hook == f"blocks.{layer}.{ln}.hook_normalized" and hasattr(norm, "w"):
+        w_in = norm.w.detach().float()[:, None] * w_in
     return w_in.cpu().numpy()
 
 

@@ -16,12 +16,18 @@ from neural_codec import storage
 from neural_codec.config import LMSourceConfig
 from neural_codec.errors import check
 from neural_codec.source.lm.ce import ce_scores
+from neural_codec.source.lm.clusters import cluster_families
 from neural_codec.source.lm.load import load_model
+from neural_codec.source.lm.names import (  # noqa: F401  (re-exported: the family names)
+    AMBIGUOUS_UNCASED,
+    CYCLIC_FAMILIES,
+    MONTHS,
+    WEEKDAYS,
+    _clean_token,
+    _matches,
+    is_cased,
+)
 from neural_codec.source.lm.settings import honour_sae_settings, sae_settings
-
-
-def _clean_token(s: str) -> str:
-    return s.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
 
 
 @torch.no_grad()
@@ -88,67 +94,6 @@ def feature_labels(
     return labels
 
 
-WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-MONTHS = [
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-]
-_ABBREV = {
-    "monday": ["Mon"],
-    "tuesday": ["Tue", "Tues"],
-    "wednesday": ["Wed"],
-    "thursday": ["Thu", "Thur", "Thurs"],
-    "friday": ["Fri"],
-    "saturday": ["Sat"],
-    "sunday": ["Sun"],
-    "january": ["Jan"],
-    "february": ["Feb"],
-    "march": [],
-    "april": ["Apr"],
-    "may": [],
-    "june": ["Jun"],
-    "july": ["Jul"],
-    "august": ["Aug"],
-    "september": ["Sep", "Sept"],
-    "october": ["Oct"],
-    "november": ["Nov"],
-    "december": ["Dec"],
-}
-CYCLIC_FAMILIES = {"weekdays": WEEKDAYS, "months": MONTHS}
-
-
-#: members whose lower-case name is mostly another word ("may" the modal, "march" the verb)
-AMBIGUOUS_UNCASED = {"may", "march"}
-
-
-def _matches(token: str, member: str, cased: bool = True) -> bool:
-    """Capitalised, as English writes day and month names: lower-case "may" and "march" are
-    the verb and the modal, not the months. An uncased vocabulary (BERT uncased: every token
-    lower case) cannot tell them apart, so there only the unambiguous full names count (no
-    "may", "march", nor abbreviations such as "sun", "sat", "wed")."""
-    t = token.strip().strip(".,;:!?'\"")
-    if not cased:
-        return member not in AMBIGUOUS_UNCASED and t.lower() in (member, member + "s")
-    if t[:1].isupper() and t.lower() in (member, member + "s", member + "'s"):
-        return True
-    return t in _ABBREV.get(member, [])
-
-
-def is_cased(tokenizer: Any) -> bool:
-    """False for a tokenizer that lower-cases its input (BERT uncased, e.g. MiniLM)."""
-    return not bool(getattr(tokenizer, "do_lower_case", False))
-
-
 def find_cyclic_families(
     labels: list[dict[str, Any]],
     min_score: float = 0.5,
@@ -202,7 +147,9 @@ def write_labels_and_families(
     top_n: int = 10,
 ) -> dict[str, Any]:
     """Stage `sae` for lm: `latent_labels.json` (top tokens and contexts per latent),
-    `families.json` (weekday/month latents found from labels) and the SAE's CE-loss score.
+    `families.json` (weekday/month families: one latent per member from the labels where that
+    exists, else a cluster of shared latents, `clusters.cluster_families`) and the SAE's
+    CE-loss score.
 
     Checks first that the SAE reads what was extracted (hook from SAELens metadata, d_in).
     Returns metrics to merge into metrics/sae.json.
@@ -219,13 +166,19 @@ def write_labels_and_families(
     )
     model = load_model(cfg)
     labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
-    families = find_cyclic_families(labels, cased=is_cased(model.tokenizer))
+    cased = is_cased(model.tokenizer)
+    families = find_cyclic_families(labels, cased=cased)
+    clustered, cluster_stats = cluster_families(sae, activations_dir / "train", model.tokenizer, cased)
+    by_label = {f["name"] for f in families}
+    families += [f for f in clustered if f["name"] not in by_label]
     storage.write_json(out_dir / "latent_labels.json", labels)
     storage.write_json(out_dir / "families.json", families)
     ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
     sae.to("cpu")
     return {
         "ce": ce,
-        "families": {f["name"]: len(f["members"]) for f in families},
+        "families": {f["name"]: len(f.get("labels") or f["members"]) for f in families},
+        "family_finder": {f["name"]: f.get("finder", "labels") for f in families},
+        "cluster_families": cluster_stats,
         "labelled_latents": sum(1 for lab in labels if lab["top_tokens"]),
     }

@@ -32,7 +32,7 @@ from neural_codec.errors import LMUnavailable
 
 GLASSLLM_SOURCE = {  # a ready `source.lm` block for params.yaml (text: see tests/README of lm)
     "model_name": "glassllm",
-    "sae_hook": "blocks.2.hook_resid_pre",
+    "sae_hook": "blocks.2.ln2.hook_normalized",  # the MLP input of the neurons compared
     "neuron_hook": "blocks.2.mlp.hook_post",
     "context_size": 128,
     "prepend_bos": False,
