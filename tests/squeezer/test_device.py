@@ -284,7 +284,9 @@ def test_training_bar_shows_the_steps_and_the_current_loss(monkeypatch):
     monkeypatch.setattr("sys.stderr", err)
     eager = functools.partial(runtime.progress, mininterval=0, miniters=1, leave=True)
     monkeypatch.setattr(train_mod, "progress", eager)
-    _, curve = train_squeezer(feats(), SqueezerConfig(M=4, steps=20, batch_size=64, device="cpu"), desc="demo")
+    _, curve = train_squeezer(
+        feats(), SqueezerConfig(M=4, steps=20, batch_size=64, device="cpu"), desc="demo"
+    )
     out = err.getvalue()
     assert "demo" in out and "20/20" in out and "step" in out
     assert f"loss={curve[-2]['loss']:.4g}" in out  # the postfix tracks the curve
