@@ -272,3 +272,21 @@ def test_saelens_trainer_bar_follows_quiet(monkeypatch):
     monkeypatch.setattr(runtime, "quiet", lambda: False)
     with runtime.library_bars(trainer):
         assert trainer.tqdm is original
+
+
+def test_training_bar_shows_the_steps_and_the_current_loss(monkeypatch):
+    """On a terminal the Squeezer's bar counts steps and shows the latest logged loss."""
+    import functools
+    import io
+
+    err = io.StringIO()
+    monkeypatch.setattr(runtime, "quiet", lambda: False)
+    monkeypatch.setattr("sys.stderr", err)
+    eager = functools.partial(runtime.progress, mininterval=0, miniters=1, leave=True)
+    monkeypatch.setattr(train_mod, "progress", eager)
+    _, curve = train_squeezer(
+        feats(), SqueezerConfig(M=4, steps=20, batch_size=64, device="cpu"), desc="demo"
+    )
+    out = err.getvalue()
+    assert "demo" in out and "20/20" in out and "step" in out
+    assert f"loss={curve[-2]['loss']:.4g}" in out  # the postfix tracks the curve

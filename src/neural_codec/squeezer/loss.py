@@ -37,8 +37,8 @@ class _DecoderSquaredError(torch.autograd.Function):
     def forward(ctx, h, W_dec, b_dec, idx, val, weights):  # type: ignore[override]
         B = h.shape[0]
         # under autocast (squeezer.autocast) the decoder matmul runs in bf16/fp16; the sums of n
-        # squares and the gradient buffer stay fp32 (an fp16 sum over ~25k outputs overflows)
-        f_hat = torch.addmm(b_dec, h, W_dec).float().relu_()
+        # squares and the gradient buffer stay in the weights' dtype (fp16 sums of ~25k overflow)
+        f_hat = torch.addmm(b_dec, h, W_dec).to(W_dec.dtype).relu_()
         with _full_precision(h.device):
             g = f_hat * weights  # w f_hat, becomes the gradient buffer
             sq = torch.bmm(g.unsqueeze(1), f_hat.unsqueeze(2)).view(B)  # sum_i w_i f_hat_i^2 per row
