@@ -15,7 +15,8 @@ from neural_codec.stage import record_timing, run
 def main() -> None:
     out = seeds.run(load_params())
     print(seeds.summary(out))
-    record_timing("seconds_per_seed", seeds.write(out))
+    for key, seconds in seeds.write(out).items():
+        record_timing(key, seconds)
 
 
 if __name__ == "__main__":
