@@ -322,9 +322,13 @@ class FeaturesConfig:
     """`features` in params.yaml."""
 
     top_k: int = 3
-    # TopK SAEs always fire k latents; on rows with fewer true features the extras are
-    # near-zero noise. Activations below min_value are dropped (0 keeps everything).
-    min_value: float = 0.05
+    # TopK SAEs always fire k latents; on rows with fewer true features the extras are filler
+    # (a latent off its true feature) that every co-occurrence downstream would count.
+    # Activations <= min_value are dropped (0 keeps everything). 0.4 (was 0.05): set from the
+    # filler distribution on the default synthetic source (TopK k = 3, d_sae = 512): filler
+    # activations have median 0.15 and 90% quantile 0.33, real ones a 5% quantile of 0.49; at
+    # 0.05 39% of F's nonzeros were filler, at 0.4 5%, keeping 80% of the true events (83%).
+    min_value: float = 0.4
     batch_size: int = 4096
     rows_per_shard: int = 65536
 
