@@ -29,6 +29,17 @@ TINY_SYNTHETIC = {
     "train_pool": 5000,
 }
 
+# the tms stage on small settings (~5 s, not ~80 s): every setting kind and model still runs
+TINY_TMS = {
+    "pentagon_seeds": 2,
+    "importance_densities": [0.1],
+    "uniform_n": 16,
+    "uniform_m": 4,
+    "uniform_densities": [1.0, 0.1],
+    "n_rows": 3000,
+    "steps": 300,
+}
+
 TINY_PARAMS: dict[str, Any] = {
     "source": {"kind": "synthetic", "seed": 0, "synthetic": TINY_SYNTHETIC},
     "activations": {"n_train": 20000, "n_heldout": 4000, "n_cooc": 20000, "batch_size": 2048,
@@ -36,6 +47,7 @@ TINY_PARAMS: dict[str, Any] = {
     "sae": {"architecture": "topk", "d_sae": 128, "k": 3, "training_samples": 400_000,
             "batch_size": 512, "lr": 0.003},
     "features": {"top_k": 3, "min_value": 0.05},
+    "tms": TINY_TMS,
 }  # fmt: skip
 
 

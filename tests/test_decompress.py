@@ -7,12 +7,20 @@ import pytest
 from pipeline_helpers import run_stage, tiny_params, write_params
 
 from neural_codec import storage
+from neural_codec.config import FeaturesConfig
+
+# the features stage at its code defaults (top_k, min_value), on the tiny source
+FEATURES = {"top_k": FeaturesConfig().top_k, "min_value": FeaturesConfig().min_value}
+
+
+def params(**overrides):
+    return tiny_params(**{"features": FEATURES, **overrides})
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("decompress")
-    write_params(wd, tiny_params())
+    write_params(wd, params())
     for stage in ("source", "activations", "sae", "features"):
         run_stage(wd, stage)
     return wd
@@ -79,11 +87,11 @@ def test_features_are_top_k_of_the_sae_and_aligned(workdir):
 
     sae = load_sae(workdir / "data/sae")
     feats = storage.load_sparse(workdir / "data/features/heldout")
-    assert len(feats) == 4000 and feats.k == 3 and feats.n_features == 128
+    assert len(feats) == 4000 and feats.k == FEATURES["top_k"] and feats.n_features == 128
     x = storage.load_array(workdir / "data/activations/heldout", "resid")[:200]
     dense = sae.encode(torch.from_numpy(x)).detach().numpy()
-    dense[dense <= 0.05] = 0
-    expected = storage.SparseFeatures.from_dense(dense, 3).to_dense()
+    dense[dense <= FEATURES["min_value"]] = 0
+    expected = storage.SparseFeatures.from_dense(dense, FEATURES["top_k"]).to_dense()
     np.testing.assert_allclose(feats[:200].to_dense(), expected, atol=1e-5)
     freq = np.load(workdir / "data/features/firing_freq.npy")
     train = storage.load_sparse(workdir / "data/features/train")
@@ -92,12 +100,12 @@ def test_features_are_top_k_of_the_sae_and_aligned(workdir):
 
 def test_bad_params_fail_before_work_and_leave_outputs(workdir, tmp_path):
     before = (workdir / "data/features/train/meta.json").read_text()
-    write_params(workdir, tiny_params(features={"top_k": 500}))
+    write_params(workdir, params(features={**FEATURES, "top_k": 500}))
     with pytest.raises(SystemExit) as exc:
         run_stage(workdir, "features")
     assert exc.value.code == 2
     assert (workdir / "data/features/train/meta.json").read_text() == before
-    write_params(workdir, tiny_params())
+    write_params(workdir, params())
 
 
 def test_missing_upstream_is_named(tmp_path, capsys):
@@ -161,3 +169,52 @@ def test_synthetic_sae_metrics_hand_sae(tmp_path):
         m = synthetic_sae_metrics(sae, tmp_path / "heldout", E)
         assert m["f1"] == pytest.approx(1.0) and m["uniqueness"] == pytest.approx(want_u)
         assert m["shrinkage"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_features_carry_the_true_features_not_filler(workdir):
+    """At the features defaults, F (what the Squeezer and every co-occurrence read) is the true
+    features: few of its nonzeros are filler (a TopK SAE's extra latents on quiet rows; 42% at
+    the old min_value = 0.05 on this source) and most true events are carried. The measurement
+    itself sees filler: one planted noise latent per row pushes the share far over the bound."""
+    import torch
+
+    from neural_codec.features import filler_counts, latent_truth, purity, sparsify
+    from neural_codec.sae import load_sae
+
+    m = json.loads((workdir / "metrics/features.json").read_text())
+    for split in ("train", "heldout", "cooc"):
+        assert m[split]["filler_share"] < 0.1, split
+        assert m[split]["true_coverage"] > 0.75 and m[split]["f1"] > 0.85, split
+    sae = load_sae(workdir / "data/sae")
+    lt = latent_truth(workdir / "data/sae", 128)
+    b = storage.load_shard(next(iter(storage.shard_paths(workdir / "data/activations/heldout"))))
+    idx, val = sparsify(
+        sae.encode(torch.from_numpy(b["resid"])).detach(), FEATURES["top_k"], FEATURES["min_value"]
+    )
+    c = filler_counts(idx.numpy(), val.numpy(), lt, b["true_idx"], b["true_val"])
+    assert purity(c)["filler_share"] == pytest.approx(m["heldout"]["filler_share"], abs=0.03)
+    unmatched = np.flatnonzero(lt < 0)
+    noise = np.random.default_rng(0).choice(unmatched, len(idx))[:, None]
+    planted = filler_counts(np.hstack([idx.numpy(), noise]), np.hstack([val.numpy(), np.full_like(noise, 0.5, dtype=np.float32)]),
+                            lt, b["true_idx"], b["true_val"])  # fmt: skip
+    assert purity(planted)["filler_share"] > 0.3
+
+
+def test_filler_counts_by_hand():
+    """Latent 0 = true feature 5, latent 1 = true 6, latent 2 = no true feature. Row 0 has true 5
+    on: latent 0 is real, latent 1 (feature 6 off) and latent 2 (unmatched) are filler. Row 1 has
+    true 6 and 7 on: latent 1 is real and covers 6; 7 has no latent, so it is never covered."""
+    from neural_codec.features import filler_counts, purity
+
+    latent_true = np.array([5, 6, -1])
+    idx = np.array([[0, 1, 2], [1, 0, 0]])
+    val = np.array([[0.9, 0.2, 0.1], [0.8, 0.0, 0.0]], dtype=np.float32)
+    true_idx = np.array([[5, 0], [6, 7]])
+    true_val = np.array([[1.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    c = filler_counts(idx, val, latent_true, true_idx, true_val)
+    assert c == {"nonzeros": 4, "filler": 2, "true_events": 3, "true_events_with_latent": 2, "covered": 2}
+    assert purity(c) == {
+        "filler_share": 0.5,
+        "true_coverage": pytest.approx(2 / 3),
+        "f1": pytest.approx(4 / 7),
+    }

@@ -323,9 +323,13 @@ class FeaturesConfig:
     """`features` in params.yaml."""
 
     top_k: int = 3
-    # TopK SAEs always fire k latents; on rows with fewer true features the extras are
-    # near-zero noise. Activations below min_value are dropped (0 keeps everything).
-    min_value: float = 0.05
+    # TopK SAEs always fire k latents; on rows with fewer true features the extras are filler
+    # (a latent off its true feature) that every co-occurrence downstream would count.
+    # Activations <= min_value are dropped (0 keeps everything). 0.4 (was 0.05): set from the
+    # filler distribution on the default synthetic source (TopK k = 3, d_sae = 512): filler
+    # activations have median 0.15 and 90% quantile 0.33, real ones a 5% quantile of 0.49; at
+    # 0.05 39% of F's nonzeros were filler, at 0.4 5%, keeping 80% of the true events (83%).
+    min_value: float = 0.4
     batch_size: int = 4096
     rows_per_shard: int = 65536
 
@@ -725,8 +729,17 @@ class TMSConfig:
       1 - S, the probability a feature is on), over this many seeds.
     - importance_n, importance_m, importance_decay, importance_densities: I_i = decay^i, swept.
     - uniform_n, uniform_m, uniform_densities: uniform importance, D* against 1 / (1 - S).
+    - importance_seeds: the importance sweep trains each model from this many seeds and keeps
+      the one with the lowest loss on fresh held-out TMS data (TMS keeps the best of several
+      instances; a single run can stall in a local minimum).
+    - line_half_width, line_flank_width: the line windows of this stage (the geometry section's
+      are for SAE features), scaled to the measured spread of trained TMS features around their
+      fraction. With I_i = 0.7^i the two members of a digon have unequal importance, so unequal
+      norms a > b, and sit at D = a^2 / (a^2 + b^2) and b^2 / (a^2 + b^2): an exact antipodal
+      pair (the two D sum to 1 to 0.001) spread over 0.476-0.523 at 1 - S = 0.1. A +-0.01
+      window cuts such a digon's members apart; +-0.025 holds them.
     - n_rows: training rows per codec; steps, lr, batch_size: the Squeezer's AdamW; seed: data.
-    The geometry statistics use the `geometry` section, as the geometry stage does.
+    The other geometry statistics use the `geometry` section, as the geometry stage does.
     """
 
     models: list[str] = field(default_factory=lambda: list(TMS_MODELS))
@@ -741,6 +754,9 @@ class TMSConfig:
     uniform_n: int = 80
     uniform_m: int = 20
     uniform_densities: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])
+    importance_seeds: int = 2
+    line_half_width: float = 0.025
+    line_flank_width: float = 0.05
     n_rows: int = 20000
     steps: int = 1500
     lr: float = 0.01
@@ -755,6 +771,9 @@ class TMSConfig:
         for key in ("pentagon_n", "pentagon_m", "importance_n", "importance_m", "uniform_n", "uniform_m"):
             check(getattr(self, key) >= 1, f"tms.{key}", getattr(self, key), "an integer >= 1")
         check(self.pentagon_seeds >= 1, "tms.pentagon_seeds", self.pentagon_seeds, "an integer >= 1")
+        check(self.importance_seeds >= 1, "tms.importance_seeds", self.importance_seeds, "an integer >= 1")
+        check(0 < self.line_half_width < 0.5, "tms.line_half_width", self.line_half_width, "in (0, 0.5)")
+        check(0 < self.line_flank_width < 0.5, "tms.line_flank_width", self.line_flank_width, "in (0, 0.5)")
         dens = [self.pentagon_density, *self.importance_densities, *self.uniform_densities]
         check(all(0 < p <= 1 for p in dens), "tms densities", dens, "numbers in (0, 1] (1 - S)")
         check(0 < self.importance_decay <= 1, "tms.importance_decay", self.importance_decay, "in (0, 1]")

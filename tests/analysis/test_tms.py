@@ -59,6 +59,24 @@ def test_untrained_and_shuffled_controls_form_no_pentagon(pentagon_runs):
         assert not tms.summarise(shuffled, G)["pentagon_found"]
 
 
+def test_importance_sweep_finds_the_half_line_for_the_tms_model_only():
+    """n = 20, m = 5, I_i = 0.7^i, 1 - S = 0.03: the TMS model (best of 2 seeds by held-out loss)
+    packs its features into digons and the stage's line test finds 1/2; the untrained model does
+    not. Each digon is an exact antipodal pair of unequal norms: its two D_i sum to 1, spread
+    around 1/2 (why the stage's window is +-0.025, not the geometry section's +-0.01)."""
+    cfg = TMSConfig()
+    g = stage_tms.line_geometry(cfg, G)
+    assert (g.line_half_width, g.line_flank_width) == (cfg.line_half_width, cfg.line_flank_width)
+    sq, seed, loss = stage_tms.best_of_seeds(cfg, "tms", 20, 5, 0.03, 0.7, 2)
+    assert seed in (0, 1) and loss == pytest.approx(stage_tms.heldout_loss(cfg, sq, 20, 0.03, 0.7))
+    r = tms.summarise(stage_tms.parts(sq)["encoder"], g)
+    assert "1/2" in r["lines_found"] and r["polytopes_found"].get("digon", 0) >= 3
+    D = np.sort(r["_D"][(r["_D"] > 0.45) & (r["_D"] < 0.55)])
+    np.testing.assert_allclose(D + D[::-1], 1.0, atol=0.01)  # pairs: a^2/(a^2+b^2) + b^2/(a^2+b^2)
+    ctrl, _, _ = stage_tms.best_of_seeds(cfg, "untrained", 20, 5, 0.03, 0.7, 2)
+    assert tms.summarise(stage_tms.parts(ctrl)["encoder"], g)["lines_found"] == []
+
+
 def _load_stage():
     spec = importlib.util.spec_from_file_location("stage_tms", ROOT / "stages" / "tms.py")
     mod = importlib.util.module_from_spec(spec)
