@@ -184,3 +184,28 @@ def test_compare_control_is_not_found_on_hungarian_and_says_why(codec_run, toy_r
     }
     assert row["measured"]["cka"] > row["measured"]["cka_best_floor"] + FAR_ABOVE
     assert not toy_run["controls"]["compare_planted_codec"]["expected_found"]
+
+
+def _sharing_metrics(tied: bool, same: tuple[int, float], opp: tuple[int, float]) -> Metrics:
+    chance = {"same_sign": 0.1865, "opposite_sign": 0.0528}
+    fam = {"n_pairs": 72}
+    for g, (k, _) in (("same_sign", same), ("opposite_sign", opp)):
+        fam[g] = {"n_sharing": k, "frac_sharing_chance": chance[g], "enrichment": k / 72 / chance[g]}
+    return Metrics({"source": {"kind": "synthetic", "planted": {"exclusive": 12}}, "squeeze": {"squeezer": {"tied": tied}},
+                    "logic": {"families": {"exclusive": fam}}})  # fmt: skip
+
+
+def test_exclusive_sharing_expectation_follows_the_squeezer_s_tying():
+    """The counts measured on the tiny codec (72 exclusive pairs): untied 27 same-sign / 5
+    opposite-sign sharing pairs, tied 37 / 51. TMS's antipodal placement is required of the tied
+    Squeezer only; an untied one superposing the pairs same-sign is found; pairs sharing at
+    chance (the toy run's 1 / 2 of 36, scaled) are found by neither."""
+    untied = positive_controls(_sharing_metrics(False, (27, 0), (5, 0)))["logic_exclusive_antipodal"]
+    assert untied["found"] and untied["measured"]["placement"] == "same_sign"
+    tied = positive_controls(_sharing_metrics(True, (37, 0), (51, 0)))["logic_exclusive_antipodal"]
+    assert tied["found"] and tied["measured"]["placement"] == "antipodal"
+    assert not positive_controls(_sharing_metrics(True, (27, 0), (5, 0)))["logic_exclusive_antipodal"][
+        "found"
+    ]
+    chance = positive_controls(_sharing_metrics(False, (13, 0), (4, 0)))["logic_exclusive_antipodal"]
+    assert chance["expected_found"] and not chance["found"] and chance["measured"]["placement"] == "none"
