@@ -183,6 +183,7 @@ def test_compare_control_is_not_found_on_hungarian_and_says_why(codec_run, toy_r
         "floor_untrained",
     }
     assert row["measured"]["cka"] > row["measured"]["cka_best_floor"] + FAR_ABOVE
+    assert row["measured"]["not_found_because"].startswith("hungarian_mean_r: the model's own second seed")
     assert not toy_run["controls"]["compare_planted_codec"]["expected_found"]
 
 

@@ -121,6 +121,7 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
     }
     out.update(planted_geometry_controls(m))
     measured: dict[str, Any] = {}
+    reasons: list[str] = []
     found = True
     for key in ("hungarian_mean_r", "cka"):
         main = m.get(f"compare.json:squeezer_vs_model.{key}")
@@ -134,6 +135,14 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         measured[f"{key}_ceiling_model_seed2"] = ceiling
         measured[f"{key}_uninformative_floors"] = useless
         found = found and best is not None and _gt(main, best + FAR_ABOVE)
+        if best is None and floors and ceiling is not None:
+            # no learner of the data can show identity here: say so in the row, with the numbers
+            reasons.append(
+                f"{key}: the model's own second seed ({ceiling:.3f}) clears no floor by {INFORMATIVE} "
+                f"(" + ", ".join(f"{f} {x:.3f}" for f, x in sorted(floors.items())) + ")"
+            )
+    if reasons:
+        measured["not_found_because"] = "; ".join(reasons)
     out["compare_planted_codec"] = {
         "planted": {"model": m.get("source.json:model") or "toy"},
         "measured": measured,
