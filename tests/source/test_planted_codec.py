@@ -210,3 +210,24 @@ def test_exclusive_sharing_expectation_follows_the_squeezer_s_tying():
     ]
     chance = positive_controls(_sharing_metrics(False, (13, 0), (4, 0)))["logic_exclusive_antipodal"]
     assert chance["expected_found"] and not chance["found"] and chance["measured"]["placement"] == "none"
+
+
+def test_tms_geometry_rows_need_the_planted_shape_and_a_blind_null():
+    """The geometry code on TMS's planted truth (tms.json): the default run's numbers (pentagon in
+    5/5 seeds of the TMS model, 0/5 untrained; the 1/2 line at 1-S = 0.3 of the uniform sweep)
+    pass; a geometry that misses the pentagon, or finds it in the untrained start, does not."""
+
+    def rows(tms_frac: float, untrained_frac: float, half: bool) -> dict:
+        tms = {
+            "pentagon_n5_m2_p0_05": {"tms": {"pentagon_found_frac": tms_frac},
+                                     "untrained": {"pentagon_found_frac": untrained_frac}},
+            "uniform_n80_m20_p0_3": {"tms": {"lines_found": ["1/2"] if half else ["2/5"]}},
+            "uniform_n80_m20_p0_1": {"tms": {"lines_found": []}},
+        }  # fmt: skip
+        return positive_controls(Metrics({"source": {"kind": "synthetic"}, "tms": tms}))
+
+    good = rows(1.0, 0.0, True)
+    assert good["geometry_tms_pentagon"]["found"] and good["geometry_tms_lines"]["found"]
+    assert not rows(0.2, 0.0, True)["geometry_tms_pentagon"]["found"]
+    assert not rows(1.0, 0.8, True)["geometry_tms_pentagon"]["found"]
+    assert not rows(1.0, 0.0, False)["geometry_tms_lines"]["found"]

@@ -32,6 +32,9 @@ and shown as the report's first table, each row beside the experiment's own head
 - geometry_planted_lines / geometry_planted_polytopes: the lines and named polytopes in the
   planted model's own weights (source.json model_geometry) reappear in the Squeezer's encoder
   (`planted_geometry_controls`).
+- geometry_tms_pentagon / geometry_tms_lines: the same geometry code on TMS's planted truth
+  (stage `tms`): the pentagon in most seeds and the 1/2 line in the uniform sweep, neither in
+  the untrained start (`tms_geometry_controls`).
 A row whose inputs are missing (lm source, an analysis switched off) has found = false and a
 `measured` of None, so a broken or absent analysis can never pass.
 """
@@ -120,6 +123,7 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         "cite": "geometry.json:trained.encoder.circles",
     }
     out.update(planted_geometry_controls(m))
+    out.update(tms_geometry_controls(m))
     measured: dict[str, Any] = {}
     reasons: list[str] = []
     found = True
@@ -250,6 +254,46 @@ def planted_geometry_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         "expected_found": codec and bool(p_poly),
         "cite": "geometry.json:trained.encoder.polytopes",
     }
+    return out
+
+
+def tms_geometry_controls(m: Metrics) -> dict[str, dict[str, Any]]:
+    """Geometry on planted TMS truth (stage `tms`, metrics/tms.json; the same geometry code):
+    TMS's model must form the pentagon (n = 5 in m = 2) in most seeds while its untrained start
+    does not, and show the 1/2 line (the sticky plateau) somewhere in the uniform sparsity sweep
+    while no untrained start does. Rows are present only when tms.json is."""
+    tms = m.data.get("tms")
+    if not isinstance(tms, dict) or not tms:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    pent = next((k for k in tms if k.startswith("pentagon_")), None)
+    if pent is not None:
+        fr = {
+            mod: (tms[pent].get(mod) or {}).get("pentagon_found_frac") for mod in ("tms", "tied", "untrained")
+        }
+        out["geometry_tms_pentagon"] = {
+            "planted": {"setting": pent, "polytope": "pentagon"},
+            "measured": {f"pentagon_found_frac_{k}": v for k, v in fr.items()},
+            "found": _gt(fr["tms"], 0.5 - 1e-9) and not _gt(fr["untrained"], 0.5 - 1e-9),
+            "expected_found": True,
+            "cite": f"tms.json:{pent}.tms.pentagon_found_frac",
+        }
+    uniform = sorted(k for k in tms if k.startswith("uniform_"))
+    if uniform:
+
+        def lines_of(mod: str) -> dict[str, list[str]]:
+            return {k: list((tms[k].get(mod) or {}).get("lines_found") or []) for k in uniform}
+
+        found_tms, found_null = lines_of("tms"), lines_of("untrained")
+        with_half = [k for k, v in found_tms.items() if "1/2" in v]
+        out["geometry_tms_lines"] = {
+            "planted": {"line": "1/2", "settings": uniform},
+            "measured": {"tms_settings_with_1/2": with_half,
+                         "untrained_settings_with_1/2": [k for k, v in found_null.items() if "1/2" in v]},
+            "found": bool(with_half) and not any("1/2" in v for v in found_null.values()),
+            "expected_found": True,
+            "cite": "tms.json:<uniform setting>.tms.lines_found",
+        }  # fmt: skip
     return out
 
 
