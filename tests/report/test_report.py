@@ -646,12 +646,18 @@ def _codec_metrics() -> dict:
     m["logic"]["families"] = {
         "exclusive": {
             "lift_all_pairs": {"median": 0.02},
-            "same_sign": {"enrichment": 0.5},
-            "opposite_sign": {"enrichment": 1.7},
+            "n_pairs": 72,
+            "same_sign": {"enrichment": 0.5, "n_sharing": 7, "frac_sharing_chance": 0.2},
+            "opposite_sign": {"enrichment": 1.94, "n_sharing": 14, "frac_sharing_chance": 0.1},
         },
         "correlated": {"lift_all_pairs": {"median": 20.0}},
     }
     m["geometry"]["trained"]["encoder"]["circles"] = {"weekdays": {"p_value": 0.001}}
+    m["geometry"]["trained"]["encoder"]["lines"] = {"1/2": {"is_line": True}, "1/3": {"is_line": False}}
+    m["geometry"]["trained"]["encoder"]["polytopes"] = {"digon": 4, "triangle": 1, "other": 3}
+    m["source"]["model_geometry"] = {
+        "encoder": {"lines": {"1/2": {"is_line": True}}, "polytopes": {"digon": 6, "other": 1}}
+    }
     for cond, (r, cka) in {
         "squeezer_vs_model": (0.8, 0.95),
         "floor_untrained": (0.3, 0.5),
@@ -673,14 +679,18 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     broken = _codec_metrics()
     broken["compare"]["squeezer_vs_model"]["hungarian_mean_r"] = 0.36
     broken["logic"]["families"]["exclusive"]["lift_all_pairs"]["median"] = 1.0
-    broken["logic"]["families"]["exclusive"]["opposite_sign"]["enrichment"] = 0.9
+    broken["logic"]["families"]["exclusive"]["opposite_sign"].update(enrichment=0.9, n_sharing=6)
     del broken["geometry"]["trained"]["encoder"]["circles"]
+    broken["geometry"]["trained"]["encoder"]["lines"]["1/2"]["is_line"] = False
+    broken["geometry"]["trained"]["encoder"]["polytopes"] = {"triangle": 2, "other": 9}
     bad = positive_controls(Metrics(broken))
     for name in (
         "compare_planted_codec",
         "logic_exclusive_lift",
         "logic_exclusive_antipodal",
         "geometry_circles",
+        "geometry_planted_lines",
+        "geometry_planted_polytopes",
     ):
         assert not bad[name]["found"], name
     # a floor the model's own second seed does not clear is no floor for neuron identity: it is
