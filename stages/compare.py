@@ -4,7 +4,8 @@ second seed)? See neural_codec.pipeline.compare.
 
 Params: `compare` (and `squeezer` when squeezer.pt holds no config). Reads data/squeeze,
 data/activations, data/sae, data/features, data/source. Writes metrics/compare.json,
-plots/compare/matched_r.csv and plots/compare/correlation_matrix.png.
+plots/compare/matched_r.csv, plots/compare/correlation_matrix.png and (compare.predictability)
+plots/compare/predictability.{csv,png}.
 """
 
 from __future__ import annotations

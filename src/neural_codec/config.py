@@ -673,6 +673,19 @@ class CompareConfig:
       null = exactly the main Squeezer's schedule (steps or epochs), the fair comparison.
     - batch_size: rows per batch when computing neuron activations and streaming moments.
     - plot_max_neurons: the correlation-matrix image shows at most this many matched pairs.
+    - predictability: fit each model neuron as ReLU(w . F + b) on train rows (the direct test)
+      beside its floors (shuffled F, a random top-k code) and ceiling (the dense input).
+    - predict_epochs / predict_lr / predict_batch_size: the readouts' Adam passes over the train
+      rows, learning rate (decaying linearly to 0) and batch rows.
+    - predict_max_train_rows: fit the readouts on at most this many train rows (null: all).
+    - predictivity_train_rows: the ridge predictivity (and the readouts' standardisation) reads at
+      most this many train rows (null: all); its float64 moments cost O(rows x M^2) per condition.
+    - predict_blocks: contiguous held-out row blocks of the R^2 block bootstrap.
+    - n_bootstrap: bootstrap resamples of the held-out R^2 interval.
+    - predictivity_ridge: ridge penalty (x the mean candidate variance) of the Squeezer -> model
+      neuron regression.
+    - sharing_threshold_frac: a feature loads on a unit if its weight exceeds this fraction of the
+      unit's largest |weight| (logic's rule), for the feature-sharing overlap.
     """
 
     n_mantel_permutations: int = 999
@@ -687,6 +700,16 @@ class CompareConfig:
     batch_size: int = 4096
     plot_max_neurons: int = 256
     device: str = "auto"  # retrained floors/ceilings: auto (cuda if available, else cpu) | cpu | cuda
+    predictability: bool = True
+    predict_epochs: int = 2
+    predict_lr: float = 0.1
+    predict_batch_size: int = 1024
+    predict_max_train_rows: int | None = None
+    predict_blocks: int = 100
+    n_bootstrap: int = 1000
+    predictivity_ridge: float = 1e-3
+    predictivity_train_rows: int | None = 50000
+    sharing_threshold_frac: float = 0.5
 
     def __post_init__(self) -> None:
         check_device_name(self.device, "compare.device")
@@ -713,6 +736,30 @@ class CompareConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
+        check(self.predict_epochs >= 1, "predict_epochs", self.predict_epochs, "an integer >= 1")
+        check(self.predict_lr > 0, "predict_lr", self.predict_lr, "a number > 0")
+        check(self.predict_batch_size >= 1, "predict_batch_size", self.predict_batch_size, "an integer >= 1")
+        check(
+            self.predict_max_train_rows is None or self.predict_max_train_rows >= 2,
+            "predict_max_train_rows",
+            self.predict_max_train_rows,
+            "null (all train rows) or an integer >= 2",
+        )
+        check(self.predict_blocks >= 2, "predict_blocks", self.predict_blocks, "an integer >= 2")
+        check(self.n_bootstrap >= 1, "n_bootstrap", self.n_bootstrap, "an integer >= 1")
+        check(self.predictivity_ridge >= 0, "predictivity_ridge", self.predictivity_ridge, "a number >= 0")
+        check(
+            self.predictivity_train_rows is None or self.predictivity_train_rows >= 2,
+            "predictivity_train_rows",
+            self.predictivity_train_rows,
+            "null (all train rows) or an integer >= 2",
+        )
+        check(
+            0 <= self.sharing_threshold_frac < 1,
+            "sharing_threshold_frac",
+            self.sharing_threshold_frac,
+            "a number in [0, 1)",
+        )
 
 
 TMS_MODELS = ("tms", "tied", "untied")

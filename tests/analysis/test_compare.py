@@ -292,6 +292,9 @@ def make_toy_world():
         "resid_held": (f_held @ E).numpy(),
         "neurons": toy.neurons_np(f_held),
         "neurons_seed2": toy2.neurons_np(f_held),
+        "resid_train": (f_train @ E).numpy(),
+        "neurons_train": toy.neurons_np(f_train),
+        "neurons_seed2_train": toy2.neurons_np(f_train),
     }
 
 
@@ -342,6 +345,9 @@ COMPARE_PARAMS = {
     "retrain_steps": 200,
     "batch_size": 700,
     "plot_max_neurons": 6,
+    "predict_epochs": 3,
+    "predict_batch_size": 256,
+    "n_bootstrap": 200,
 }
 
 
@@ -361,6 +367,11 @@ def _write_world(root, w) -> None:
         data / "activations/heldout", rows_per_shard=1000, d_model=D_MODEL, n_neurons=N_NEURONS
     )
     wr.append(resid=w["resid_held"], neurons=w["neurons"], neurons_seed2=w["neurons_seed2"])
+    wr.close()
+    wr = storage.ShardWriter(
+        data / "activations/train", rows_per_shard=4096, d_model=D_MODEL, n_neurons=N_NEURONS
+    )
+    wr.append(resid=w["resid_train"], neurons=w["neurons_train"], neurons_seed2=w["neurons_seed2_train"])
     wr.close()
     np.save(data / "activations/neuron_readin.npy", w["toy"].W_in.detach().numpy())
     (data / "source").mkdir(parents=True)
@@ -445,6 +456,25 @@ def test_stage_end_to_end(stage_root, monkeypatch):
     assert all(a >= b for a, b in zip(first, last, strict=False))  # sorted best first
     png = (stage_root / "plots/compare/correlation_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # soft matching and predictivity: every condition has them; predictivity (a linear read-out
+    # of all the synthetic neurons) is at least what the one-to-one Hungarian pairs show
+    for c in conds:
+        assert 0 <= m[c]["mean_best_abs_r_b"] <= 1 and m[c]["predictivity_r2"] <= 1
+    assert main["predictivity_r2"] > floor["predictivity_r2"] + 0.1
+    assert main["predictivity_r2"] > main["hungarian_mean_r"] ** 2
+    # the direct test: these neurons ARE ReLU(W f + b) of the (perfect) SAE's latents, so F
+    # predicts them as well as the dense input does, far above both floors
+    p = m["neuron_predictability"]
+    assert p["features"]["ci_low"] > 0.97 and p["ceiling_dense"]["mean_r2"] > 0.97
+    assert abs(p["floor_shuffled"]["mean_r2"]) < 0.05
+    assert p["features"]["mean_r2"] > p["floor_random_code"]["mean_r2"] + 0.2
+    assert p["features"]["ci_low"] <= p["features"]["mean_r2"] <= p["features"]["ci_high"]
+    # the fitted readout's loadings are the model's own (E W_in): same co-loading geometry
+    assert p["sharing"]["model_loadings"]["mantel_r"] > 0.9
+    rows = (stage_root / "plots/compare/predictability.csv").read_text().splitlines()
+    assert rows[0] == "neuron,features,floor_shuffled,floor_random_code,ceiling_dense"
+    assert len(rows) == 1 + N_NEURONS
+    assert (stage_root / "plots/compare/predictability.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_stage_rejects_bad_params_before_work(stage_root, monkeypatch, tmp_path):

@@ -435,7 +435,7 @@ class NeuronComparison:
 def compare_populations(
     m: CrossMoments, svcca_keep: float = 0.99, r_threshold: float = 0.5
 ) -> NeuronComparison:
-    """Best |r|, Hungarian matching, CKA and SVCCA from one CrossMoments.
+    """Best |r| (soft matching, both ways), Hungarian matching, CKA and SVCCA from one CrossMoments.
 
     `hungarian_mean_r` and `frac_matched_above_0_5` use |r| of the matched pairs (the matching
     maximizes total |r|); `hungarian_mean_signed_r` keeps the sign. Dead candidate neurons count
@@ -446,6 +446,9 @@ def compare_populations(
     dead_a, dead_b = m.dead()
     metrics = {
         "mean_best_abs_r": float(best_abs_r(C).mean()) if C.shape[0] else 0.0,
+        # soft (many-to-one) matching the other way: each reference (model) neuron's best |r|
+        # over the candidate's neurons; two model neurons may match one synthetic neuron
+        "mean_best_abs_r_b": float(best_abs_r(C.T).mean()) if C.shape[1] else 0.0,
         "hungarian_mean_r": float(match.abs_r.mean()) if len(match.r) else 0.0,
         "hungarian_mean_signed_r": float(match.r.mean()) if len(match.r) else 0.0,
         "frac_matched_above_0_5": float((match.abs_r > r_threshold).mean()) if len(match.r) else 0.0,

@@ -11,6 +11,10 @@ feature-interference Gram with the model's (Mantel test), each beside
   and a second measurement: the seed-2 Squeezer against the model.
 The retrained Squeezers use the config stored in squeezer.pt (what produced the main Squeezer),
 with `compare.retrain_steps` optionally overriding the number of steps.
+
+Beside Hungarian matching: soft (many-to-one) matching both ways and ridge predictivity (each
+model neuron from all candidate neurons, fitted on train rows), per condition; and the direct
+test, neuron predictability from F (`neuron_predictability`, see pipeline.predictability).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from neural_codec.codec import SqueezerCodec, eval_batch_size, iter_eval_batches
 from neural_codec.config import CompareConfig, SqueezerConfig
 from neural_codec.errors import ParamError, data_error
 from neural_codec.params import from_dict, load_params, require_inputs
+from neural_codec.pipeline import predictability as pd
 from neural_codec.runtime import resolve_device
 from neural_codec.sae import load_sae
 from neural_codec.squeezer.checkpoint import load_squeezer
@@ -113,20 +118,23 @@ def mantel_features(
 class CompareRun:
     metrics: dict[str, Any]
     comparisons: dict[str, cmp.NeuronComparison]
+    per_neuron_r2: dict[str, np.ndarray] | None = None  # neuron predictability, for the plot
 
 
 def candidate_populations(
     cfg: CompareConfig, main_sq: Squeezer, sq_cfg: SqueezerConfig, heldout: storage.SparseFeatures
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Synthetic neurons on the held-out features (and encoder weights) of the main Squeezer,
-    its untrained and permuted-feature floors and its second seed."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Squeezer]]:
+    """Synthetic neurons on the held-out features (and encoder weights, and the models) of the
+    main Squeezer, its untrained and permuted-feature floors and its second seed."""
     n_features = main_sq.n_features
     arrays = {"squeezer": np.asarray(storage.load_npy(paths.HELDOUT_NEURONS, mmap=True), dtype=np.float32)}
     weights = {"squeezer": main_sq.W_enc.detach().numpy()}
+    models = {"squeezer": main_sq}
     if cfg.floor_untrained:
         un = nulls.untrained_squeezer(n_features, sq_cfg)
         arrays["untrained"] = neuron_activations(un, heldout, cfg.batch_size)
         weights["untrained"] = un.W_enc.detach().numpy()
+        models["untrained"] = un
     if cfg.floor_permuted or cfg.ceiling_squeezer_seed2:
         train = storage.load_sparse(paths.FEATURES / "train")
         imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
@@ -136,6 +144,7 @@ def candidate_populations(
             pm, _ = train_squeezer(permuted, pm_cfg, imp, n_features, desc="permuted floor")
             arrays["permuted"] = neuron_activations(pm, heldout, cfg.batch_size)
             weights["permuted"] = pm.W_enc.detach().numpy()
+            models["permuted"] = pm
             del permuted
         if cfg.ceiling_squeezer_seed2:
             s2_cfg = nulls.retrain_config(
@@ -144,8 +153,9 @@ def candidate_populations(
             s2, _ = train_squeezer(train, s2_cfg, imp, n_features, desc="squeezer seed 2")
             arrays["squeezer_seed2"] = neuron_activations(s2, heldout, cfg.batch_size)
             weights["squeezer_seed2"] = s2.W_enc.detach().numpy()
+            models["squeezer_seed2"] = s2
         del train
-    return arrays, weights
+    return arrays, weights, models
 
 
 def run(cfg: CompareConfig) -> CompareRun:
@@ -180,7 +190,8 @@ def run(cfg: CompareConfig) -> CompareRun:
     if "neurons" not in keys:
         raise ParamError(f"{act_dir} holds no `neurons`: re-run the activations stage")
     has_seed2 = cfg.ceiling_model_seed2 and "neurons_seed2" in keys
-    arrays, weights = candidate_populations(cfg, main_sq, sq_cfg, heldout)
+    n_train = pd.check_split("train", ["neurons", "resid"] + (["neurons_seed2"] if has_seed2 else []))
+    arrays, weights, models = candidate_populations(cfg, main_sq, sq_cfg, heldout)
 
     # --- neuron-level comparisons (one streaming pass) ----------------------------------------
     conditions: dict[str, tuple[str, str]] = {"squeezer_vs_model": ("squeezer", "neurons")}
@@ -197,8 +208,15 @@ def run(cfg: CompareConfig) -> CompareRun:
     mom = stream_moments(conditions, arrays, cfg.batch_size, act_keys)
     comps = {name: cmp.compare_populations(m, cfg.svcca_keep) for name, m in mom.items()}
 
-    # --- feature-interference structure ---------------------------------------------------------
+    # --- ridge predictivity (fitted on train rows; one pass also gives the readouts' scales) ---
     readin = storage.load_npy(READIN)
+    encoder = pd.random_code_encoder(cfg, readin.shape[0], n_features)
+    n_ridge = pd.capped(n_train, cfg.predictivity_train_rows)
+    train_mom, stats = pd.train_statistics(cfg, models, conditions, act_keys, encoder, n_ridge)
+    for name, scores in pd.predictivity(train_mom, mom, cfg.predictivity_ridge).items():
+        comps[name].metrics.update(scores)
+
+    # --- feature-interference structure ---------------------------------------------------------
     W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
     if W_sae.shape[0] != n_features:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
@@ -235,7 +253,21 @@ def run(cfg: CompareConfig) -> CompareRun:
         metrics["interference_features"]["model_vs_sae_decoder_geometry_r"] = res.r
         metrics["interference_features"]["model_vs_sae_decoder_geometry_p"] = res.p
     metrics["n_heldout_rows"] = n_act
-    return CompareRun(metrics, comps)
+    metrics["predictivity_train_rows"] = n_ridge
+    per_neuron = None
+    if cfg.predictability:
+        metrics["neuron_predictability"], per_neuron = pd.neuron_predictability(
+            cfg,
+            n_features,
+            stats,
+            encoder,
+            feats,
+            weights,
+            loadings,
+            n_act,
+            pd.capped(n_train, cfg.predict_max_train_rows),
+        )
+    return CompareRun(metrics, comps, per_neuron)
 
 
 def write(r: CompareRun, cfg: CompareConfig) -> None:
@@ -251,6 +283,8 @@ def write(r: CompareRun, cfg: CompareConfig) -> None:
         (n, r.comparisons[n]) for n in ("squeezer_vs_model", "floor_untrained") if n in r.comparisons
     ]
     compare_plots.plot_matrices(plot_dir / "correlation_matrix.png", panels, cfg.plot_max_neurons)
+    if r.per_neuron_r2 is not None:
+        pd.write_plot(plot_dir, r.per_neuron_r2)
     storage.write_json(paths.metrics_file("compare"), r.metrics)
 
 
@@ -262,6 +296,21 @@ def summary(r: CompareRun) -> str:
         out.append(
             f"{name:34s} hungarian |r| {m['hungarian_mean_r']:.3f}  best |r| "
             f"{m['mean_best_abs_r']:.3f}  CKA {m['cka']:.3f}  SVCCA {m['svcca']:.3f}  "
-            f"Mantel r {mantel if mantel is None else round(mantel, 3)}"
+            f"Mantel r {mantel if mantel is None else round(mantel, 3)}  model best |r| "
+            f"{m['mean_best_abs_r_b']:.3f}  predictivity R2 {_fmt(m.get('predictivity_r2'))}"
         )
+    p = r.metrics.get("neuron_predictability")
+    if p:
+        out.append("neuron predictability (held-out R2 of ReLU(w.x+b), mean [95% CI]):")
+        for name in pd.READOUTS:
+            q = p[name]
+            out.append(f"  {name:20s} {_fmt(q['mean_r2'])} [{_fmt(q['ci_low'])}, {_fmt(q['ci_high'])}]")
+        sh = p["sharing"].get("squeezer")
+        if sh:
+            out.append(f"  sharing vs Squeezer: Mantel r {sh['mantel_r']:.3f} (p {sh['mantel_p']:.3g}), "
+                       f"overlap {sh['overlap_jaccard']:.3f} vs null {sh['overlap_null_mean']:.3f}")  # fmt: skip
     return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    return "None" if v is None else f"{v:.3f}"

@@ -385,6 +385,8 @@ COMPARE_CONDITIONS = (
 COMPARE_KEYS = (
     "hungarian_mean_r",
     "mean_best_abs_r",
+    "mean_best_abs_r_b",
+    "predictivity_r2",
     "frac_matched_above_0_5",
     "cka",
     "svcca",
@@ -433,6 +435,14 @@ def compare_section(m: Metrics, plots: Path) -> Section:
         "correlation_matrix.png",
         "Neuron correlation matrices in matched order",
     )
+    if (plots / "compare/predictability.png").exists():
+        _figure_or_note(
+            s.blocks,
+            plots / "compare/predictability.png",
+            "predictability.png",
+            "Neuron predictability: held-out R² per model neuron of ReLU(w·x + b) from the SAE "
+            "features, its floors (shuffled rows, a random top-k code) and the dense-input ceiling",
+        )
     return s
 
 

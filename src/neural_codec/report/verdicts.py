@@ -361,8 +361,65 @@ def validation_rows(m: Metrics) -> list[VerdictRow]:
     ]
 
 
+# --- H4, the direct test and soft matching (issue 13): compare.json's `neuron_predictability`
+# and each condition's `mean_best_abs_r_b` / `predictivity_r2`; rows only where the run has them
+
+
+def _bootstrap_cells(m: Metrics, base: str) -> list[Cell]:
+    """ " [ci_low, ci_high] (bootstrap over n held-out rows)" of a neuron_predictability entry."""
+    if m.get(f"{base}.ci_low") is None:
+        return []
+    return [" [", m.num(f"{base}.ci_low"), ", ", m.num(f"{base}.ci_high"), "] (bootstrap over ",
+            m.num(f"{base}.n_rows"), " held-out rows)"]  # fmt: skip
+
+
+def predictability_rows(m: Metrics) -> list[VerdictRow]:
+    h = "H4 validation: the synthetic neurons fire like the model's neurons on the same inputs"
+    c, p = "compare.json", "compare.json:neuron_predictability"
+    rows: list[VerdictRow] = []
+    if isinstance(m.get(p), dict):
+        readout = "model neuron as ReLU(w·x + b)"
+        rows.append(VerdictRow(
+            h,
+            "neuron predictability (the direct test): held-out mean R² of each model neuron as "
+            "ReLU(w·F + b) of the SAE features, fitted on train rows",
+            m.num(f"{p}.features.mean_r2"),
+            [m.num(f"{p}.floor_shuffled.mean_r2", "F rows shuffled against the neurons"),
+             m.num(f"{p}.floor_random_code.mean_r2", "random top-k code of equal L0")],
+            [m.num(f"{p}.ceiling_dense.mean_r2", f"{readout} from the dense input the neurons read")],
+            value_ci=_bootstrap_cells(m, f"{p}.features"),
+            floor_ci=[_bootstrap_cells(m, f"{p}.floor_shuffled"), _bootstrap_cells(m, f"{p}.floor_random_code")],
+        ))  # fmt: skip
+        if m.get(f"{p}.sharing.squeezer.mantel_r") is not None:
+            rows.append(VerdictRow(
+                h,
+                "feature sharing: Mantel r between the features' co-loading on the fitted model "
+                "neurons and on the Squeezer's neurons",
+                m.num(f"{p}.sharing.squeezer.mantel_r"),
+                [m.num(f"{p}.sharing.floor_untrained.mantel_r", "untrained Squeezer"),
+                 m.num(f"{p}.sharing.floor_permuted.mantel_r", "permuted-feature Squeezer")],
+                [m.num(f"{p}.sharing.model_loadings.mantel_r", "the model's own read-in of the SAE directions")],
+            ))  # fmt: skip
+    for key, desc in (
+        ("mean_best_abs_r_b", "soft matching: each model neuron's best |r| over the synthetic neurons"),
+        ("predictivity_r2", "predictivity: held-out R² of each model neuron from all synthetic neurons (ridge)"),
+    ):
+        if m.get(f"{c}:squeezer_vs_model.{key}") is None:
+            continue
+        rows.append(VerdictRow(
+            h,
+            desc,
+            m.num(f"{c}:squeezer_vs_model.{key}"),
+            [m.num(f"{c}:floor_untrained.{key}", "untrained Squeezer"),
+             m.num(f"{c}:floor_permuted.{key}", "permuted-feature Squeezer")],
+            [m.num(f"{c}:ceiling_squeezer_vs_seed2.{key}", "Squeezer vs its seed 2"),
+             m.num(f"{c}:ceiling_model_vs_model_seed2.{key}", "model vs its seed 2")],
+        ))  # fmt: skip
+    return rows
+
+
 #: the verdict table's blocks in order; a new hypothesis block is one more (Metrics -> rows) builder
-ROW_BUILDERS = [compression_rows, geometry_rows, logic_rows, validation_rows]
+ROW_BUILDERS = [compression_rows, geometry_rows, logic_rows, validation_rows, predictability_rows]
 
 
 def verdict_rows(m: Metrics) -> list[VerdictRow]:
