@@ -2,8 +2,10 @@
 
 Trains the TMS model and the project's tied and untied Squeezers on TMS's synthetic features
 (no SAE, no other stage) in three settings (the pentagon over seeds; importance-weighted
-features over a sparsity sweep; the uniform D*-vs-1/(1-S) sweep) and analyses each with the
-geometry stage's statistics on balanced weights. Writes metrics/tms.json
+features over a sparsity sweep, each model the best of `importance_seeds` by held-out loss;
+the uniform D*-vs-1/(1-S) sweep) and analyses each with the geometry stage's statistics on
+balanced weights, with this stage's line window (`TMSConfig.line_half_width`: the measured spread
+of a trained digon's D_i, see `TMSConfig`). Writes metrics/tms.json
 ({setting: {model: summary}}), plots/tms/{dstar.csv, dstar.png, pentagon.png}.
 """
 
