@@ -298,6 +298,8 @@ def tms_geometry_controls(m: Metrics) -> dict[str, dict[str, Any]]:
 
 
 def _cell(d: Any) -> str:
+    if isinstance(d, dict) and not d:
+        return "none"
     if isinstance(d, dict):
         return ", ".join(f"{k} {_cell(v)}" for k, v in d.items())
     if isinstance(d, list) and d and all(isinstance(v, (int, float)) for v in d):  # [ci_low, ci_high]
