@@ -677,6 +677,7 @@ class CompareConfig:
       beside its floors (shuffled F, a random top-k code) and ceiling (the dense input).
     - predict_epochs / predict_lr / predict_batch_size: the readouts' Adam passes over the train
       rows, learning rate (decaying linearly to 0) and batch rows.
+    - predict_min_steps: at least this many optimiser steps (more epochs on small train sets).
     - predict_max_train_rows: fit the readouts on at most this many train rows (null: all).
     - predictivity_train_rows: the ridge predictivity (and the readouts' standardisation) reads at
       most this many train rows (null: all); its float64 moments cost O(rows x M^2) per condition.
@@ -704,6 +705,7 @@ class CompareConfig:
     predict_epochs: int = 2
     predict_lr: float = 0.1
     predict_batch_size: int = 1024
+    predict_min_steps: int = 300
     predict_max_train_rows: int | None = None
     predict_blocks: int = 100
     n_bootstrap: int = 1000
@@ -739,6 +741,7 @@ class CompareConfig:
         check(self.predict_epochs >= 1, "predict_epochs", self.predict_epochs, "an integer >= 1")
         check(self.predict_lr > 0, "predict_lr", self.predict_lr, "a number > 0")
         check(self.predict_batch_size >= 1, "predict_batch_size", self.predict_batch_size, "an integer >= 1")
+        check(self.predict_min_steps >= 0, "predict_min_steps", self.predict_min_steps, "an integer >= 0")
         check(
             self.predict_max_train_rows is None or self.predict_max_train_rows >= 2,
             "predict_max_train_rows",

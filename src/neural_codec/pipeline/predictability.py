@@ -185,6 +185,12 @@ def build_readouts(n_features: int, stats: dict[str, Any]) -> dict[str, pr.ReluR
     }
 
 
+def readout_epochs(cfg: CompareConfig, n_train: int) -> int:
+    """`predict_epochs`, or more on a small train set so the fit takes `predict_min_steps`."""
+    steps = -(-n_train // cfg.predict_batch_size)
+    return max(cfg.predict_epochs, -(-cfg.predict_min_steps // steps))
+
+
 def fit_and_score(
     cfg: CompareConfig,
     n_features: int,
@@ -205,7 +211,7 @@ def fit_and_score(
 
     torch.manual_seed(cfg.seed)
     steps = -(-n_train // cfg.predict_batch_size)
-    loss = pr.fit_readouts(readouts, cfg.predict_epochs, train_batches, steps, cfg.predict_lr)
+    loss = pr.fit_readouts(readouts, readout_epochs(cfg, n_train), train_batches, steps, cfg.predict_lr)
     rng = np.random.default_rng([cfg.seed, 1_000_003])
     held = (
         _readout_inputs(f, a, rng, encoder, shift)
@@ -261,7 +267,7 @@ def neuron_predictability(
         name: {**acc[name].summary(cfg.n_bootstrap, cfg.seed), "train_loss": loss[name]} for name in READOUTS
     }
     out["n_train_rows"] = int(n_train)
-    out["epochs"] = cfg.predict_epochs
+    out["epochs"] = readout_epochs(cfg, n_train)
     out["sharing"] = sharing(cfg, readouts["features"].raw_weights(), feats, weights, loadings)
     return out, {name: acc[name].per_neuron() for name in READOUTS}
 
