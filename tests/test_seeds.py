@@ -22,7 +22,17 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     root = copy_repo(tmp_path_factory.mktemp("seeds") / "repo")
     write_params(root, tiny_params(**OVERRIDES))
-    for stage in ["source", "activations", "sae", "features", "squeeze", "logic", "baselines", "seeds"]:
+    for stage in [
+        "source",
+        "activations",
+        "sae",
+        "labels",
+        "features",
+        "squeeze",
+        "logic",
+        "baselines",
+        "seeds",
+    ]:
         run_stage(root, stage)
     first = (root / "metrics/intervals.json").read_text()
     run_stage(root, "seeds")
