@@ -1,7 +1,7 @@
 """Stage `geometry`: feature dimensionality, polytopes and circles of the Squeezer's weights,
 beside an untrained and a permuted-feature null (see neural_codec.pipeline.geometry).
 
-Params: `geometry`, `squeezer`. Reads data/squeeze/squeezer.pt, data/sae/families.json,
+Params: `geometry`, `squeezer`. Reads data/squeeze/squeezer.pt, data/labels/families.json,
 data/features/{train,firing_freq.npy}. Writes metrics/geometry.json,
 plots/geometry/dimensionality_hist.{csv,png}, polytopes.png and circles.png.
 """

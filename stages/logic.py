@@ -2,7 +2,7 @@
 (see neural_codec.pipeline.logic and neural_codec.analysis.logic).
 
 Params: `logic`. Reads data/squeeze/{squeezer.pt,heldout_neurons.npy}, data/features,
-data/sae/families.json. Writes metrics/logic.json, data/logic/truth_tables.json,
+data/labels/families.json. Writes metrics/logic.json, data/logic/truth_tables.json,
 plots/logic/lift.{csv,png}.
 """
 

@@ -21,7 +21,7 @@ def params(**overrides):
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("decompress")
     write_params(wd, params())
-    for stage in ("source", "activations", "sae", "features"):
+    for stage in ("source", "activations", "sae", "labels", "features"):
         run_stage(wd, stage)
     return wd
 
@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
 def test_outputs_and_metrics_exist(workdir):
     for p in ["data/source/model.pt", "data/source/model_seed2.pt", "data/source/truth.npz",
               "data/activations/train/meta.json", "data/activations/neuron_readin.npy",
-              "data/sae/cfg.json", "data/sae/families.json", "data/features/firing_freq.npy",
+              "data/sae/cfg.json", "data/labels/families.json", "data/features/firing_freq.npy",
               "metrics/source.json", "metrics/activations.json", "metrics/sae.json",
               "metrics/features.json"]:  # fmt: skip
         assert (workdir / p).exists(), p
@@ -73,7 +73,7 @@ def test_sae_recovers_the_true_features(workdir):
 
 
 def test_families_map_to_distinct_well_matched_latents(workdir):
-    fams = json.loads((workdir / "data/sae/families.json").read_text())
+    fams = json.loads((workdir / "data/labels/families.json").read_text())
     cyc = [f for f in fams if f["kind"] == "cyclic"][0]
     assert len(cyc["members"]) == 7 and cyc["labels"][0] == "Monday"
     assert len(set(cyc["members"])) == 7

@@ -28,8 +28,8 @@ E2E_OVERRIDES = {
     "seeds": {"n_seeds": 3, "steps": 150, "n_permutations": 49},
 }
 
-STAGES = ["source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic",
-          "compare", "seeds"]  # fmt: skip
+STAGES = ["source", "activations", "sae", "labels", "features", "squeeze", "baselines", "geometry",
+          "logic", "compare", "seeds"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -115,8 +115,8 @@ def test_exp_run_of_features_param_skips_extraction_and_sae(repo):
     sh(root, "git", "commit", "-qm", "lock")
     out = sh(root, "dvc", "exp", "run", "-S", "features.top_k=2")
     stages = ran(out)
-    assert set(STAGES[3:]) | {"report"} <= stages
-    assert not stages & {"source", "activations", "sae"}
+    assert set(STAGES[4:]) | {"report"} <= stages
+    assert not stages & {"source", "activations", "sae", "labels"}
     shown = sh(root, "dvc", "exp", "show", "--no-pager", "--md")
     assert "features.top_k" in shown or "top_k" in shown
 
@@ -128,8 +128,8 @@ def test_exp_run_of_squeezer_M_reruns_only_the_squeezer_and_what_follows(repo):
     root, _ = repo
     out = sh(root, "dvc", "exp", "run", "-S", "squeezer.M=8")
     stages = ran(out)
-    assert set(STAGES[4:]) | {"report"} <= stages
-    assert not stages & {"source", "activations", "sae", "features"}
+    assert set(STAGES[5:]) | {"report"} <= stages
+    assert not stages & {"source", "activations", "sae", "labels", "features"}
     assert json.loads((root / "metrics/squeeze.json").read_text())["squeezer"]["M"] == 8
     diff = sh(root, "dvc", "metrics", "diff", "--md")
     assert "metrics/squeeze.json" in diff and "squeezer.M " in diff and "squeezer.fvu" in diff
@@ -205,7 +205,7 @@ def test_byte_stable_artifacts_and_the_run_cache(repo):
     root, _ = repo
     sh(root, "git", "checkout", "--", "params.yaml")  # the committed tiny params
     sh(root, "dvc", "repro")
-    for stage in ("source", "activations", "sae", "features", "squeeze"):
+    for stage in ("source", "activations", "sae", "labels", "features", "squeeze"):
         sh(root, "dvc", "repro", "-f", "-s", stage)
         status = sh(root, "dvc", "status")
         assert "up to date" in status, (stage, status)

@@ -235,14 +235,14 @@ def test_stage_run_prints_data_errors_in_one_line(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
 
     def main():
-        storage.read_json("data/sae/families.json")
+        storage.read_json("data/labels/families.json")
 
     with pytest.raises(SystemExit) as ex:
         stage.run("logic", main)
     assert ex.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("[logic] error: data/sae/families.json: missing; run `dvc repro`")
+    assert err.startswith("[logic] error: data/labels/families.json: missing; run `dvc repro`")
 
 
 SLOW_STAGE = """

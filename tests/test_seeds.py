@@ -26,6 +26,7 @@ def run(tmp_path_factory):
         "source",
         "activations",
         "sae",
+        "labels",
         "features",
         "squeeze",
         "logic",

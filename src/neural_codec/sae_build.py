@@ -1,9 +1,9 @@
 """Stage `sae` for either kind of source: get the SAE (trained, or a pretrained one re-saved in
-SAELens format), score it, and label its latents and families.
+SAELens format) and score it (synthetic: against the ground truth; lm: its CE-loss score).
 
-Synthetic: labels and families come from the ground truth (best-matching decoder rows). lm: from
-top-activating tokens (`source.lm.labels`), with the SAE's CE-loss score. Kept apart from `sae`
-so that the `features` stage, which only loads the SAE, does not depend on the labeller.
+Latent labels and families are the `labels` stage's (`pipeline.labels`), so that editing the
+labeller re-runs neither the SAE nor the features. Kept apart from `sae` so that the `features`
+stage, which only loads the SAE, does not depend on the scoring.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from neural_codec import storage
 from neural_codec.analysis.stats import bootstrap_interval
 from neural_codec.config import SAEConfig, SourceConfig
 from neural_codec.sae import (
-    families_in_latent_space,
     ground_truth_recovery,
-    latent_labels,
     load_sae,
     sae_quality,
     synthetic_sae_metrics,
     train_sae,
 )
-from neural_codec.source.lm.labels import write_labels_and_families
+from neural_codec.source.lm.ce import sae_faithfulness
 
 
 def build_sae(
@@ -43,19 +41,11 @@ def build_sae(
         "architecture": sae.cfg.architecture(),
         **sae_quality(sae, activations_dir / "heldout"),
     }
-    if src.kind != "synthetic":  # lm: labels from top-activating tokens, cyclic families from labels
-        metrics["lm"] = write_labels_and_families(sae, src.lm, activations_dir, out_dir)  # + CE score
+    if src.kind != "synthetic":  # lm: the CE-loss score (an encoder's: the hidden-state score)
+        metrics["lm"] = sae_faithfulness(sae, src.lm, activations_dir)
         return metrics, []
     truth = np.load(source_dir / "truth.npz")
     rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)
-    families = storage.read_json(source_dir / "truth.json")["families"]
-    storage.write_json(
-        out_dir / "families.json", families_in_latent_space(families, rec["best_latent"], rec["best_cosine"])
-    )
-    storage.write_json(
-        out_dir / "latent_labels.json",
-        latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae),
-    )
     metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
     # one SAE: a bootstrap over the true features (percentile, 1000 resamples)
     best = np.asarray(rec["best_cosine"], dtype=np.float64)

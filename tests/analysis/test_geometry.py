@@ -286,7 +286,7 @@ def _workspace(tmp_path, geometry_params):
         {"name": "weekdays", "kind": "cyclic", "members": circle, "labels": list("MTWRFS")},
         {"name": "ex", "kind": "exclusive", "members": [1, 2]},
     ]
-    storage.write_json(tmp_path / "data/sae/families.json", fams)
+    storage.write_json(tmp_path / "data/labels/families.json", fams)
 
 
 def test_stage_end_to_end(tmp_path, monkeypatch):

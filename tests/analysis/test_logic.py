@@ -226,7 +226,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, feats):
         model.W_enc.copy_(torch.tensor(w, dtype=torch.float32))
         model.b_enc.zero_()
     save_squeezer(tmp_path / "data/squeeze/squeezer.pt", model, SqueezerConfig(M=w.shape[1]))
-    storage.write_json(tmp_path / "data/sae/families.json", FAMILIES)
+    storage.write_json(tmp_path / "data/labels/families.json", FAMILIES)
     params = {"logic": {**CFG, "batch_size": 5000, "n_truth_table_neurons": 3, "n_truth_table_pairs": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ from neural_codec.config import ActivationsConfig, LMSourceConfig
 from neural_codec.errors import LMUnavailable, ParamError
 from neural_codec.params import from_dict
 from neural_codec.sae import load_sae, sae_quality
-from neural_codec.source.lm.ce import ce_scores, squeezer_reconstruct_fn
+from neural_codec.source.lm.ce import ce_scores, sae_faithfulness, squeezer_reconstruct_fn
 from neural_codec.source.lm.extract import (
     check_hooks,
     extract_activations,
@@ -321,13 +321,16 @@ def test_stage_entry_points(world, tmp_path):
         config_for_sae(dataclasses.replace(cfg, sae_hook=None), {"path": str(tmp_path / "sae")}).sae_hook
         == cfg.sae_hook
     )
-    m = write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out", ce_batches=1)
-    assert 0 < m["labelled_latents"] <= 64 and np.isfinite(m["ce"]["ce_loss_score_sae"])
+    m = write_labels_and_families(sae, cfg, root / "acts", tmp_path / "out")
+    assert 0 < m["labelled_latents"] <= 64 and m["cluster_families"]["weekdays"]["found"] is False
+    assert np.isfinite(sae_faithfulness(sae, cfg, root / "acts", ce_batches=1)["ce"]["ce_loss_score_sae"])
     assert len(storage.read_json(tmp_path / "out" / "latent_labels.json")) == 64
     assert storage.read_json(tmp_path / "out" / "families.json") == []
     wrong = fx.random_sae(tmp_path / "sae0", 32, 64, "blocks.0.hook_resid_pre")
     with pytest.raises(ParamError, match="the SAE reads 'blocks.0.hook_resid_pre'"):
         write_labels_and_families(wrong, cfg, root / "acts", tmp_path / "out")
+    with pytest.raises(ParamError, match="the SAE reads 'blocks.0.hook_resid_pre'"):
+        sae_faithfulness(wrong, cfg, root / "acts")
 
 
 def test_squeezer_reconstruct_fn_keeps_top_k():

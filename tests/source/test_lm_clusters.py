@@ -42,7 +42,9 @@ def planted_months(seed: int = 0, n_rows: int = 30_000, d_sae: int = 40, per_mon
 
 def run_finder(acts, month, rule=None):
     on = month >= 0
-    return find_cluster_family("months", MONTHS, acts[on], month[on], acts.sum(0), rule or ClusterRule())
+    return find_cluster_family(
+        "months", MONTHS, acts[on], month[on], acts.sum(0), len(acts), rule or ClusterRule()
+    )
 
 
 def test_planted_month_cluster_is_found_and_lies_on_a_circle():
@@ -119,3 +121,18 @@ def test_weekday_cluster_from_a_planted_sae_on_the_tiny_model(tmp_path):
         assert cluster_families(rand, acts, model.tokenizer)[0] == []
     finally:
         torch.set_num_threads(n)
+
+
+def test_a_rare_family_is_found_by_its_lift_over_the_base_rate():
+    acts, month = planted_months()
+    rng = np.random.default_rng(3)
+    off = np.flatnonzero(month < 0)
+    for c in CLUSTER:  # the cluster latents also fire elsewhere: ~30% of their mass on months
+        rows = rng.choice(off, 600, replace=False)
+        acts[rows, c] = rng.exponential(1.5, len(rows))
+    fam, stats = run_finder(acts, month)
+    shares = [s for j, s, _, _ in stats["top_latents"][:3]]
+    assert fam is not None and fam["members"] == CLUSTER and max(shares) < 0.5
+    assert min(fam["latent_lifts"]) > 20
+    fam, _ = run_finder(acts, month, ClusterRule(min_lift=1000.0))  # the share rule alone: nothing
+    assert fam is None

@@ -19,7 +19,7 @@ import yaml
 from neural_codec import storage
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["source", "activations", "sae", "features"]
+STAGES = ["source", "activations", "sae", "labels", "features"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -112,9 +112,9 @@ def test_stage_chain_runs_with_lm_source(chain):
     assert np.load(work / "data/activations/neuron_readin.npy").shape == (32, 64)
     feats = storage.read_meta(work / "data/features/train")
     assert feats["n_rows"] == act["n_rows"] and feats["n_features"] == 64
-    labels = storage.read_json(work / "data/sae/latent_labels.json")
+    labels = storage.read_json(work / "data/labels/latent_labels.json")
     assert len(labels) == 64 and any(lab["top_tokens"] for lab in labels)
-    assert isinstance(storage.read_json(work / "data/sae/families.json"), list)
+    assert isinstance(storage.read_json(work / "data/labels/families.json"), list)
     metrics = storage.read_json(work / "metrics/sae.json")
     assert 0 < metrics["l0"] <= 4 + 1e-6
     ce = metrics["lm"]["ce"]
@@ -140,9 +140,9 @@ def test_pretrained_sae_from_disk_sets_the_hook(chain, tmp_path):
     p["source"]["lm"]["sae_hook"] = None
     p["sae"] = {"path": str(root / "sae0")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    for stage in ["source", "activations", "sae"]:
+    for stage in ["source", "activations", "sae", "labels"]:
         r = run_stage(stage, tmp_path)
         assert r.returncode == 0, f"{stage}:\n{r.stderr[-3000:]}"
     assert storage.read_meta(tmp_path / "data/activations/train")["sae_hook"] == "blocks.0.hook_resid_pre"
     assert storage.read_json(tmp_path / "data/sae/cfg.json")["d_sae"] == 48
-    assert len(storage.read_json(tmp_path / "data/sae/latent_labels.json")) == 48
+    assert len(storage.read_json(tmp_path / "data/labels/latent_labels.json")) == 48

@@ -150,7 +150,7 @@ TINY_MINILM = {
     "logic": {"min_expected": 2.0},
     "compare": {"n_mantel_permutations": 19, "retrain_steps": 50, "max_features_for_mantel": 100},
 }  # fmt: skip
-STAGES = ["source", "activations", "sae", "features", "squeeze", "baselines", "geometry", "logic",
+STAGES = ["source", "activations", "sae", "labels", "features", "squeeze", "baselines", "geometry", "logic",
           "compare", "report"]  # fmt: skip
 
 
@@ -172,4 +172,4 @@ def test_every_stage_runs_with_minilm_on_wikipedia(minilm, tmp_path):
     squeeze = json.loads((tmp_path / "metrics/squeeze.json").read_text())
     lm = squeeze["squeezer"]["lm"]
     assert lm["hidden_rel_change_reconstruct"] >= lm["hidden_rel_change_sae"] - 0.05
-    assert (tmp_path / "data/sae/families.json").exists()
+    assert (tmp_path / "data/labels/families.json").exists()

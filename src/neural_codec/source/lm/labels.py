@@ -15,7 +15,6 @@ from scipy.optimize import linear_sum_assignment
 from neural_codec import storage
 from neural_codec.config import LMSourceConfig
 from neural_codec.errors import check
-from neural_codec.source.lm.ce import ce_scores
 from neural_codec.source.lm.clusters import cluster_families
 from neural_codec.source.lm.load import load_model
 from neural_codec.source.lm.names import (  # noqa: F401  (re-exported: the family names)
@@ -143,16 +142,14 @@ def write_labels_and_families(
     cfg: LMSourceConfig,
     activations_dir: str | Path,
     out_dir: str | Path,
-    ce_batches: int = 8,
     top_n: int = 10,
 ) -> dict[str, Any]:
-    """Stage `sae` for lm: `latent_labels.json` (top tokens and contexts per latent),
+    """Stage `labels` for lm: `latent_labels.json` (top tokens and contexts per latent) and
     `families.json` (weekday/month families: one latent per member from the labels where that
-    exists, else a cluster of shared latents, `clusters.cluster_families`) and the SAE's
-    CE-loss score.
+    exists, else a cluster of shared latents, `clusters.cluster_families`).
 
     Checks first that the SAE reads what was extracted (hook from SAELens metadata, d_in).
-    Returns metrics to merge into metrics/sae.json.
+    Returns metrics for metrics/labels.json.
     """
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
     meta = storage.read_meta(activations_dir / "train")
@@ -164,19 +161,16 @@ def write_labels_and_families(
         settings["d_in"],
         f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}",
     )
-    model = load_model(cfg)
-    labels = feature_labels(sae, activations_dir / "train", model.tokenizer, top_n=top_n)
-    cased = is_cased(model.tokenizer)
+    tokenizer = load_model(cfg).tokenizer
+    labels = feature_labels(sae, activations_dir / "train", tokenizer, top_n=top_n)
+    cased = is_cased(tokenizer)
     families = find_cyclic_families(labels, cased=cased)
-    clustered, cluster_stats = cluster_families(sae, activations_dir / "train", model.tokenizer, cased)
+    clustered, cluster_stats = cluster_families(sae, activations_dir / "train", tokenizer, cased)
     by_label = {f["name"] for f in families}
     families += [f for f in clustered if f["name"] not in by_label]
     storage.write_json(out_dir / "latent_labels.json", labels)
     storage.write_json(out_dir / "families.json", families)
-    ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
-    sae.to("cpu")
     return {
-        "ce": ce,
         "families": {f["name"]: len(f.get("labels") or f["members"]) for f in families},
         "family_finder": {f["name"]: f.get("finder", "labels") for f in families},
         "cluster_families": cluster_stats,
