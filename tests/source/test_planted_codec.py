@@ -58,7 +58,17 @@ def _run(wd: Path, codec: bool) -> dict:
     if codec:
         p["source"]["synthetic"].update(TINY_CODEC)
     write_params(wd, p)
-    for stage in ("source", "activations", "sae", "labels", "features", "squeeze", "compare", "geometry", "logic"):
+    for stage in (
+        "source",
+        "activations",
+        "sae",
+        "labels",
+        "features",
+        "squeeze",
+        "compare",
+        "geometry",
+        "logic",
+    ):
         run_stage(wd, stage)
     out = {s: json.loads((wd / f"metrics/{s}.json").read_text()) for s in ("source", "compare")}
     out["controls"] = positive_controls(Metrics.load(wd / "metrics", wd / "no_truth_tables.json"))
