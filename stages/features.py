@@ -12,7 +12,7 @@ def main() -> None:
     act = paths.ACTIVATIONS
     require_inputs(paths.SAE / "cfg.json", act / "train" / "meta.json", act / "heldout" / "meta.json")
     with storage.atomic_dir(paths.FEATURES) as out:
-        metrics = encode_features(cfg, paths.SAE, act, out)
+        metrics = encode_features(cfg, paths.SAE, act, out, paths.SOURCE)
     storage.write_json(paths.metrics_file("features"), metrics)
 
 

@@ -186,7 +186,7 @@ def test_features_carry_the_true_features_not_filler(workdir):
         assert m[split]["filler_share"] < 0.1, split
         assert m[split]["true_coverage"] > 0.75 and m[split]["f1"] > 0.85, split
     sae = load_sae(workdir / "data/sae")
-    lt = latent_truth(workdir / "data/sae", 128)
+    lt = latent_truth(sae, workdir / "data/source")
     b = storage.load_shard(next(iter(storage.shard_paths(workdir / "data/activations/heldout"))))
     idx, val = sparsify(
         sae.encode(torch.from_numpy(b["resid"])).detach(), FEATURES["top_k"], FEATURES["min_value"]

@@ -17,7 +17,7 @@ from neural_codec import storage
 from neural_codec.config import FeaturesConfig
 from neural_codec.errors import check, data_error
 from neural_codec.runtime import progress
-from neural_codec.sae import load_sae
+from neural_codec.sae import ground_truth_recovery, latent_labels, load_sae
 
 
 def sparsify(f: torch.Tensor, top_k: int, min_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,12 +60,15 @@ def validate_against_sae(cfg: FeaturesConfig, d_sae: int) -> None:
           f"<= the SAE's number of latents ({d_sae})")  # fmt: skip
 
 
-def latent_truth(sae_dir: Path, d_sae: int) -> np.ndarray:
-    """Per latent, the true feature it stands for (-1: none), from the synthetic `sae` stage's
-    latent_labels.json (each true feature's best-matching decoder row)."""
-    out = np.full(d_sae, -1, dtype=np.int64)
-    for e in storage.read_json(sae_dir / "latent_labels.json"):
-        if e.get("true_feature") is not None:
+def latent_truth(sae: Any, source_dir: Path) -> np.ndarray:
+    """Per latent, the true feature it stands for (-1: none): each true feature's best-matching
+    decoder row (as the `labels` stage names them, `sae.latent_labels`; computed here from the
+    source's truth so that the features stage never waits on the labeller)."""
+    truth = np.load(source_dir / "truth.npz")
+    rec = ground_truth_recovery(sae, truth["directions"], threshold=0.0)
+    out = np.full(int(sae.cfg.d_sae), -1, dtype=np.int64)
+    for e in latent_labels([], rec["best_latent"], rec["best_cosine"], int(sae.cfg.d_sae)):
+        if e["true_feature"] is not None:
             out[int(e["latent"])] = int(e["true_feature"])
     return out
 
@@ -124,7 +127,7 @@ def encode_split(
 
 
 def encode_features(
-    cfg: FeaturesConfig, sae_dir: Path, activations_dir: Path, out_dir: Path
+    cfg: FeaturesConfig, sae_dir: Path, activations_dir: Path, out_dir: Path, source_dir: Path
 ) -> dict[str, Any]:
     """Stage `features`: every split encoded into `out_dir/{train,heldout[,cooc]}`, the training split's
     per-latent firing frequencies in `out_dir/firing_freq.npy`; returns metrics/features.json."""
@@ -133,7 +136,7 @@ def encode_features(
     metrics: dict[str, Any] = {"top_k": cfg.top_k, "n_features": int(sae.cfg.d_sae)}
     synthetic = storage.read_meta(activations_dir / "train").get("source") == "synthetic"
     # synthetic: how much of F is filler (a latent off its true feature), per split
-    lt = latent_truth(sae_dir, int(sae.cfg.d_sae)) if synthetic else None
+    lt = latent_truth(sae, source_dir) if synthetic else None
     for split in ("train", "heldout", "cooc"):
         if split == "cooc" and not (activations_dir / split / "meta.json").exists():
             continue  # lm sources and n_cooc: 0 write no co-occurrence split
