@@ -677,6 +677,8 @@ class CompareConfig:
       beside its floors (shuffled F, a random top-k code) and ceiling (the dense input).
     - predict_epochs / predict_lr / predict_batch_size: the readouts' Adam passes over the train
       rows, learning rate (decaying linearly to 0) and batch rows.
+    - predict_dense_lr: the dense-input ceiling's learning rate (every input column is active in
+      every row, so a sparse readout's rate overshoots and strands units; measured on the codec).
     - predict_min_steps: at least this many optimiser steps (more epochs on small train sets).
     - predict_max_train_rows: fit the readouts on at most this many train rows (null: all).
     - predictivity_train_rows: the ridge predictivity (and the readouts' standardisation) reads at
@@ -705,6 +707,7 @@ class CompareConfig:
     predict_epochs: int = 2
     predict_lr: float = 0.1
     predict_batch_size: int = 1024
+    predict_dense_lr: float = 0.02
     predict_min_steps: int = 300
     predict_max_train_rows: int | None = None
     predict_blocks: int = 100
@@ -741,6 +744,7 @@ class CompareConfig:
         check(self.predict_epochs >= 1, "predict_epochs", self.predict_epochs, "an integer >= 1")
         check(self.predict_lr > 0, "predict_lr", self.predict_lr, "a number > 0")
         check(self.predict_batch_size >= 1, "predict_batch_size", self.predict_batch_size, "an integer >= 1")
+        check(self.predict_dense_lr > 0, "predict_dense_lr", self.predict_dense_lr, "a number > 0")
         check(self.predict_min_steps >= 0, "predict_min_steps", self.predict_min_steps, "an integer >= 0")
         check(
             self.predict_max_train_rows is None or self.predict_max_train_rows >= 2,

@@ -109,12 +109,14 @@ def fit_readouts(
     epochs: int,
     batches: Callable[[int], Iterable[dict[str, tuple[Inputs, np.ndarray]]]],
     steps_per_epoch: int,
-    lr: float,
+    lr: float | dict[str, float],
 ) -> dict[str, float]:
     """Adam on every readout at once over `epochs` passes of `batches(epoch)` (each batch: name
     -> (inputs, targets), so the caller reads the data once per epoch for all of them), the
-    learning rate decaying linearly to 0. Returns each readout's mean loss over its last epoch."""
-    opts = {k: torch.optim.Adam(m.parameters(), lr=lr) for k, m in models.items()}
+    learning rate (one, or one per readout) decaying linearly to 0. Returns each readout's mean
+    loss over its last epoch."""
+    rates = lr if isinstance(lr, dict) else dict.fromkeys(models, lr)
+    opts = {k: torch.optim.Adam(m.parameters(), lr=rates[k]) for k, m in models.items()}
     total = max(1, epochs * steps_per_epoch)
     scheds = {
         k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1.0 - s / total)) for k, o in opts.items()

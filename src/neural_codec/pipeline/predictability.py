@@ -211,7 +211,9 @@ def fit_and_score(
 
     torch.manual_seed(cfg.seed)
     steps = -(-n_train // cfg.predict_batch_size)
-    loss = pr.fit_readouts(readouts, readout_epochs(cfg, n_train), train_batches, steps, cfg.predict_lr)
+    # a dense standardised input moves every weight each step (a sparse one k rows): a smaller rate
+    lrs = {k: cfg.predict_lr if m.sparse else cfg.predict_dense_lr for k, m in readouts.items()}
+    loss = pr.fit_readouts(readouts, readout_epochs(cfg, n_train), train_batches, steps, lrs)
     rng = np.random.default_rng([cfg.seed, 1_000_003])
     held = (
         _readout_inputs(f, a, rng, encoder, shift)
