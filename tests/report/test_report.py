@@ -664,6 +664,12 @@ def _codec_metrics() -> dict:
         "floor_permuted": (0.35, 0.6),
     }.items():
         m["compare"][cond] = {**m["compare"].get(cond, {}), "hungarian_mean_r": r, "cka": cka}
+    m["compare"]["neuron_predictability"] = {
+        "features": {"mean_r2": 0.94, "ci_low": 0.93, "ci_high": 0.95},
+        "floor_shuffled": {"mean_r2": 0.0, "ci_low": -0.01, "ci_high": 0.01},
+        "floor_random_code": {"mean_r2": 0.36, "ci_low": 0.35, "ci_high": 0.37},
+        "ceiling_dense": {"mean_r2": 0.999},
+    }
     return m
 
 
@@ -683,8 +689,10 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     del broken["geometry"]["trained"]["encoder"]["circles"]
     broken["geometry"]["trained"]["encoder"]["lines"]["1/2"]["is_line"] = False
     broken["geometry"]["trained"]["encoder"]["polytopes"] = {"triangle": 2, "other": 9}
+    broken["compare"]["neuron_predictability"]["features"].update(mean_r2=0.42, ci_low=0.41)
     bad = positive_controls(Metrics(broken))
     for name in (
+        "compare_neuron_predictability",
         "compare_planted_codec",
         "logic_exclusive_lift",
         "logic_exclusive_antipodal",
