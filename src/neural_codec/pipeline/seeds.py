@@ -266,6 +266,28 @@ def mantel_feature_bootstrap(g1: np.ndarray, g2: np.ndarray, n_boot: int, seed: 
     return {"mean": full, "ci_low": lo, "ci_high": hi, "n_seeds": 1, "n_features": n}
 
 
+def resampled_pair_measures(a: np.ndarray, b: np.ndarray, keep: float) -> dict[str, float]:
+    """Hungarian mean |r|, CKA and SVCCA of two in-memory populations straight from their
+    covariances (for bootstrap resamples: ~10x faster than streaming CrossMoments; the interval
+    is centred on the full-sample value, which `pair_measures` computes as compare does)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    a64 -= a64.mean(0)
+    b64 -= b64.mean(0)
+    n = len(a64)
+    c_aa, c_bb, c_ab = a64.T @ a64 / n, b64.T @ b64 / n, a64.T @ b64 / n
+    sa, sb = np.sqrt(np.diag(c_aa)), np.sqrt(np.diag(c_bb))
+    dead_a, dead_b = sa <= 1e-12, sb <= 1e-12
+    r = c_ab / np.outer(np.where(dead_a, 1.0, sa), np.where(dead_b, 1.0, sb))
+    r[dead_a, :] = 0.0
+    r[:, dead_b] = 0.0
+    match = cmp.hungarian_match(np.clip(r, -1.0, 1.0))
+    return {
+        "hungarian_mean_r": float(match.abs_r.mean()) if len(match.r) else 0.0,
+        "cka": cmp.cka_from_cov(c_aa, c_bb, c_ab),
+        "svcca": cmp.svcca_from_cov(c_aa, c_bb, c_ab, keep),
+    }
+
+
 def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -> dict[str, dict[str, Any]]:
     """The model's neurons against its second seed's (synthetic source): a bootstrap over
     held-out rows (Hungarian |r|, CKA, SVCCA; the mean is the full-sample value, as compare.json)
@@ -283,7 +305,7 @@ def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -
     boot: dict[str, list[float]] = defaultdict(list)
     for _ in range(n_boot):
         rows = rng.integers(0, len(a), len(a))
-        for k, v in pair_measures(a[rows], b[rows], None, None, comp, 1).items():
+        for k, v in resampled_pair_measures(a[rows], b[rows], comp.svcca_keep).items():
             boot[k].append(v)
     out: dict[str, dict[str, Any]] = {}
     for k, v in full.items():
