@@ -167,6 +167,9 @@ def test_ceilings_have_intervals_and_seed_zero_is_the_compare_stage(run):
         read(root, "squeeze.json")["squeezer"]["sae_explained_variance_ceiling"]
     )
     assert sae["ci_low"] < sae["mean"] < sae["ci_high"] and sae["n_rows"] == 4000
+    firing = ce["firing"]["n_features_firing"]  # centred on the count that fires on held-out
+    assert firing["mean"] == read(root, "squeeze.json")["squeezer"]["n_features_firing"]
+    assert firing["ci_low"] <= firing["mean"] <= firing["ci_high"]
 
 
 def test_mantel_features_are_the_compare_stages(run):

@@ -856,7 +856,9 @@ class SeedsConfig:
     - floor_permuted: train the permuted-feature floor per seed (false: cheap sweeps; the
       verdict then says the floor was not run instead of passing without it).
     - n_bootstrap: resamples of the ceilings that have one fit (the SAE's own explained
-      variance, the model against its second seed): a bootstrap over held-out rows.
+      variance, the features that fire): a bootstrap over held-out rows.
+    - n_bootstrap_model: resamples of the model against its second seed (each recomputes the
+      neuron covariances, a Hungarian matching and SVCCA, ~0.2 s).
     """
 
     n_seeds: int = 3
@@ -864,6 +866,7 @@ class SeedsConfig:
     n_permutations: int = 199
     floor_permuted: bool = True
     n_bootstrap: int = 200
+    n_bootstrap_model: int = 50
 
     def __post_init__(self) -> None:
         check(self.n_seeds >= 1, "n_seeds", self.n_seeds, "an integer >= 1")
@@ -871,3 +874,4 @@ class SeedsConfig:
         check(self.n_permutations >= 1, "n_permutations", self.n_permutations, "an integer >= 1")
         check(isinstance(self.floor_permuted, bool), "floor_permuted", self.floor_permuted, "true or false")
         check(self.n_bootstrap >= 10, "n_bootstrap", self.n_bootstrap, "an integer >= 10")
+        check(self.n_bootstrap_model >= 10, "n_bootstrap_model", self.n_bootstrap_model, "an integer >= 10")

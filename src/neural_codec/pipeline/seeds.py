@@ -220,6 +220,16 @@ def pair_measures(
     return out
 
 
+def centred(full: float, boot: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """A percentile interval shifted so the bootstrap median sits on the full-sample value: a
+    resample with repeated rows biases some statistics (SVCCA up, a count of firing features
+    down), and the plain percentile interval then misses the value it is about."""
+    b = np.asarray(boot, dtype=np.float64)
+    lo, hi = np.quantile(b, [0.5 - level / 2, 0.5 + level / 2])
+    shift = full - float(np.median(b))
+    return float(lo + shift), float(hi + shift)
+
+
 def seed_pairs(n_seeds: int) -> list[tuple[int, int]]:
     """(s, s + 1) cyclically: one pair for 2 seeds, S pairs for S >= 3, none for 1."""
     if n_seeds < 2:
@@ -252,8 +262,30 @@ def mantel_feature_bootstrap(g1: np.ndarray, g2: np.ndarray, n_boot: int, seed: 
         a, b = idx[iu[0]], idx[iu[1]]
         keep = a != b
         boot.append(float(np.corrcoef(g1[a[keep], b[keep]], g2[a[keep], b[keep]])[0, 1]))
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"mean": full, "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1, "n_features": n}
+    lo, hi = centred(full, boot)
+    return {"mean": full, "ci_low": lo, "ci_high": hi, "n_seeds": 1, "n_features": n}
+
+
+def resampled_pair_measures(a: np.ndarray, b: np.ndarray, keep: float) -> dict[str, float]:
+    """Hungarian mean |r|, CKA and SVCCA of two in-memory populations straight from their
+    covariances (for bootstrap resamples: ~10x faster than streaming CrossMoments; the interval
+    is centred on the full-sample value, which `pair_measures` computes as compare does)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    a64 -= a64.mean(0)
+    b64 -= b64.mean(0)
+    n = len(a64)
+    c_aa, c_bb, c_ab = a64.T @ a64 / n, b64.T @ b64 / n, a64.T @ b64 / n
+    sa, sb = np.sqrt(np.diag(c_aa)), np.sqrt(np.diag(c_bb))
+    dead_a, dead_b = sa <= 1e-12, sb <= 1e-12
+    r = c_ab / np.outer(np.where(dead_a, 1.0, sa), np.where(dead_b, 1.0, sb))
+    r[dead_a, :] = 0.0
+    r[:, dead_b] = 0.0
+    match = cmp.hungarian_match(np.clip(r, -1.0, 1.0))
+    return {
+        "hungarian_mean_r": float(match.abs_r.mean()) if len(match.r) else 0.0,
+        "cka": cmp.cka_from_cov(c_aa, c_bb, c_ab),
+        "svcca": cmp.svcca_from_cov(c_aa, c_bb, c_ab, keep),
+    }
 
 
 def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -> dict[str, dict[str, Any]]:
@@ -273,12 +305,12 @@ def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -
     boot: dict[str, list[float]] = defaultdict(list)
     for _ in range(n_boot):
         rows = rng.integers(0, len(a), len(a))
-        for k, v in pair_measures(a[rows], b[rows], None, None, comp, 1).items():
+        for k, v in resampled_pair_measures(a[rows], b[rows], comp.svcca_keep).items():
             boot[k].append(v)
     out: dict[str, dict[str, Any]] = {}
     for k, v in full.items():
-        lo, hi = np.quantile(boot[k], [0.025, 0.975])
-        out[k] = {"mean": v, "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1, "n_rows": len(a)}
+        lo, hi = centred(v, boot[k])
+        out[k] = {"mean": v, "ci_low": lo, "ci_high": hi, "n_seeds": 1, "n_rows": len(a)}
     r2 = seed2_readin(paths.MODEL_SEED2)
     if ctx["model_gram"] is not None and r2 is not None and r2.shape[1] == b.shape[1]:
         g2 = cmp.model_feature_gram(ctx["W_sae"], r2, ctx["feats"])
@@ -306,8 +338,8 @@ def firing_ceiling(heldout: storage.SparseFeatures, n_boot: int, seed: int) -> d
     fires = sp.csr_matrix((np.ones(len(r)), (r, heldout.idx[r, c])), shape=(len(heldout), heldout.n_features))
     w = np.random.default_rng(seed).poisson(1.0, (n_boot, len(heldout))).astype(np.float64)
     counts = ((fires.T @ w.T).T > 0).sum(1)
-    lo, hi = np.quantile(counts, [0.025, 0.975])
     full = int((np.asarray(fires.sum(0)).ravel() > 0).sum())
+    lo, hi = centred(full, counts)
     return {"n_features_firing": {"mean": float(full), "ci_low": float(lo), "ci_high": float(hi), "n_seeds": 1,
                                   "n_rows": len(heldout)}}  # fmt: skip
 
@@ -379,7 +411,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         name: ivs
         for name, ivs in (
             ("squeezer_vs_seed2", squeezer_seed_ceiling(hs, grams, comp, cfg.n_permutations)),
-            ("model_vs_model_seed2", model_seed2_ceiling(ctx, comp, cfg.n_bootstrap)),
+            ("model_vs_model_seed2", model_seed2_ceiling(ctx, comp, cfg.n_bootstrap_model)),
             ("sae", sae_ceiling(main, ctx, cfg.n_bootstrap)),
             ("firing", firing_ceiling(ctx["heldout"], cfg.n_bootstrap, comp.seed)),
         )
