@@ -1,4 +1,4 @@
-"""The H4 rows of the direct test and soft matching: cited from compare.json, beside their
+"""The H4 row of the direct test (neuron predictability): cited from compare.json, beside their
 floors and ceilings, with the bootstrap interval; absent when the run has no such metrics."""
 
 from __future__ import annotations
@@ -33,19 +33,14 @@ def _compare(pred: float, shuffled: float) -> dict:
 def test_rows_cite_values_floors_ceilings_and_decide():
     rows = predictability_rows(Metrics({"compare": _compare(0.95, 0.0)}))
     cites = [r.value.cite for r in rows]
-    assert cites == [
-        "compare.json:neuron_predictability.features.mean_r2",
-        "compare.json:neuron_predictability.sharing.squeezer.mantel_r",
-        "compare.json:squeezer_vs_model.mean_best_abs_r_b",
-        "compare.json:squeezer_vs_model.predictivity_r2",
-    ]
+    # soft matching, predictivity and sharing carry no interval yet: compare section, not verdict
+    assert cites == ["compare.json:neuron_predictability.features.mean_r2"]
     direct = rows[0]
     assert [f.cite.split(".")[-2] for f in direct.floors] == ["floor_shuffled", "floor_random_code"]
     assert direct.ceilings[0].cite.endswith("ceiling_dense.mean_r2")
     assert any(getattr(c, "cite", "").endswith("features.ci_low") for c in direct.value_ci)
     assert direct.decide()[0].startswith("above every floor")
-    assert rows[2].decide()[0].startswith("above every floor")  # 0.7 > 0.6, 0.5
-    assert rows[3].decide()[0].startswith("above every floor")  # 0.8 > 0.6, 0.5
+    assert any(getattr(c, "cite", "").endswith("ceiling_dense.ci_low") for c in direct.ceiling_ci[0])
     # a direct test that does not beat its shuffled floor says so
     low = predictability_rows(Metrics({"compare": _compare(0.2, 0.25)}))[0]
     assert low.decide()[0].startswith("not above every floor")

@@ -327,11 +327,14 @@ def logic_section(m: Metrics, plots: Path) -> Section:
                 m.num("logic.json:families.exclusive.same_sign.enrichment"),
                 ", opposite-sign enrichment ",
                 m.num("logic.json:families.exclusive.opposite_sign.enrichment"),
-                " (x chance). Exclusive pairs that avoid same-sign sharing (< 1) and prefer "
-                "opposite-sign sharing (> 1) are TMS's antipodal placement: two features that never "
-                "fire together can share a neuron with opposite signs at no interference cost. It "
-                "shows in this family-level enrichment, not in the headline same-sign verdict, where "
-                "exclusive pairs are a few percent of all sharing pairs.",
+                " (x chance). Exclusive pairs shared with opposite signs above chance, and ahead of "
+                "same-sign sharing, are TMS's antipodal placement: two features that never fire "
+                "together can share a neuron with opposite signs at no interference cost. A tied "
+                "Squeezer (TMS's model) should place them so; an untied one may share them with "
+                "either sign, since its decoder reads each feature along its own row "
+                "(`metrics/controls.json` logic_exclusive_antipodal). It shows in this family-level "
+                "enrichment, not in the headline same-sign verdict, where exclusive pairs are a few "
+                "percent of all sharing pairs.",
             ]
         )
         s.blocks.append(
@@ -442,6 +445,23 @@ def compare_section(m: Metrics, plots: Path) -> Section:
             "predictability.png",
             "Neuron predictability: held-out R² per model neuron of ReLU(w·x + b) from the SAE "
             "features, its floors (shuffled rows, a random top-k code) and the dense-input ceiling",
+        )
+    sh = "compare.json:neuron_predictability.sharing"
+    if m.get(f"{sh}.squeezer.mantel_r") is not None:
+        s.blocks.append(
+            [
+                "Feature sharing (does the model pack its features as the Squeezer does?): Mantel r "
+                "between the features' co-loading on the fitted model neurons and on the Squeezer's "
+                "neurons ",
+                m.num(f"{sh}.squeezer.mantel_r"),
+                "; floors: untrained Squeezer ",
+                m.num(f"{sh}.floor_untrained.mantel_r"),
+                ", permuted-feature Squeezer ",
+                m.num(f"{sh}.floor_permuted.mantel_r"),
+                "; the fitted readout against the model's own read-in of the SAE directions ",
+                m.num(f"{sh}.model_loadings.mantel_r"),
+                " (one fit each; no interval yet).",
+            ]
         )
     return s
 

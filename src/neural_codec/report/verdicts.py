@@ -375,7 +375,7 @@ def _bootstrap_cells(m: Metrics, base: str) -> list[Cell]:
 
 def predictability_rows(m: Metrics) -> list[VerdictRow]:
     h = "H4 validation: the synthetic neurons fire like the model's neurons on the same inputs"
-    c, p = "compare.json", "compare.json:neuron_predictability"
+    p = "compare.json:neuron_predictability"
     rows: list[VerdictRow] = []
     if isinstance(m.get(p), dict):
         readout = "model neuron as ReLU(w·x + b)"
@@ -389,32 +389,10 @@ def predictability_rows(m: Metrics) -> list[VerdictRow]:
             [m.num(f"{p}.ceiling_dense.mean_r2", f"{readout} from the dense input the neurons read")],
             value_ci=_bootstrap_cells(m, f"{p}.features"),
             floor_ci=[_bootstrap_cells(m, f"{p}.floor_shuffled"), _bootstrap_cells(m, f"{p}.floor_random_code")],
+            ceiling_ci=[_bootstrap_cells(m, f"{p}.ceiling_dense")],
         ))  # fmt: skip
-        if m.get(f"{p}.sharing.squeezer.mantel_r") is not None:
-            rows.append(VerdictRow(
-                h,
-                "feature sharing: Mantel r between the features' co-loading on the fitted model "
-                "neurons and on the Squeezer's neurons",
-                m.num(f"{p}.sharing.squeezer.mantel_r"),
-                [m.num(f"{p}.sharing.floor_untrained.mantel_r", "untrained Squeezer"),
-                 m.num(f"{p}.sharing.floor_permuted.mantel_r", "permuted-feature Squeezer")],
-                [m.num(f"{p}.sharing.model_loadings.mantel_r", "the model's own read-in of the SAE directions")],
-            ))  # fmt: skip
-    for key, desc in (
-        ("mean_best_abs_r_b", "soft matching: each model neuron's best |r| over the synthetic neurons"),
-        ("predictivity_r2", "predictivity: held-out R² of each model neuron from all synthetic neurons (ridge)"),
-    ):
-        if m.get(f"{c}:squeezer_vs_model.{key}") is None:
-            continue
-        rows.append(VerdictRow(
-            h,
-            desc,
-            m.num(f"{c}:squeezer_vs_model.{key}"),
-            [m.num(f"{c}:floor_untrained.{key}", "untrained Squeezer"),
-             m.num(f"{c}:floor_permuted.{key}", "permuted-feature Squeezer")],
-            [m.num(f"{c}:ceiling_squeezer_vs_seed2.{key}", "Squeezer vs its seed 2"),
-             m.num(f"{c}:ceiling_model_vs_model_seed2.{key}", "model vs its seed 2")],
-        ))  # fmt: skip
+    # soft matching, predictivity and the feature-sharing comparison carry no interval yet
+    # (one fit per condition): they are in the compare section's table, not the verdict table
     return rows
 
 
@@ -556,9 +534,11 @@ def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
     not_run = m.get("intervals.json:floors_not_run")
     not_run = [str(FLOOR_NAMES.get(f) or f) for f in not_run] if isinstance(not_run, list) else []
     for r in rows:
-        r.value_ci = value_cells(m, r.value, seed0=interval_key(r.value.cite) is not None)
-        r.floor_ci = [value_cells(m, f) for f in r.floors]
-        r.ceiling_ci = [value_cells(m, c) for c in r.ceilings]
+        # intervals.json's cells, else the row's own (a bootstrap the row's stage wrote)
+        own_f, own_c = r.floor_ci or [[]] * len(r.floors), r.ceiling_ci or [[]] * len(r.ceilings)
+        r.value_ci = value_cells(m, r.value, seed0=interval_key(r.value.cite) is not None) or r.value_ci
+        r.floor_ci = [value_cells(m, f) or o for f, o in zip(r.floors, own_f, strict=True)]
+        r.ceiling_ci = [value_cells(m, c) or o for c, o in zip(r.ceilings, own_c, strict=True)]
         shown = {r.value.cite, *(f.cite for f in r.floors), *(c.cite for c in r.ceilings)}
         r.measure = annotate(r.measure, m, shown)
         if r.outcome is not None:
