@@ -198,11 +198,12 @@ def test_compare_control_is_not_found_on_hungarian_and_says_why(codec_run, toy_r
     assert not toy_run["controls"]["compare_planted_codec"]["expected_found"]
 
 
-def _sharing_metrics(tied: bool, same: tuple[int, float], opp: tuple[int, float]) -> Metrics:
-    chance = {"same_sign": 0.1865, "opposite_sign": 0.0528}
-    fam = {"n_pairs": 72}
+def _sharing_metrics(tied: bool, same: tuple[int, float], opp: tuple[int, float], n: int = 72,
+                     chance: dict | None = None) -> Metrics:  # fmt: skip
+    chance = chance or {"same_sign": 0.1865, "opposite_sign": 0.0528}
+    fam: dict = {"n_pairs": n}
     for g, (k, _) in (("same_sign", same), ("opposite_sign", opp)):
-        fam[g] = {"n_sharing": k, "frac_sharing_chance": chance[g], "enrichment": k / 72 / chance[g]}
+        fam[g] = {"n_sharing": k, "frac_sharing_chance": chance[g], "enrichment": k / n / chance[g]}
     return Metrics({"source": {"kind": "synthetic", "planted": {"exclusive": 12}}, "squeeze": {"squeezer": {"tied": tied}},
                     "logic": {"families": {"exclusive": fam}}})  # fmt: skip
 
@@ -221,6 +222,20 @@ def test_exclusive_sharing_expectation_follows_the_squeezer_s_tying():
     ]
     chance = positive_controls(_sharing_metrics(False, (13, 0), (4, 0)))["logic_exclusive_antipodal"]
     assert chance["expected_found"] and not chance["found"] and chance["measured"]["placement"] == "none"
+
+
+def test_exclusive_sharing_control_is_not_expected_when_underpowered():
+    """The default run: 36 exclusive pairs at chance rates of ~3.5% / 2.1% (3 and 2 sharing) give
+    the binomial test ~25% power against 2x chance: no verdict either way, and the row says why.
+    The same rates over 360 pairs have the power, and sharing at chance is then a failure."""
+    rates = {"same_sign": 0.035, "opposite_sign": 0.021}
+    few = positive_controls(_sharing_metrics(False, (3, 0), (2, 0), n=36, chance=rates))
+    row = few["logic_exclusive_antipodal"]
+    assert not row["expected_found"] and row["not_expected_because"].startswith("underpowered")
+    assert row["measured"]["same_sign"]["power_at_2x"] < 0.5
+    many = positive_controls(_sharing_metrics(False, (13, 0), (8, 0), n=360, chance=rates))
+    row = many["logic_exclusive_antipodal"]
+    assert row["expected_found"] and not row["found"] and row["measured"]["same_sign"]["power_at_2x"] > 0.8
 
 
 def test_tms_geometry_rows_need_the_planted_shape_and_a_blind_null():

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from scipy.stats import binomtest
+import numpy as np
+from scipy.stats import binom, binomtest
 
 from neural_codec.report.metrics import Metrics, fmt
 from neural_codec.report.page import Row, Table
@@ -63,6 +64,7 @@ CORRELATED_LIFT = 2.0
 CIRCLE_P = 0.05
 PREDICTABLE = 0.8  # compare_neuron_predictability: held-out R² of the ReLU readout from F
 SHARING_P = 0.05  # logic_exclusive_antipodal: one-sided binomial p of opposite-sign sharing
+POWER_ENRICHMENT, MIN_POWER = 2.0, 0.8  # ... expected only with >= 80% power against 2x chance
 
 
 def _num(v: Any) -> float | None:
@@ -160,6 +162,8 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         "found": bool(found),
         # expected only where the data fixes neuron identity at all (some floor is informative)
         "expected_found": m.get("source.json:model") == "codec" and not reasons,
+        **({"not_expected_because": "no floor is informative (see measured.not_found_because)"}
+           if m.get("source.json:model") == "codec" and reasons else {}),
         "cite": "compare.json:squeezer_vs_model.hungarian_mean_r",
     }
     out["compare_neuron_predictability"] = predictability_control(m)
@@ -204,7 +208,18 @@ def sharing_test(m: Metrics, group: str) -> dict[str, Any]:
         # the least p any outcome could reach: with few pairs or a small chance, no count can be
         # significant (all n pairs sharing is the most extreme outcome)
         out["p_more_best_possible"] = float(chance**n)
+        out["power_at_2x"] = power_more(int(n), chance, POWER_ENRICHMENT)
     return out
+
+
+def power_more(n: int, chance: float, enrichment: float) -> float:
+    """Power of the one-sided binomial test (p < SHARING_P) against `enrichment` x chance: the
+    probability that n pairs sharing at that rate give a significant count."""
+    k = np.arange(n + 1)
+    crit = k[binom.sf(k - 1, n, chance) < SHARING_P]  # P(X >= k) under chance
+    if not len(crit):
+        return 0.0
+    return float(binom.sf(crit[0] - 1, n, min(1.0, enrichment * chance)))
 
 
 def antipodal_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +241,7 @@ def antipodal_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
     Why a test and not the enrichment ratios alone: they rest on a handful of pairs (the default
     run: 1 same-sign and 2 opposite-sign of 36 pairs; the tiny planted codec with 2 families:
     1 and 0 of 6), so "reversed" or "found" was a pair or two either way. Expected only where
-    the planted pairs can reach significance at all (`p_more_best_possible` < SHARING_P)."""
+    the test has power: >= MIN_POWER against POWER_ENRICHMENT x chance (`power_at_2x`) in a sign group."""
     same, opp = sharing_test(m, "same_sign"), sharing_test(m, "opposite_sign")
     tied = m.get("squeeze.json:squeezer.tied") is True
     e_same = _num(same.get("enrichment")) or 0.0
@@ -236,13 +251,18 @@ def antipodal_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
         placement = "same_sign"
     else:
         placement = "none"
-    testable = _lt(opp.get("p_more_best_possible"), SHARING_P)
+    # expected only where the planted pairs give the test power against a 2x enrichment in
+    # either sign group (the default run: 36 pairs at a ~3% chance rate have ~25% power)
+    testable = max(_num(same.get("power_at_2x")) or 0.0, _num(opp.get("power_at_2x")) or 0.0) >= MIN_POWER
     return {
         "planted": {"exclusive_families": planted.get("exclusive"), "exclusive_pairs": opp.get("n_pairs"),
                     "expected_placement": "antipodal" if tied else "antipodal or same_sign"},
         "measured": {"placement": placement, "same_sign": same, "opposite_sign": opp},
         "found": placement == "antipodal" if tied else placement != "none",
         "expected_found": bool(planted.get("exclusive")) and testable,
+        **({} if testable or not planted.get("exclusive") else {"not_expected_because":
+            f"underpowered: {opp.get('n_pairs')} planted pairs give < {MIN_POWER:.0%} power against "
+            f"{POWER_ENRICHMENT:g}x chance"}),
         "cite": "logic.json:families.exclusive.opposite_sign.enrichment",
     }  # fmt: skip
 
@@ -342,6 +362,9 @@ def _cell(d: Any) -> str:
     return fmt(d)
 
 
+NOTHING = "nothing planted for it here"
+
+
 def controls_table(controls: dict[str, dict[str, Any]]) -> Table:
     """One row per control: planted truth, measured, found, and whether a find is expected here."""
     rows: list[Row] = []
@@ -354,7 +377,7 @@ def controls_table(controls: dict[str, dict[str, Any]]) -> Table:
                 _cell(c["planted"]),
                 _cell(c["measured"]),
                 verdict,
-                "expected" if c["expected_found"] else "not expected (nothing planted for it here)",
+                "expected" if c["expected_found"] else f"not expected ({c.get('not_expected_because', NOTHING)})",
                 status,
             ]
         )
