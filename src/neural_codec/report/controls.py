@@ -261,7 +261,7 @@ def antipodal_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
         "found": placement == "antipodal" if tied else placement != "none",
         "expected_found": bool(planted.get("exclusive")) and testable,
         **({} if testable or not planted.get("exclusive") else {"not_expected_because":
-            f"underpowered: {opp.get('n_pairs')} planted pairs give < {MIN_POWER:.0%} power against "
+            f"underpowered: {int(opp.get('n_pairs') or 0)} planted pairs give < {MIN_POWER:.0%} power against "
             f"{POWER_ENRICHMENT:g}x chance"}),
         "cite": "logic.json:families.exclusive.opposite_sign.enrichment",
     }  # fmt: skip
