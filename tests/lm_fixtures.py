@@ -10,26 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neural_codec.source.lm import names
 from neural_codec.source.lm.load import save_local_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 # capitalised, as in real text (lower-case "may" and "march" are not months)
-WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
+WEEKDAYS = [w.capitalize() for w in names.WEEKDAYS]
+MONTHS = [m.capitalize() for m in names.MONTHS]
 NOUNS = ["market", "school", "river", "garden", "office", "station", "library", "kitchen"]
 PEOPLE = ["we", "they", "she", "he", "i", "you"]
 VERBS = ["went", "walked", "came", "ran", "drove"]

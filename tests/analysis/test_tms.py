@@ -5,6 +5,7 @@ settings (metrics shape, plots, the report section)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from neural_codec.config import GeometryConfig, TMSConfig
 from neural_codec.pipeline import tms as stage_tms
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from pipeline_helpers import TINY_TMS  # noqa: E402
+
 G = GeometryConfig(n_permutations=20)
 
 
@@ -87,15 +91,7 @@ def _load_stage():
 def test_stage_end_to_end_and_report_section(tmp_path, monkeypatch):
     import yaml
 
-    tiny = {
-        "pentagon_seeds": 2,
-        "importance_densities": [0.1],
-        "uniform_n": 16,
-        "uniform_m": 4,
-        "uniform_densities": [1.0, 0.1],
-        "n_rows": 3000,
-        "steps": 300,
-    }
+    tiny = dict(TINY_TMS)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tms": tiny, "geometry": {"n_permutations": 20}}))
     monkeypatch.chdir(tmp_path)
     _load_stage().main()

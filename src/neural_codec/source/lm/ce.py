@@ -12,7 +12,6 @@ score (0 = zero ablation at the hook, 1 = the clean model).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,13 +19,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from neural_codec import storage
 from neural_codec.config import LMSourceConfig
-from neural_codec.errors import check
 from neural_codec.features import sparsify
 from neural_codec.sae import load_sae
 from neural_codec.source.lm.load import is_encoder, load_model
-from neural_codec.source.lm.settings import honour_sae_settings, sae_settings
+from neural_codec.source.lm.settings import config_for_activations, honour_sae_settings, sae_settings
 from neural_codec.source.lm.text import special_token_ids, token_batches
 
 
@@ -163,15 +160,7 @@ def sae_faithfulness(
     """Stage `sae` for lm: the SAE's CE-loss score (an encoder's: the hidden-state score) on
     held-out windows, after checking that the SAE reads what was extracted (hook from SAELens
     metadata, d_in). Returns `{"ce": ...}` for metrics/sae.json `lm`."""
-    meta = storage.read_meta(Path(activations_dir) / "train")
-    settings = sae_settings(sae)
-    cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
-    check(
-        settings["d_in"] == meta["d_model"],
-        "sae (d_in)",
-        settings["d_in"],
-        f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}",
-    )
+    cfg = config_for_activations(sae, cfg, activations_dir)
     model = load_model(cfg)
     ce = ce_scores(model, sae.to(cfg.device), cfg, n_batches=ce_batches)  # the model's device
     sae.to("cpu")

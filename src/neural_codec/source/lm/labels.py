@@ -4,7 +4,6 @@ the weekday/month families found from them (the cyclic families the circle analy
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from scipy.optimize import linear_sum_assignment
 
 from neural_codec import storage
 from neural_codec.config import LMSourceConfig
-from neural_codec.errors import check
 from neural_codec.source.lm.clusters import cluster_families
 from neural_codec.source.lm.load import load_model
 from neural_codec.source.lm.names import (  # noqa: F401  (re-exported: the family names)
@@ -26,7 +24,7 @@ from neural_codec.source.lm.names import (  # noqa: F401  (re-exported: the fami
     _matches,
     is_cased,
 )
-from neural_codec.source.lm.settings import honour_sae_settings, sae_settings
+from neural_codec.source.lm.settings import config_for_activations
 
 
 @torch.no_grad()
@@ -152,15 +150,7 @@ def write_labels_and_families(
     Returns metrics for metrics/labels.json.
     """
     activations_dir, out_dir = Path(activations_dir), Path(out_dir)
-    meta = storage.read_meta(activations_dir / "train")
-    settings = sae_settings(sae)
-    cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
-    check(
-        settings["d_in"] == meta["d_model"],
-        "sae (d_in)",
-        settings["d_in"],
-        f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}",
-    )
+    cfg = config_for_activations(sae, cfg, activations_dir)
     tokenizer = load_model(cfg).tokenizer
     labels = feature_labels(sae, activations_dir / "train", tokenizer, top_n=top_n)
     cased = is_cased(tokenizer)

@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from neural_codec import storage
 from neural_codec.config import LMSourceConfig
-from neural_codec.errors import OFFLINE_SAES, LMUnavailable, ParamError, first_line
+from neural_codec.errors import OFFLINE_SAES, LMUnavailable, ParamError, check, first_line
 
 
 def sae_settings(sae: Any) -> dict[str, Any]:
@@ -109,3 +110,18 @@ def honour_sae_settings(cfg: LMSourceConfig, settings: dict[str, Any]) -> LMSour
         prepend_bos=bos,
         model_from_pretrained_kwargs=kwargs,
     ).resolved()
+
+
+def config_for_activations(sae: Any, cfg: LMSourceConfig, activations_dir: str | Path) -> LMSourceConfig:
+    """`cfg` at the hook the activations were extracted at, honouring the SAE's settings, after
+    checking that the SAE reads what was extracted (its d_in against the shards' d_model)."""
+    meta = storage.read_meta(Path(activations_dir) / "train")
+    settings = sae_settings(sae)
+    cfg = honour_sae_settings(dataclasses.replace(cfg, sae_hook=meta["sae_hook"]), settings)
+    check(
+        settings["d_in"] == meta["d_model"],
+        "sae (d_in)",
+        settings["d_in"],
+        f"the activations' d_model {meta['d_model']} at {meta['sae_hook']}",
+    )
+    return cfg
