@@ -276,6 +276,16 @@ def table(r: dict[str, Any]) -> str:
             f"{_mb(me['ours_sampled']['above_inputs_bytes'])} sampled | {_mb(me['naive']['above_inputs_bytes'])} | "
             f"{me['ratio_ours_exact_vs_naive_above_inputs']:.2f}x memory |"
         )
+    st = r.get("streaming")
+    if st:
+        small, large = st["rows"]
+        ours = " / ".join(_mb(st["stream"][str(x)]["vm_hwm_bytes"]) for x in (small, large))
+        whole = " / ".join(_mb(st["in_memory"][str(x)]["vm_hwm_bytes"]) for x in (small, large))
+        lines.append(
+            f"| Squeezer training peak RSS, {small:,} / {large:,} train rows (buffer {st['buffer_rows']:,}) | "
+            f"{ours} streamed | {whole} in memory | growth {_mb(st['stream']['peak_growth_bytes'])} vs "
+            f"{_mb(st['in_memory']['peak_growth_bytes'])} |"
+        )
     co = r.get("cooccurrence")
     if co:
         s = co["sizes"]

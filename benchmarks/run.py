@@ -40,6 +40,9 @@ Sections
   whole model; tokens/s.
 - memory: peak RSS (VmHWM) of fresh child processes doing two Squeezer steps, ours vs naive,
   against a child that only builds the inputs.
+- streaming: peak RSS of Squeezer training (fresh child processes) on train splits 4x apart in
+  rows, streamed shard by shard through the shuffle buffer (`squeezer.buffer_rows`) against the
+  in-memory path (the whole split loaded): flat against linear.
 - scaling: Squeezer step time against n (epoch time = steps x median step time) and measured
   time per epoch against N.
 """
@@ -63,9 +66,10 @@ from benchmarks.cases.peak import matmul_peak
 from benchmarks.cases.sampled import bench_sampled_accuracy
 from benchmarks.cases.scaling import bench_scaling, write_scaling
 from benchmarks.cases.squeezer import bench_squeezer
+from benchmarks.cases.streaming import bench_streaming
 from benchmarks.harness import RESULTS, machine, results_file, sizes, write_results
 
-SECTIONS = ("squeezer", "sampled", "memory", "cooccurrence", "extraction", "scaling")
+SECTIONS = ("squeezer", "sampled", "memory", "streaming", "cooccurrence", "extraction", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ("squeezer", lambda: bench_squeezer(sz, r["peak"]["gflops_median"])),
         ("sampled", lambda: bench_sampled_accuracy(sz)),
         ("memory", lambda: bench_memory(sz, args.quick)),
+        ("streaming", lambda: bench_streaming(sz, args.quick)),
         ("cooccurrence", lambda: bench_cooccurrence(sz)),
         ("extraction", lambda: bench_extraction(sz)),
         ("scaling", lambda: bench_scaling(sz)),

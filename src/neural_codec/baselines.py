@@ -51,22 +51,18 @@ from neural_codec.codec import (
 from neural_codec.config import BaselinesConfig, BiasInit, Init
 from neural_codec.runtime import resolve_device
 from neural_codec.squeezer.loss import reconstruction_loss
+from neural_codec.squeezer.stream import SparseShards, TrainRows, row_batches
 from neural_codec.squeezer.train import CurveLogger, log_step, make_optimizer, step_bar, train_squeezer
 from neural_codec.storage import SparseFeatures, iter_batches, read_meta
 
 Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
 
 
-def _row_batches(feats: SparseFeatures, batch_size: int) -> Iterator[SparseFeatures]:
-    for s in range(0, len(feats), batch_size):
-        yield feats[s : s + batch_size]
-
-
-def feature_moments(feats: SparseFeatures, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def feature_moments(feats: TrainRows, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and variance over rows (float64), streaming."""
     s1 = np.zeros(feats.n_features)
     s2 = np.zeros(feats.n_features)
-    for b in _row_batches(feats, batch_size):
+    for b in row_batches(feats, batch_size):
         a = b.val > 0
         np.add.at(s1, b.idx[a], b.val[a].astype(np.float64))
         np.add.at(s2, b.idx[a], b.val[a].astype(np.float64) ** 2)
@@ -104,25 +100,41 @@ class PCACodec(Codec):
         return h @ self.V.T + self.mu
 
 
-def fit_pca(train: SparseFeatures, M: int, dense_limit: int = 4096, batch_size: int = 65536) -> PCACodec:
-    """Top-M principal directions of F (centred), streaming over row batches."""
+def fit_pca(train: TrainRows, M: int, dense_limit: int = 4096, batch_size: int = 65536) -> PCACodec:
+    """Top-M principal directions of F (centred), streaming over row batches. `train` in memory
+    or as `SparseShards`: the moments and the dense n x n product are summed over the same row
+    batches either way; above `dense_limit` the eigsh operator holds the CSR in memory, or on
+    shards re-reads them a batch at a time for every product (memory: a batch)."""
     n, N = train.n_features, len(train)
     mu, _ = feature_moments(train, batch_size)
     k = min(M, n)
     if n <= dense_limit or k >= n - 1:
         S = np.zeros((n, n))
-        for b in _row_batches(train, batch_size):
+        for b in row_batches(train, batch_size):
             csr = b.to_csr().astype(np.float64)
             S += (csr.T @ csr).toarray()
         C = S / N - np.outer(mu, mu)
         evals, evecs = np.linalg.eigh(C)
         order = np.argsort(evals)[::-1][:k]
         return PCACodec(mu, evecs[:, order], evals[order])
-    csr = train.to_csr().astype(np.float64)
+    if isinstance(train, SparseShards):
+
+        def product(x: np.ndarray) -> np.ndarray:
+            out = np.zeros_like(x)
+            for b in row_batches(train, batch_size):
+                c = b.to_csr().astype(np.float64)
+                out += c.T @ (c @ x)
+            return out
+
+    else:
+        csr = train.to_csr().astype(np.float64)
+
+        def product(x: np.ndarray) -> np.ndarray:
+            return csr.T @ (csr @ x)
 
     def matvec(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x).reshape(n, -1)
-        return (csr.T @ (csr @ x)) / N - np.outer(mu, mu @ x)
+        return product(x) / N - np.outer(mu, mu @ x)
 
     op = spla.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
     evals, evecs = spla.eigsh(op, k=k, which="LA", v0=np.random.default_rng(0).standard_normal(n))
@@ -158,9 +170,7 @@ class NoSuperpositionCodec(Codec):
         return f_hat
 
 
-def fit_no_superposition(
-    train: SparseFeatures, M: int, weights: np.ndarray | None = None
-) -> NoSuperpositionCodec:
+def fit_no_superposition(train: TrainRows, M: int, weights: np.ndarray | None = None) -> NoSuperpositionCodec:
     mu, var = feature_moments(train)
     w = np.ones(train.n_features) if weights is None else np.asarray(weights, dtype=np.float64)
     score = w * var
@@ -175,7 +185,7 @@ def fit_no_superposition(
 
 
 def fit_random_encoder(
-    train: SparseFeatures,
+    train: TrainRows,
     M: int,
     cfg: BaselinesConfig,
     weights: np.ndarray | None = None,
@@ -305,7 +315,7 @@ def fit_model_neurons(
 
 def run_baselines(
     methods: Iterable[str],
-    train: SparseFeatures,
+    train: TrainRows,
     M: int,
     cfg: BaselinesConfig,
     eval_batches: Callable[[bool], Iterable[EvalBatch]],

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -340,6 +340,16 @@ class FeaturesConfig:
         check(self.rows_per_shard >= 1, "features.rows_per_shard", self.rows_per_shard, ">= 1")
 
 
+def check_buffer_rows(buffer_rows: Any, batch_size: int, section: str) -> None:
+    """`<section>.buffer_rows`: an integer >= the section's batch_size (a batch must fit)."""
+    check(
+        isinstance(buffer_rows, int) and not isinstance(buffer_rows, bool) and buffer_rows >= batch_size,
+        f"{section}.buffer_rows",
+        buffer_rows,
+        f"an integer >= {section}.batch_size = {batch_size} (rows held in memory while training)",
+    )
+
+
 @dataclass
 class SqueezerConfig:
     """params.yaml section `squeezer`.
@@ -372,6 +382,10 @@ class SqueezerConfig:
       the same numbers everywhere. The trained model comes back to the CPU.
     - autocast: none | bf16 | fp16 mixed precision of the training steps (fp16: cuda only, with
       a gradient scaler).
+    - buffer_rows: most train rows held in memory (>= batch_size). A split that fits is loaded
+      whole and shuffled by one permutation per epoch (the exact path of earlier runs); a bigger
+      one is streamed shard by shard: shard order shuffled per epoch and a seeded shuffle buffer
+      of this many rows (`squeezer.stream`), so memory is bounded by the buffer, not the split.
     """
 
     M: int = 128
@@ -390,9 +404,11 @@ class SqueezerConfig:
     hidden: Hidden = "relu"
     device: str = "auto"
     autocast: Literal["none", "bf16", "fp16"] = "none"
+    buffer_rows: int = 1 << 20
 
     def __post_init__(self) -> None:
         check_device_name(self.device, "squeezer.device")
+        check_buffer_rows(self.buffer_rows, self.batch_size, "squeezer")
         check(self.autocast in AUTOCASTS, "squeezer.autocast", self.autocast, "none, bf16 or fp16")
         check(
             self.autocast != "fp16" or self.device not in ("cpu", "mps"),
@@ -435,7 +451,10 @@ class BaselinesConfig:
     """params.yaml section `baselines` (M, importance come from `squeezer`, so a sweep over
     squeezer.M moves both). steps/lr/batch_size/weight_decay/loss_sample train the decoders of
     random_encoder and model_neurons; pca_dense_limit: largest n for the dense n x n moment
-    matrix (above it, eigsh on the sparse operator); methods: which baselines to run."""
+    matrix (above it, eigsh on the sparse operator); methods: which baselines to run;
+    buffer_rows: most train rows in memory (as squeezer.buffer_rows: a split that fits is loaded
+    whole, the exact earlier path; a bigger one is streamed shard by shard with a shuffle buffer
+    of this many rows, and PCA's moments and products are accumulated a batch at a time)."""
 
     steps: int = 3000
     lr: float = 3e-3
@@ -446,9 +465,11 @@ class BaselinesConfig:
     pca_dense_limit: int = 4096
     methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
     device: str = "auto"  # the trained decoders: auto (cuda if available, else cpu) | cpu | cuda
+    buffer_rows: int = 1 << 20
 
     def __post_init__(self) -> None:
         check_device_name(self.device, "baselines.device")
+        check_buffer_rows(self.buffer_rows, self.batch_size, "baselines")
         check(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
@@ -476,6 +497,7 @@ class BaselinesConfig:
             seed=self.seed,
             loss_sample=self.loss_sample,
             device=self.device,
+            buffer_rows=self.buffer_rows,
         )
 
 

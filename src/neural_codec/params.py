@@ -240,14 +240,18 @@ def check_fits(key: str, value: Any, need: float, detail: str, ram: int | None =
     )
 
 
-def squeezer_bytes(n_features: int, cfg: SqueezerConfig, n_train: int, top_k: int) -> float:
+def squeezer_bytes(
+    n_features: int, cfg: SqueezerConfig, n_train: int, top_k: int, shard_rows: int = 65536
+) -> float:
     """Estimated peak bytes of the squeeze stage: W_enc + W_dec with their gradients and two Adam
     moments (4 copies of 2 n M float32), a dense (batch, n) reconstruction, target and gradient
-    (3 copies, exact loss), the training features (idx int32 + val float32 per slot)."""
+    (3 copies, exact loss), the training features in memory (idx int32 + val float32 per slot):
+    the split when it fits `cfg.buffer_rows`, else the shuffle buffer plus one shard (streamed)."""
     weights = 4 * 2 * n_features * cfg.M * 4
     cols = n_features if cfg.loss_sample == 0 else min(n_features, cfg.loss_sample + top_k)
     dense = 3 * cfg.batch_size * cols * 4
-    return float(weights + dense + n_train * top_k * 8)
+    resident = n_train if n_train <= cfg.buffer_rows else cfg.buffer_rows + shard_rows
+    return float(weights + dense + resident * top_k * 8)
 
 
 def _sae_latents(sae: SAEConfig) -> int | None:
@@ -288,7 +292,7 @@ def check_params(path: str | Path = "params.yaml", ram: int | None = None) -> di
         if sq.importance_given is not None:
             check(len(sq.importance_given) == n, "squeezer.importance_given",
                   f"<list of length {len(sq.importance_given)}>", f"a list of length n_features = {n}")  # fmt: skip
-        need = squeezer_bytes(n, sq, n_train, feats.top_k)
+        need = squeezer_bytes(n, sq, n_train, feats.top_k, feats.rows_per_shard)
         check_fits("squeezer.M", sq.M, need, f"n_features {n} x M {sq.M}, batch {sq.batch_size}", ram)
     if not sae.pretrained and src.kind == "synthetic":
         d_in = src.synthetic.d_model

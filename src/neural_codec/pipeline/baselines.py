@@ -24,6 +24,7 @@ from neural_codec.runtime import resolve_device
 from neural_codec.sae import load_sae_decoder
 from neural_codec.squeezer.inputs import check_upstream
 from neural_codec.squeezer.model import resolve_importance
+from neural_codec.squeezer.stream import open_train
 
 
 @dataclass
@@ -53,7 +54,7 @@ def run(params: dict[str, Any]) -> BaselinesRun:
             f"{paths.SAE} has {sae_decode.n_features} latents but the features have {n}: re-run features"
         )
     weights = resolve_importance(sq, n, info["firing_freq"])
-    train = storage.load_sparse(features / "train")
+    train = open_train(features / "train", cfg.buffer_rows)  # in memory if it fits, else shards
     bs = eval_batch_size(n)
 
     def eval_batches(with_neurons: bool):

@@ -38,6 +38,7 @@ from neural_codec.runtime import resolve_device
 from neural_codec.sae import load_sae
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
+from neural_codec.squeezer.stream import open_train, rows_in_memory
 from neural_codec.squeezer.train import neuron_activations, train_squeezer
 
 READIN = paths.ACTIVATIONS / "neuron_readin.npy"
@@ -136,10 +137,11 @@ def candidate_populations(
         weights["untrained"] = un.W_enc.detach().numpy()
         models["untrained"] = un
     if cfg.floor_permuted or cfg.ceiling_squeezer_seed2:
-        train = storage.load_sparse(paths.FEATURES / "train")
+        # in memory if it fits squeezer.buffer_rows, else streamed shard by shard
+        train = open_train(paths.FEATURES / "train", sq_cfg.buffer_rows)
         imp = resolve_importance(sq_cfg, n_features, train.firing_frequency())
         if cfg.floor_permuted:
-            permuted = nulls.permute_feature_columns(train, cfg.seed)
+            permuted = nulls.permute_feature_columns(rows_in_memory(train), cfg.seed)
             pm_cfg = nulls.retrain_config(sq_cfg, steps=cfg.retrain_steps, device=cfg.device)
             pm, _ = train_squeezer(permuted, pm_cfg, imp, n_features, desc="permuted floor")
             arrays["permuted"] = neuron_activations(pm, heldout, cfg.batch_size)

@@ -83,6 +83,7 @@ from neural_codec.pipeline.logic import cooccurrence_split
 from neural_codec.sae import load_sae, load_sae_decoder
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
+from neural_codec.squeezer.stream import open_train, rows_in_memory
 from neural_codec.squeezer.train import neuron_activations, train_squeezer
 
 #: measures where lower is better (the trained interval must lie below the floor's)
@@ -357,7 +358,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     sq_cfg: SqueezerConfig = squeezer_config(main)
     n = main.n_features
     ctx = context(main, logic, comp)
-    train = storage.load_sparse(paths.FEATURES / "train")
+    train = open_train(paths.FEATURES / "train", sq_cfg.buffer_rows)  # in memory if it fits, else shards
     imp = resolve_importance(sq_cfg, n, train.firing_frequency())
     conds = ("trained", "untrained") + (("permuted",) if cfg.floor_permuted else ())
     per_seed: dict[str, dict[str, list[Any]]] = {c: defaultdict(list) for c in conds}
@@ -375,7 +376,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         if cfg.floor_permuted:  # a Squeezer trained on each column shuffled (seeded per seed)
             p_cfg = nulls.retrain_config(sq_cfg, seed=sq_cfg.seed + s, steps=cfg.steps)
             models["permuted"] = train_squeezer(
-                nulls.permute_feature_columns(train, sq_cfg.seed + s), p_cfg, imp, n
+                nulls.permute_feature_columns(rows_in_memory(train), sq_cfg.seed + s), p_cfg, imp, n
             )[0]
         for cond, m in models.items():
             vals, h = measures(m, ctx, geo, logic, comp, cfg.n_permutations)

@@ -26,6 +26,7 @@ from neural_codec.source.lm.ce import squeezer_ce_scores
 from neural_codec.squeezer.checkpoint import save_squeezer
 from neural_codec.squeezer.inputs import check_upstream
 from neural_codec.squeezer.model import Squeezer, resolve_importance
+from neural_codec.squeezer.stream import open_train
 from neural_codec.squeezer.train import train_squeezer
 
 
@@ -46,7 +47,8 @@ def run(params: dict[str, Any]) -> SqueezeRun:
     autocast_dtype(cfg.autocast, device, "squeezer.autocast")
     info = check_upstream(params, cfg, paths.FEATURES, paths.ACTIVATIONS, paths.SAE)
     n = info["n_features"]
-    need = squeezer_bytes(n, cfg, info["n_train"], info["k"])  # before an allocation traceback
+    # before an allocation traceback; a split bigger than squeezer.buffer_rows streams (the buffer counts)
+    need = squeezer_bytes(n, cfg, info["n_train"], info["k"])
     check_fits("squeezer.M", cfg.M, need, f"n_features {n} x M {cfg.M}, batch {cfg.batch_size}")
     sae_decode = load_sae_decoder(paths.SAE)
     if sae_decode.n_features != n:
@@ -54,7 +56,7 @@ def run(params: dict[str, Any]) -> SqueezeRun:
             f"{paths.SAE} has {sae_decode.n_features} latents but the features have {n}: re-run features"
         )
     weights = resolve_importance(cfg, n, info["firing_freq"])
-    train = storage.load_sparse(paths.FEATURES / "train")
+    train = open_train(paths.FEATURES / "train", cfg.buffer_rows)  # in memory if it fits, else shards
     t0 = time.perf_counter()
     model, curve = train_squeezer(train, cfg, weights, n)
     train_seconds = time.perf_counter() - t0

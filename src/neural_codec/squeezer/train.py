@@ -24,6 +24,7 @@ from neural_codec.runtime import autocast_dtype, progress, resolve_device
 from neural_codec.squeezer.inputs import check_features
 from neural_codec.squeezer.loss import squeezer_loss
 from neural_codec.squeezer.model import Squeezer, resolve_importance
+from neural_codec.squeezer.stream import PASS_ROWS, SparseShards, TrainRows, row_batches
 from neural_codec.storage import SparseFeatures
 
 
@@ -34,6 +35,21 @@ def minibatches(n_rows: int, batch_size: int, generator: torch.Generator) -> Ite
         perm = torch.randperm(n_rows, generator=generator)
         for s in range(0, n_rows - batch_size + 1, batch_size):
             yield perm[s : s + batch_size]
+
+
+def training_batches(
+    train: TrainRows, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (idx int64, val float32) minibatches: `minibatches` over the rows in memory
+    (today's exact path), or the shuffled shard stream (`SparseShards.minibatches`)."""
+    if isinstance(train, SparseShards):
+        for i, v in train.minibatches(batch_size, generator):
+            yield torch.from_numpy(i.astype(np.int64)), torch.from_numpy(v.astype(np.float32))
+        return
+    idx_all = torch.from_numpy(train.idx.astype(np.int64))
+    val_all = torch.from_numpy(train.val.astype(np.float32))
+    for rows in minibatches(len(train), batch_size, generator):
+        yield idx_all[rows], val_all[rows]
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -92,8 +108,20 @@ def precision(cfg: SqueezerConfig, device: torch.device) -> tuple[Any, Any]:
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
+def feature_mean(train: TrainRows, n: int) -> torch.Tensor:
+    """The train mean of F (float64), summed a batch at a time (the same sums in memory or not)."""
+    total = torch.zeros(n, dtype=torch.float64)
+    for b in row_batches(train, max(len(train), 1) if isinstance(train, SparseFeatures) else PASS_ROWS):
+        total.index_add_(
+            0,
+            torch.from_numpy(b.idx.ravel().astype(np.int64)),
+            torch.from_numpy(b.val.ravel().astype(np.float64)),
+        )
+    return total / len(train)
+
+
 def train_squeezer(
-    train: SparseFeatures,
+    train: TrainRows,
     cfg: SqueezerConfig,
     importance: np.ndarray | None = None,
     n_features: int | None = None,
@@ -101,6 +129,10 @@ def train_squeezer(
     desc: str = "squeezer",
 ) -> tuple[Squeezer, list[dict[str, float]]]:
     """Train a Squeezer on sparse features; returns (model on the CPU, curve of {"step", "loss"}).
+
+    `train`: the rows in memory, or `SparseShards` streamed from disk (`stream.open_train`
+    decides: in memory when the split fits `squeezer.buffer_rows`); every pass over them (the
+    input check, firing frequencies, the mean) runs a batch at a time.
 
     `importance`: per-feature loss weights; None resolves `cfg.importance` (firing frequencies
     from `train`). Deterministic for `cfg.seed`. Training throughput is stored on the model as
@@ -112,7 +144,8 @@ def train_squeezer(
     autocast, scaler = precision(cfg, device)
     n = int(n_features or train.n_features)
     check(len(train) >= 1, "squeezer", "0 training rows", "at least one training row")
-    check_features(train, "train features")
+    for b in row_batches(train):
+        check_features(b, "train features")
     w = (
         resolve_importance(cfg, n, train.firing_frequency())
         if importance is None
@@ -130,28 +163,22 @@ def train_squeezer(
         model.W_enc.requires_grad_(False)
         model.b_enc.requires_grad_(False)
     if cfg.bias_init == "mean":
-        mu = torch.zeros(n, dtype=torch.float64).index_add_(
-            0,
-            torch.from_numpy(train.idx.ravel().astype(np.int64)),
-            torch.from_numpy(train.val.ravel().astype(np.float64)),
-        ) / len(train)
+        mu = feature_mean(train, n)
         with torch.no_grad():
             model.b_dec.copy_(mu.float())
             if not freeze_encoder:
                 model.b_enc.copy_(-(mu.float() @ model.W_enc))
     model.to(device)  # initialised on the CPU (the same draws on every device), then moved
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
-    idx_all = torch.from_numpy(train.idx.astype(np.int64))
-    val_all = torch.from_numpy(train.val.astype(np.float32))
     n_steps = cfg.n_steps(len(train))
     log = CurveLogger(n_steps)
-    batches = minibatches(len(train), cfg.batch_size, gen)
+    batches = training_batches(train, cfg.batch_size, gen)
     t0 = time.perf_counter()
     seen = 0
     bar = step_bar(n_steps, desc)
     for step in bar:
-        rows = next(batches)
-        idx, val = idx_all[rows].to(device), val_all[rows].to(device)
+        idx, val = next(batches)
+        idx, val = idx.to(device), val.to(device)
         with autocast():
             loss = squeezer_loss(model, idx, val, weights, cfg.loss_sample, gen)
         opt.zero_grad(set_to_none=True)
@@ -162,7 +189,7 @@ def train_squeezer(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        seen += len(rows)
+        seen += len(idx)
         log_step(bar, log, log.add(step, loss))
     model.samples_per_s = seen / max(time.perf_counter() - t0, 1e-9)  # training throughput
     model.eval()
