@@ -144,3 +144,33 @@ def test_memory_estimate_counts_the_buffer_not_the_split():
     big = squeezer_bytes(100, cfg, 5_000_000, 4, shard_rows=1000)
     assert big == squeezer_bytes(100, cfg, 50_000_000, 4, shard_rows=1000)  # flat above the buffer
     assert big - small == (11_000 - 5_000) * 4 * 8
+
+
+def test_stages_stream_a_split_bigger_than_the_buffer(tmp_path, monkeypatch):
+    """squeeze and baselines on a 3,000-row train split (5 shards) with a 1,000-row buffer: the
+    Squeezer still learns, and PCA / no-superposition match the in-memory run exactly."""
+    from test_squeezer import STAGE_PARAMS, run_stage, write_world
+
+    fit = {
+        **STAGE_PARAMS,
+        "baselines": {**STAGE_PARAMS["baselines"], "methods": ["pca", "no_superposition"]},
+    }
+    small = {
+        **fit,
+        "squeezer": {**fit["squeezer"], "buffer_rows": 1000},
+        "baselines": {**fit["baselines"], "buffer_rows": 1000},
+    }
+    got = {}
+    for name, params in (("whole", fit), ("streamed", small)):
+        root = tmp_path / name
+        write_world(root, params)
+        assert isinstance(open_train(root / "data/features/train", 1000), SparseShards)
+        run_stage("baselines", root, monkeypatch)
+        got[name] = storage.read_json(root / "metrics/baselines.json")
+    for method in ("pca", "no_superposition"):
+        for key in ("fvu", "features_represented", "sae_explained_variance"):
+            assert got["streamed"][method][key] == got["whole"][method][key], (method, key)
+    run_stage("squeeze", tmp_path / "streamed", monkeypatch)
+    m = storage.read_json(tmp_path / "streamed/metrics/squeeze.json")["squeezer"]
+    assert 0 <= m["fvu"] < 0.9 and m["sae_explained_variance"] > 0.2
+    assert m["fvu"] < got["streamed"]["no_superposition"]["fvu"]
