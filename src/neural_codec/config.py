@@ -451,7 +451,8 @@ class BaselinesConfig:
     """params.yaml section `baselines` (M, importance come from `squeezer`, so a sweep over
     squeezer.M moves both). steps/lr/batch_size/weight_decay/loss_sample train the decoders of
     random_encoder and model_neurons; pca_dense_limit: largest n for the dense n x n moment
-    matrix (above it, eigsh on the sparse operator); methods: which baselines to run;
+    matrix (above it, eigsh on the sparse operator); pca_exact_max_k: largest M for eigsh (above
+    it, a randomized subspace iteration on the same operator); methods: which baselines to run;
     buffer_rows: most train rows in memory (as squeezer.buffer_rows: a split that fits is loaded
     whole, the exact earlier path; a bigger one is streamed shard by shard with a shuffle buffer
     of this many rows, and PCA's moments and products are accumulated a batch at a time)."""
@@ -463,6 +464,7 @@ class BaselinesConfig:
     loss_sample: int = 0
     seed: int = 0
     pca_dense_limit: int = 4096
+    pca_exact_max_k: int = 512
     methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
     device: str = "auto"  # the trained decoders: auto (cuda if available, else cpu) | cpu | cuda
     buffer_rows: int = 1 << 20
@@ -477,6 +479,7 @@ class BaselinesConfig:
         check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         check(self.pca_dense_limit >= 1, "pca_dense_limit", self.pca_dense_limit, "an integer >= 1")
+        check(self.pca_exact_max_k >= 1, "pca_exact_max_k", self.pca_exact_max_k, "an integer >= 1")
         for m in self.methods:
             check(
                 m in BASELINE_METHODS,

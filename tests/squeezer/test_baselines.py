@@ -27,6 +27,7 @@ from neural_codec.baselines import (
     fit_no_superposition,
     fit_pca,
     fit_random_encoder,
+    randomized_top_eigh,
 )
 from neural_codec.codec import SqueezerCodec, batches_from_arrays, evaluate_codec
 from neural_codec.config import BaselinesConfig, SqueezerConfig
@@ -64,15 +65,36 @@ def test_pca_matches_numpy_and_the_sparse_operator_path():
     P_ref = top @ top.T
     dense = fit_pca(f, M, dense_limit=4096, batch_size=700)  # several streamed batches
     sparse_op = fit_pca(f, M, dense_limit=5)  # eigsh on the LinearOperator
+    randomized = fit_pca(f, M, dense_limit=5, exact_max_k=M - 1)  # subspace iteration on it
     for codec in (dense, sparse_op):
         V = codec.V.double().numpy()
         np.testing.assert_allclose(V @ V.T, P_ref, atol=1e-5)
         np.testing.assert_allclose(codec.mu.numpy(), F.mean(0), rtol=1e-5)
     np.testing.assert_allclose(dense.eigenvalues, np.sort(evals)[::-1][:M], rtol=1e-6)
+    np.testing.assert_allclose(randomized.eigenvalues, np.sort(evals)[::-1][:M], rtol=1e-4)
+    assert fvu(randomized, f) == pytest.approx(fvu(dense, f), rel=1e-4)
     # FVU of the rank-M PCA reconstruction = dropped eigenvalues / total (on the fitted data)
     assert fvu(dense, f) == pytest.approx(np.sort(evals)[::-1][M:].sum() / evals.sum(), rel=1e-4)
     # M >= n reconstructs exactly
     assert fvu(fit_pca(f, 40), f) == pytest.approx(0, abs=1e-9)
+
+
+def test_randomized_eigh_finds_the_top_subspace_of_a_flat_tailed_spectrum():
+    """The randomized path used at large M: on a spectrum with a gap after k and a flat noisy
+    tail (what a sparse code's covariance looks like), its top-k eigenvalues match eigh and the
+    subspace it returns captures the top-k variance to 1e-5; an unconverged start (no power
+    iterations, no oversampling) does measurably worse, so the test sees the iteration work."""
+    rng = np.random.default_rng(3)
+    n, k = 300, 40
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spectrum = np.concatenate([np.linspace(10, 2, k), 0.5 + 0.1 * rng.random(n - k)])
+    C = (q * spectrum) @ q.T
+    ref = np.sort(spectrum)[::-1][:k]
+    evals, evecs = randomized_top_eigh(lambda x: C @ x, n, k)
+    np.testing.assert_allclose(evals, ref, rtol=1e-3)  # the last ones, next to the gap, converge slowest
+    assert np.trace(evecs.T @ C @ evecs) == pytest.approx(ref.sum(), rel=1e-5)
+    rough, _ = randomized_top_eigh(lambda x: C @ x, n, k, oversample=0, power_iters=0)
+    assert rough.sum() < ref.sum() * (1 - 1e-3)
 
 
 def test_no_superposition_keeps_the_highest_variance_features_and_loses_the_rest():
