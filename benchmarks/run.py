@@ -40,6 +40,10 @@ Sections
   whole model; tokens/s.
 - memory: peak RSS (VmHWM) of fresh child processes doing two Squeezer steps, ours vs naive,
   against a child that only builds the inputs.
+- convergence: held-out FVU against training wall-clock (evaluation off the clock) for ours
+  exact, ours sampled and the naive dense Squeezer, stepped in lockstep from the same init on
+  the same minibatches, on a planted code (top-k of z @ D); time to a target FVU (the exact run's
+  final FVU + 5%) and its ratios. Writes `convergence.csv` / `convergence.png`.
 - scaling: Squeezer step time against n (epoch time = steps x median step time) and measured
   time per epoch against N.
 """
@@ -56,6 +60,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cases.convergence import bench_convergence, write_convergence
 from benchmarks.cases.cooccurrence import bench_cooccurrence
 from benchmarks.cases.extraction import bench_extraction
 from benchmarks.cases.memory import bench_memory
@@ -65,7 +70,7 @@ from benchmarks.cases.scaling import bench_scaling, write_scaling
 from benchmarks.cases.squeezer import bench_squeezer
 from benchmarks.harness import RESULTS, machine, results_file, sizes, write_results
 
-SECTIONS = ("squeezer", "sampled", "memory", "cooccurrence", "extraction", "scaling")
+SECTIONS = ("squeezer", "sampled", "memory", "cooccurrence", "extraction", "scaling", "convergence")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cooccurrence", lambda: bench_cooccurrence(sz)),
         ("extraction", lambda: bench_extraction(sz)),
         ("scaling", lambda: bench_scaling(sz)),
+        ("convergence", lambda: bench_convergence(sz)),
     ]
     for name, fn in steps:
         if name not in only:
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     if "scaling" in r:
         write_scaling(r["scaling"], out_dir, "_quick" if args.quick else "")
+    if "convergence" in r:
+        write_convergence(r["convergence"], out_dir, "_quick" if args.quick else "")
     r["machine"]["load_average_end"] = list(os.getloadavg())
     r["total_s"] = time.perf_counter() - t_all
     r = write_results(results_file(out_dir, args.quick), r, only, SECTIONS)
