@@ -71,13 +71,17 @@ from benchmarks.cases.squeezer import bench_squeezer
 from benchmarks.harness import RESULTS, machine, results_file, sizes, write_results
 
 SECTIONS = ("squeezer", "sampled", "memory", "cooccurrence", "extraction", "scaling", "convergence")
+#: what a plain run measures: convergence trains three Squeezers for ~15-30 min, so only on request
+DEFAULT = tuple(s for s in SECTIONS if s != "convergence")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: small n, M and rows (seconds)")
     ap.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but convergence)",
     )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     args = ap.parse_args(argv)
