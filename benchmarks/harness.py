@@ -54,6 +54,16 @@ class Sizes:
     scale_N: tuple[int, ...] = (2048, 4096, 8192, 16384)
     scale_reps: int = 2
     epoch_rows: int = 1_000_000  # the N that epoch time against n is quoted for
+    # convergence: held-out FVU against wall-clock (planted code: top-k of z @ D, z hidden_k of hidden)
+    conv_train_rows: int = 262_144
+    conv_heldout_rows: int = 4096
+    conv_hidden: int = 256
+    conv_hidden_k: int = 8
+    conv_steps: int = 200  # lockstep steps of all three (the exact run's length: it sets the target)
+    conv_extra_steps: int = 400  # at most this many more for a run that has not reached the target
+    conv_eval_every: int = 10
+    conv_lr: float = 0.003  # params.yaml's squeezer.lr
+    conv_target_margin: float = 0.05  # target = exact's final FVU x (1 + margin)
 
 
 QUICK = Sizes(
@@ -76,6 +86,13 @@ QUICK = Sizes(
     scale_N=(1024, 2048, 4096),
     scale_reps=1,
     epoch_rows=100_000,
+    conv_train_rows=16_384,
+    conv_heldout_rows=1024,
+    conv_hidden=64,
+    conv_hidden_k=4,
+    conv_steps=40,
+    conv_extra_steps=80,
+    conv_eval_every=5,
 )
 
 
@@ -320,6 +337,26 @@ def table(r: dict[str, Any]) -> str:
         lines.append(
             f"| epoch of {r['sizes']['epoch_rows']:,} samples at n={last[0]:,} (exact / sampled) | "
             f"{_dur(last[4])} / {_dur(last[5])} | | |"
+        )
+    cv = r.get("convergence")
+    if cv:
+        s = cv["sizes"]
+
+        def _t(x: float | None) -> str:
+            return "not reached" if x is None else _dur(x)
+
+        def _x(x: float | None) -> str:
+            return "n/a" if x is None else f"**{x:.2f}x**"
+
+        lines.append(
+            f"| time to held-out FVU {cv['target_fvu']:.3g} (n={s['n']:,}, M={s['M']}), exact loss | "
+            f"{_t(cv['ours_exact']['time_to_target_s'])} | {_t(cv['naive_dense']['time_to_target_s'])} | "
+            f"{_x(cv['ratio_time_to_target_exact_vs_naive'])} |"
+        )
+        lines.append(
+            f"| time to held-out FVU {cv['target_fvu']:.3g}, sampled loss (s={s['loss_sample']}) | "
+            f"{_t(cv['ours_sampled']['time_to_target_s'])} | | {_x(cv['ratio_time_to_target_sampled_vs_naive'])} "
+            f"(vs exact {_x(cv['ratio_time_to_target_sampled_vs_exact'])}) |"
         )
     m = r["machine"]
     lines.append("")

