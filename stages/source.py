@@ -2,6 +2,7 @@
 
 from neural_codec import paths, storage
 from neural_codec.config import SourceConfig
+from neural_codec.curves import write_curves
 from neural_codec.params import from_dict, load_params
 from neural_codec.source.build import build_source
 from neural_codec.stage import run
@@ -12,11 +13,14 @@ def main() -> None:
     with storage.atomic_dir(paths.SOURCE) as out:
         result = build_source(cfg, out)
     storage.write_json(paths.metrics_file("source"), result["metrics"])
-    # Always written (a DVC output); an lm source trains nothing here, so it is header-only.
-    storage.write_csv(
-        paths.plot_dir("source") / "toy_model_curve.csv",
-        ["step", "loss", "loss_seed2"],
-        result.get("curve") or [],
+    # Always written (DVC outputs); an lm source trains nothing here, so they are header-only.
+    curve = result.get("curve") or []
+    write_curves(
+        paths.curve_dir("source"),
+        {
+            "loss": [{"step": c[0], "loss": c[1]} for c in curve],
+            "loss_seed2": [{"step": c[0], "loss": c[2]} for c in curve],
+        },
     )
 
 

@@ -4,7 +4,7 @@
 Params: `squeezer`, `features.top_k`, `features.min_value`, `source` (kind, lm). Reads
 data/features, data/sae, data/activations/heldout. Writes data/squeeze/{squeezer.pt,
 heldout_neurons.npy} (one atomic directory), metrics/squeeze.json ({"squeezer": codec metrics})
-and plots/squeeze/curve.csv.
+and plots/squeeze/curves/ (dvclive TSV).
 """
 
 from __future__ import annotations

@@ -41,3 +41,12 @@ def metrics_file(stage: str) -> Path:
 
 def plot_dir(stage: str) -> Path:
     return PLOTS / stage
+
+
+def curve_dir(stage: str) -> Path:
+    """A stage's training curves, in dvclive's layout (`<dir>/plots/metrics/<name>.tsv`)."""
+    return plot_dir(stage) / "curves"
+
+
+def curve_file(stage: str, name: str) -> Path:
+    return curve_dir(stage) / "plots" / "metrics" / f"{name}.tsv"

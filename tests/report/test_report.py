@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import run_stage
 
+from neural_codec.curves import write_curves
 from neural_codec.report.metrics import BASELINES
 from neural_codec.report.sweep import parse_exp_show, write_sweep
 
@@ -320,17 +321,20 @@ def make_tree(root: Path, metrics: dict = METRICS) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(data, indent=2))
     plots = root / "plots"
-    write_csv(
-        plots / "source/toy_model_curve.csv",
-        ["step", "loss", "loss_seed2"],
-        [[s, 1.0 / (1 + s), 1.1 / (1 + s)] for s in range(0, 300, 50)],
+    steps = range(0, 300, 50)
+    write_curves(
+        plots / "source/curves",
+        {
+            "loss": [{"step": s, "loss": 1.0 / (1 + s)} for s in steps],
+            "loss_seed2": [{"step": s, "loss": 1.1 / (1 + s)} for s in steps],
+        },
     )
     write_csv(
         plots / "sae/recovery_hist.csv",
         ["cosine", "true_features"],
         [[round(0.05 * i + 0.025, 3), i * (i > 15)] for i in range(20)],
     )
-    write_csv(plots / "squeeze/curve.csv", ["step", "loss"], [[s, 0.3 / s] for s in range(60, 600, 60)])
+    write_curves(plots / "squeeze/curves", {"loss": [{"step": s, "loss": 0.3 / s} for s in range(60, 600, 60)]})
     write_csv(
         plots / "baselines/fvu.csv",
         ["method", "fvu"],

@@ -430,8 +430,8 @@ def test_stage_end_to_end(world, monkeypatch):
     assert h.shape == (1000, 6)
     np.testing.assert_allclose(h, neuron_activations(model, held), rtol=1e-6, atol=1e-6)
     assert model.config["importance"] == "frequency"
-    lines = (world / "plots/squeeze/curve.csv").read_text().splitlines()
-    assert lines[0] == "step,loss" and 40 <= len(lines) - 1 <= 60
+    lines = (world / "plots/squeeze/curves/plots/metrics/loss.tsv").read_text().splitlines()
+    assert lines[0] == "step\tloss" and 40 <= len(lines) - 1 <= 60
     assert sorted(p.name for p in (world / "data/squeeze").iterdir()) == [
         "heldout_neurons.npy",
         "squeezer.pt",

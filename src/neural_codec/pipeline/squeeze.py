@@ -18,6 +18,7 @@ import torch
 from neural_codec import paths, storage
 from neural_codec.codec import SqueezerCodec, eval_batch_size, evaluate_codec, iter_eval_batches
 from neural_codec.config import FeaturesConfig, SourceConfig, SqueezerConfig
+from neural_codec.curves import write_curves
 from neural_codec.errors import ParamError
 from neural_codec.params import check_fits, from_dict, squeezer_bytes
 from neural_codec.runtime import autocast_dtype, resolve_device
@@ -100,9 +101,7 @@ def write(r: SqueezeRun) -> None:
             r.model, paths.FEATURES / "heldout", out / paths.HELDOUT_NEURONS.name, r.n_heldout
         )
     storage.write_json(paths.metrics_file("squeeze"), {"squeezer": r.metrics})
-    storage.write_csv(
-        paths.plot_dir("squeeze") / "curve.csv", ["step", "loss"], [[c["step"], c["loss"]] for c in r.curve]
-    )
+    write_curves(paths.curve_dir("squeeze"), {"loss": r.curve})
 
 
 def summary(r: SqueezeRun) -> str:

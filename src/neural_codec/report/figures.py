@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from neural_codec.curves import read_curve
 from neural_codec.plotting import png_bytes, pyplot
 from neural_codec.report.metrics import fmt
 
@@ -32,16 +33,15 @@ def _column(rows: list[list[str]], j: int) -> list[float]:
     return out
 
 
-def curve_figure(path: Path, title: str, logy: bool = True) -> bytes:
-    """Training curves: the first CSV column against every other column."""
-    header, rows = read_csv(path)
+def curve_figure(directory: Path, title: str, logy: bool = True) -> bytes:
+    """Training curves: every dvclive metric TSV under `directory` (curves.write_curves) by step."""
     fig, ax = pyplot().subplots(figsize=(6.4, 3.4))
-    x = _column(rows, 0)
-    for j, name in enumerate(header[1:], start=1):
-        ax.plot(x, _column(rows, j), label=name, lw=1.2)
+    for path in sorted((directory / "plots" / "metrics").glob("*.tsv")):
+        steps, values = read_curve(path)
+        ax.plot(steps, values, label=path.stem, lw=1.2)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(header[0])
+    ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)

@@ -122,7 +122,7 @@ def sae_section(m: Metrics, plots: Path) -> Section:
     )
     _figure_or_note(
         s.blocks,
-        plots / "source/toy_model_curve.csv",
+        plots / "source/curves",
         "source_curve.png",
         "Source toy model training loss (both seeds)",
         lambda p: curve_figure(p, "Source toy model training loss"),
@@ -181,7 +181,7 @@ def compression_section(m: Metrics, plots: Path) -> Section:
     )
     _figure_or_note(
         s.blocks,
-        plots / "squeeze/curve.csv",
+        plots / "squeeze/curves",
         "squeeze_curve.png",
         "Squeezer training loss",
         lambda p: curve_figure(p, "Squeezer training loss"),
