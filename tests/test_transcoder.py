@@ -18,8 +18,8 @@ SAE = {"kind": "transcoder", "l1_coefficient": 0.03}
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("transcoder")
-    write_params(wd, tiny_params(sae=SAE))
-    for stage in ("source", "activations", "sae", "labels", "features"):
+    write_params(wd, tiny_params(sae=SAE, squeezer={"M": 16, "steps": 200, "batch_size": 512}))
+    for stage in ("source", "activations", "sae", "labels", "features", "squeeze"):
         run_stage(wd, stage)
     return wd
 
@@ -76,3 +76,10 @@ def test_transcoder_on_an_lm_source_is_refused_before_work(tmp_path):
     with pytest.raises(ParamError, match="sae.kind"):
         build_sae(src, SAEConfig(kind="transcoder"), tmp_path / "none", tmp_path / "none", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_squeezer_runs_on_transcoder_features_without_a_resid_score(workdir):
+    m = json.loads((workdir / "metrics/squeeze.json").read_text())["squeezer"]
+    assert m["n_features"] == 128 and 0 <= m["fvu"] < 1
+    # its decoder writes the MLP output: no activation-space (resid) score is claimed
+    assert m.get("sae_explained_variance") is None

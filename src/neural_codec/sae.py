@@ -374,6 +374,7 @@ class SAEDecoder:
         self.sae = sae.eval()
         self.W_dec = sae.W_dec.detach()
         self.n_features = int(sae.W_dec.shape[0])
+        self.writes_resid = sae.cfg.architecture() != "transcoder"  # else it writes the MLP output
 
     @torch.no_grad()
     def __call__(self, f: torch.Tensor) -> torch.Tensor:
