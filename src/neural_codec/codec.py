@@ -320,7 +320,8 @@ def evaluate_codec(
         ever_active |= ((hn > 0) if codec.relu else (hn != 0)).any(0)
         if pre is not None:
             neg_pre += (pre.numpy() < 0).sum(0)
-        if sae_decode is not None and batch.resid is not None:
+        # a transcoder's decoder writes the MLP output, not resid: no activation-space score
+        if sae_decode is not None and batch.resid is not None and getattr(sae_decode, "writes_resid", True):
             x = torch.from_numpy(np.asarray(batch.resid, dtype=np.float32)).double()
             x_hat = sae_decode(f_hat.float()).double()
             x_f = sae_decode(target).double()

@@ -294,9 +294,15 @@ class SAEConfig:
     pretrained_sae_id: str | None = None
     path: str | None = None
     device: str = "auto"  # SAELens training: auto (cuda if available, else cpu) | cpu | cuda
+    # sae: an SAE on `resid`; transcoder: a SAELens Transcoder from `resid` (the MLP input) to the
+    # MLP output (synthetic source only), whose latents are then F
+    kind: str = "sae"
 
     def __post_init__(self) -> None:
         check_device_name(self.device, "sae.device")
+        check(self.kind in ("sae", "transcoder"), "sae.kind", self.kind, "sae | transcoder")
+        check(self.kind == "sae" or not self.pretrained, "sae.kind", self.kind,
+              "sae when sae.path / sae.pretrained_release is set (a trained transcoder only)")  # fmt: skip
         check(self.d_sae >= 1, "sae.d_sae", self.d_sae, "an integer >= 1")
         check(self.k >= 1, "sae.k", self.k, "an integer >= 1")
         check(self.k <= self.d_sae, "sae.k", self.k, f"<= sae.d_sae ({self.d_sae})")

@@ -103,6 +103,80 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     return sae if device == "cpu" else sae.to("cpu")  # saved and scored on the CPU
 
 
+def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out) -> Any:
+    """A SAELens `Transcoder` (resid -> MLP output; ReLU latents) trained by a short Adam loop on
+    MSE + l1_coefficient * L1(latents * ||W_dec row||): SAELens 6 can load and run transcoders
+    but its SAETrainer trains only SAEs, so the loop optimises the SAELens module's parameters."""
+    from sae_lens import Transcoder, TranscoderConfig
+
+    meta = storage.read_meta(train_dir)
+    storage.check_shards(train_dir, ["resid", "neurons"])
+    rows = int(meta["n_rows"])
+    check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
+          f"<= the number of training rows ({rows})")  # fmt: skip
+    first = next(storage.iter_batches(train_dir, 2, ["neurons"]))["neurons"].astype(np.float32)
+    d_out = int(mlp_out(torch.from_numpy(first)).shape[1])
+    torch.manual_seed(cfg.seed)
+    tc = Transcoder(
+        TranscoderConfig(d_in=int(meta["d_model"]), d_sae=cfg.d_sae, d_out=d_out, apply_b_dec_to_input=False)
+    )
+    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
+    steps = cfg.training_samples // cfg.batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr / 10)
+    rng = np.random.default_rng(cfg.seed)
+    paths = storage.shard_paths(train_dir)
+    step = 0
+    while step < steps:
+        for p in rng.permutation(len(paths)):
+            sh = storage.load_shard(paths[p], ["resid", "neurons"])
+            order = rng.permutation(len(sh["resid"]))
+            x_all = torch.from_numpy(sh["resid"].astype(np.float32)[order])
+            y_all = mlp_out(torch.from_numpy(sh["neurons"].astype(np.float32)[order]))
+            for i in range(0, len(x_all) - cfg.batch_size + 1, cfg.batch_size):
+                x, y = x_all[i : i + cfg.batch_size], y_all[i : i + cfg.batch_size]
+                f = tc.encode(x)
+                loss = ((tc.decode(f) - y) ** 2).sum(1).mean()
+                loss = loss + cfg.l1_coefficient * (f * tc.W_dec.norm(dim=1)).sum(1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if step >= steps:
+                    return tc.eval()
+    return tc.eval()
+
+
+@torch.no_grad()
+def transcoder_quality(tc: Any, heldout_dir: str | Path, mlp_out, batch_size: int = 4096) -> dict[str, float]:
+    """L0, dead fraction and the explained variance of the MLP output (1 - FVU) on held-out rows,
+    beside the zero predictor's (the mean predictor's is 0 by definition)."""
+    fired = torch.zeros(tc.cfg.d_sae, dtype=torch.bool)
+    l0_sum = sse = sq_sum = 0.0
+    y_sum = None
+    n = 0
+    for b in storage.iter_batches(heldout_dir, batch_size, ["resid", "neurons"]):
+        x = torch.from_numpy(b["resid"].astype(np.float32))
+        y = mlp_out(torch.from_numpy(b["neurons"].astype(np.float32)))
+        f = tc.encode(x)
+        fired |= (f > 0).any(0)
+        l0_sum += float((f > 0).sum())
+        sse += float(((y - tc.decode(f)) ** 2).sum())
+        sq_sum += float((y**2).sum())
+        y_sum = y.sum(0) if y_sum is None else y_sum + y.sum(0)
+        n += len(x)
+    assert y_sum is not None, f"no activations in {heldout_dir}"
+    total_var = sq_sum - float((y_sum**2).sum()) / n
+    return {
+        "l0": l0_sum / n,
+        "explained_variance": 1 - sse / total_var,
+        "fvu": sse / total_var,
+        "zero_predictor_explained_variance": 1 - sq_sum / total_var,
+        "dead_latent_fraction": float((~fired).float().mean()),
+        "d_sae": tc.cfg.d_sae,
+    }
+
+
 def load_sae(
     path: str | Path | None = None,
     device: str = "cpu",
@@ -235,9 +309,19 @@ def synthetic_sae_metrics(
     }
 
 
+def resid_directions(sae: Any) -> torch.Tensor:
+    """(d_sae, d_in) each latent's direction in the residual stream: an SAE's decoder rows; a
+    transcoder's encoder columns (its decoder writes the MLP output, another space)."""
+    from sae_lens import Transcoder
+
+    W = sae.W_enc.T if isinstance(sae, Transcoder) else sae.W_dec
+    return W.detach().float().cpu()
+
+
 def ground_truth_recovery(sae, directions: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Per true feature, the best cosine between its direction and any SAE decoder row."""
-    W = sae.W_dec.detach().float().numpy()
+    """Per true feature, the best cosine between its direction and any latent's residual
+    direction (`resid_directions`)."""
+    W = resid_directions(sae).numpy()
     W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
     D = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     cos = D @ W.T  # (n_true, d_sae)
@@ -290,6 +374,7 @@ class SAEDecoder:
         self.sae = sae.eval()
         self.W_dec = sae.W_dec.detach()
         self.n_features = int(sae.W_dec.shape[0])
+        self.writes_resid = sae.cfg.architecture() != "transcoder"  # else it writes the MLP output
 
     @torch.no_grad()
     def __call__(self, f: torch.Tensor) -> torch.Tensor:

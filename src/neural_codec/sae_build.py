@@ -16,20 +16,26 @@ import numpy as np
 from neural_codec import storage
 from neural_codec.analysis.stats import bootstrap_interval
 from neural_codec.config import SAEConfig, SourceConfig
+from neural_codec.errors import check
 from neural_codec.sae import (
     ground_truth_recovery,
     load_sae,
     sae_quality,
     synthetic_sae_metrics,
     train_sae,
+    train_transcoder,
+    transcoder_quality,
 )
 from neural_codec.source.lm.ce import sae_faithfulness
+from neural_codec.source.synthetic import load_toy_model
 
 
 def build_sae(
     src: SourceConfig, cfg: SAEConfig, activations_dir: Path, source_dir: Path, out_dir: Path
 ) -> tuple[dict[str, Any], list[list[Any]]]:
     """(metrics for metrics/sae.json, rows of the recovery histogram: header-only for lm)."""
+    if cfg.kind == "transcoder":
+        return _build_transcoder(src, cfg, activations_dir, source_dir, out_dir)
     if cfg.pretrained:  # lm: a SAELens registry SAE or a folder, re-saved in SAELens format
         load_sae(cfg.path, release=cfg.pretrained_release, sae_id=cfg.pretrained_sae_id).save_model(out_dir)
     else:
@@ -55,3 +61,30 @@ def build_sae(
     metrics["synthetic"] = synthetic_sae_metrics(sae, activations_dir / "heldout", truth["directions"])
     hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]
     return metrics, [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)]
+
+
+def synthetic_mlp_out(source_dir: Path):
+    """The toy model's MLP output as a function of its stored neurons: h W_out + b_out (the
+    neuron layer's output before the read-out ReLU, the synthetic `hook_mlp_out`). Computed from
+    the `neurons` the shards already hold, so the activation shards stay unchanged."""
+    model = load_toy_model(source_dir / "model.pt")
+    W, b = model.W_out.detach().float(), model.b_out.detach().float()
+    return lambda h: h @ W + b
+
+
+def _build_transcoder(
+    src: SourceConfig, cfg: SAEConfig, activations_dir: Path, source_dir: Path, out_dir: Path
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """A transcoder (resid -> MLP output) saved as a SAELens folder; scored by its explained
+    variance of the MLP output. Ground-truth recovery is an SAE's (decoder rows in resid space):
+    not computed for a transcoder, whose decoder writes the MLP output."""
+    check(src.kind == "synthetic", "sae.kind", cfg.kind, "sae for an lm source (transcoder: synthetic only)")
+    mlp_out = synthetic_mlp_out(source_dir)
+    train_transcoder(cfg, activations_dir / "train", mlp_out).save_model(out_dir)
+    storage.write_json_sorted(out_dir / "cfg.json")
+    tc = load_sae(out_dir)
+    metrics = {
+        "architecture": tc.cfg.architecture(),
+        **transcoder_quality(tc, activations_dir / "heldout", mlp_out),
+    }
+    return metrics, []

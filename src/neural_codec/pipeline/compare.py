@@ -35,7 +35,7 @@ from neural_codec.errors import ParamError, data_error
 from neural_codec.params import from_dict, load_params, require_inputs
 from neural_codec.pipeline import predictability as pd
 from neural_codec.runtime import resolve_device
-from neural_codec.sae import load_sae
+from neural_codec.sae import load_sae, resid_directions
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
 from neural_codec.squeezer.stream import open_train, rows_in_memory
@@ -219,7 +219,7 @@ def run(cfg: CompareConfig) -> CompareRun:
         comps[name].metrics.update(scores)
 
     # --- feature-interference structure ---------------------------------------------------------
-    W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
+    W_sae = resid_directions(load_sae(paths.SAE)).numpy()  # a transcoder's: its encoder
     if W_sae.shape[0] != n_features:
         raise ParamError(f"SAE has {W_sae.shape[0]} latents, the Squeezer {n_features}")
     loadings = cmp.model_feature_loadings(W_sae, readin)
