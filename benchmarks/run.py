@@ -74,7 +74,16 @@ from benchmarks.cases.squeezer import bench_squeezer
 from benchmarks.cases.streaming import bench_streaming
 from benchmarks.harness import RESULTS, machine, results_file, sizes, write_results
 
-SECTIONS = ("squeezer", "sampled", "memory", "streaming", "cooccurrence", "extraction", "scaling", "convergence")
+SECTIONS = (
+    "squeezer",
+    "sampled",
+    "memory",
+    "streaming",
+    "cooccurrence",
+    "extraction",
+    "scaling",
+    "convergence",
+)
 #: what a plain run measures: convergence trains three Squeezers for ~15-30 min, so only on request
 DEFAULT = tuple(s for s in SECTIONS if s != "convergence")
 

@@ -321,7 +321,10 @@ def model_seed2_ceiling(ctx: dict[str, Any], comp: CompareConfig, n_boot: int) -
 
 def sae_ceiling(main: Squeezer, ctx: dict[str, Any], n_boot: int) -> dict[str, dict[str, Any]]:
     """The SAE's own explained variance of its input (the SAE-input ceiling of squeeze.json),
-    bootstrapped over held-out rows; {} without held-out activations."""
+    bootstrapped over held-out rows; {} without held-out activations, or for a transcoder (its
+    decoder writes the MLP output, not the resid it reads)."""
+    if not getattr(ctx["sae_decode"], "writes_resid", True):
+        return {}
     batches = iter_eval_batches(
         paths.FEATURES / "heldout", paths.ACTIVATIONS / "heldout", eval_batch_size(main.n_features)
     )
