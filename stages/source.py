@@ -4,14 +4,14 @@ from neural_codec import paths, storage
 from neural_codec.config import SourceConfig
 from neural_codec.curves import write_curves
 from neural_codec.params import from_dict, load_params
-from neural_codec.source.build import build_source
+from neural_codec.pipeline.source import run_source
 from neural_codec.stage import run
 
 
 def main() -> None:
     cfg = from_dict(SourceConfig, load_params().get("source"), "source")
     with storage.atomic_dir(paths.SOURCE) as out:
-        result = build_source(cfg, out)
+        result = run_source(cfg, out)
     storage.write_json(paths.metrics_file("source"), result["metrics"])
     # Always written (DVC outputs); an lm source trains nothing here, so they are header-only.
     curve = result.get("curve") or []

@@ -43,10 +43,8 @@ from sae_lens.synthetic import (
 from torch import nn
 
 from neural_codec import storage
-from neural_codec.analysis import geometry as geo
-from neural_codec.config import ActivationsConfig, GeometryConfig, SourceConfig, SyntheticConfig
+from neural_codec.config import ActivationsConfig, SourceConfig, SyntheticConfig
 from neural_codec.runtime import progress
-from neural_codec.squeezer.model import balance_neurons
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [
@@ -284,32 +282,6 @@ def toy_model_metrics(model: ToyModel, gen: ActivationGenerator, n: int = 8192) 
     }
 
 
-@torch.no_grad()
-def model_geometry(model: ToyModel, families: list[dict[str, Any]]) -> dict[str, Any]:
-    """The geometry stage's statistics (D_i, lines, polytopes, circles; at the `geometry`
-    section's code defaults, since this stage reads only `source`) of the model's own weights,
-    as the geometry stage analyses a Squeezer: rows = true features, the feature-to-neuron map
-    E W_in (n, M) and the read-out W_out^T, each neuron balanced (`balance_neurons`).
-
-    Why: for `model: codec` this is the planted truth for H2 (what the Squeezer, trained on the
-    SAE's features, should reproduce; report/controls.py `geometry_planted_model`)."""
-    enc = (model.embedding @ model.W_in).double().numpy()
-    E, D = balance_neurons(enc, model.W_out.double().numpy())
-    cfg = GeometryConfig()
-    out = {}
-    for part, W in (("encoder", E), ("decoder", D.T)):
-        r = geo.analyse_weights(W, families, cfg)
-        out[part] = {
-            **{k: r[k] for k in ("D_star", "D_star_represented", "frac_features_represented", "n_lines")},
-            # a line's enrichment is NaN where its flanks are empty: keep the test's outcome
-            "lines": {f: {k: v[k] for k in ("is_line", "count", "p_holm")} for f, v in r["lines"].items()},
-            "polytopes": r["polytopes"],
-            "polytope_mean_error": r["polytope_mean_error"],
-            "circles": {n: {"p_value": c.get("p_value")} for n, c in r["circles"].items()},
-        }
-    return out
-
-
 def save_toy_model(path: Any, model: ToyModel, cfg: SyntheticConfig, seed: int) -> None:
     storage.torch_save(path, {"kind": "synthetic", "config": cfg.__dict__, "seed": seed,
                               "state_dict": model.state_dict()})  # fmt: skip
@@ -352,7 +324,6 @@ def build_synthetic_source(cfg: SourceConfig, out_dir: Path) -> dict[str, Any]:
     m1, m2 = toy_model_metrics(model, gen), toy_model_metrics(model2, gen)
     metrics = {"kind": "synthetic", "model": scfg.model, "n_true_features": scfg.n_features, "d_model": scfg.d_model,
                "n_neurons": scfg.n_neurons, "toy_model": m1, "toy_model_seed2": m2,
-               "model_geometry": model_geometry(model, families),
                "planted": {k: sum(f["kind"] == k for f in families)
                            for k in ("cyclic", "exclusive", "correlated")}}  # fmt: skip
     return {
