@@ -9,7 +9,7 @@ truth: per true feature the best cosine with an SAE decoder row.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,25 +147,24 @@ def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out) -> Any:
     return tc.eval()
 
 
-@torch.no_grad()
-def transcoder_quality(tc: Any, heldout_dir: str | Path, mlp_out, batch_size: int = 4096) -> dict[str, float]:
-    """L0, dead fraction and the explained variance of the MLP output (1 - FVU) on held-out rows,
-    beside the zero predictor's (the mean predictor's is 0 by definition)."""
-    fired = torch.zeros(tc.cfg.d_sae, dtype=torch.bool)
+def held_out_fit(
+    rows: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d_sae: int, where: str | Path
+) -> dict[str, float]:
+    """Streamed over (target, latents, reconstruction) batches: L0, the explained variance of the
+    target (1 - FVU), the zero predictor's, and the dead-latent fraction. One accumulator for the
+    SAE (target = its input) and the transcoder (target = the MLP output)."""
+    fired = torch.zeros(d_sae, dtype=torch.bool)
     l0_sum = sse = sq_sum = 0.0
     y_sum = None
     n = 0
-    for b in storage.iter_batches(heldout_dir, batch_size, ["resid", "neurons"]):
-        x = torch.from_numpy(b["resid"].astype(np.float32))
-        y = mlp_out(torch.from_numpy(b["neurons"].astype(np.float32)))
-        f = tc.encode(x)
-        fired |= (f > 0).any(0)
+    for y, f, y_hat in rows:
+        fired |= (f > 0).any(0).cpu()
         l0_sum += float((f > 0).sum())
-        sse += float(((y - tc.decode(f)) ** 2).sum())
+        sse += float(((y - y_hat) ** 2).sum())
         sq_sum += float((y**2).sum())
         y_sum = y.sum(0) if y_sum is None else y_sum + y.sum(0)
-        n += len(x)
-    assert y_sum is not None, f"no activations in {heldout_dir}"
+        n += len(y)
+    assert y_sum is not None, f"no activations in {where}"
     total_var = sq_sum - float((y_sum**2).sum()) / n
     return {
         "l0": l0_sum / n,
@@ -173,6 +172,26 @@ def transcoder_quality(tc: Any, heldout_dir: str | Path, mlp_out, batch_size: in
         "fvu": sse / total_var,
         "zero_predictor_explained_variance": 1 - sq_sum / total_var,
         "dead_latent_fraction": float((~fired).float().mean()),
+    }
+
+
+@torch.no_grad()
+def transcoder_quality(tc: Any, heldout_dir: str | Path, mlp_out, batch_size: int = 4096) -> dict[str, float]:
+    """L0, dead fraction and the explained variance of the MLP output (1 - FVU) on held-out rows,
+    beside the zero predictor's (the mean predictor's is 0 by definition)."""
+
+    def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for b in storage.iter_batches(heldout_dir, batch_size, ["resid", "neurons"]):
+            f = tc.encode(torch.from_numpy(b["resid"].astype(np.float32)))
+            yield mlp_out(torch.from_numpy(b["neurons"].astype(np.float32))), f, tc.decode(f)
+
+    fit = held_out_fit(rows(), tc.cfg.d_sae, heldout_dir)
+    return {
+        "l0": fit["l0"],
+        "explained_variance": fit["explained_variance"],
+        "fvu": fit["fvu"],
+        "zero_predictor_explained_variance": fit["zero_predictor_explained_variance"],
+        "dead_latent_fraction": fit["dead_latent_fraction"],
         "d_sae": tc.cfg.d_sae,
     }
 
@@ -231,27 +250,19 @@ def load_sae(
 @torch.no_grad()
 def sae_quality(sae: Any, heldout_dir: str | Path, batch_size: int = 4096) -> dict[str, float]:
     """L0, explained variance and dead-latent fraction on the held-out activations (streamed)."""
+
+    def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for b in storage.iter_batches(heldout_dir, batch_size, ["resid"]):
+            x = torch.from_numpy(b["resid"].astype(np.float32)).to(sae.device)
+            f = sae.encode(x)
+            yield x, f, sae.decode(f)
+
     d_sae = sae.cfg.d_sae
-    fired = torch.zeros(d_sae, dtype=torch.bool)
-    l0_sum = sse = sq_sum = 0.0
-    x_sum = None
-    n = 0
-    for b in storage.iter_batches(heldout_dir, batch_size, ["resid"]):
-        x = torch.from_numpy(b["resid"].astype(np.float32)).to(sae.device)
-        f = sae.encode(x)
-        x_hat = sae.decode(f)
-        fired |= (f > 0).any(0).cpu()
-        l0_sum += float((f > 0).sum())
-        sse += float(((x - x_hat) ** 2).sum())
-        sq_sum += float((x**2).sum())
-        x_sum = x.sum(0) if x_sum is None else x_sum + x.sum(0)
-        n += len(x)
-    assert x_sum is not None, f"no activations in {heldout_dir}"
-    total_var = sq_sum - float((x_sum**2).sum()) / n
+    fit = held_out_fit(rows(), d_sae, heldout_dir)
     return {
-        "l0": l0_sum / n,
-        "explained_variance": 1 - sse / total_var,
-        "dead_latent_fraction": float((~fired).float().mean()),
+        "l0": fit["l0"],
+        "explained_variance": fit["explained_variance"],
+        "dead_latent_fraction": fit["dead_latent_fraction"],
         "d_sae": d_sae,
     }
 
