@@ -86,17 +86,9 @@ def bench_extraction(sz: Sizes) -> dict[str, Any]:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         torch.manual_seed(0)
-        gcfg = HookedTransformerConfig(
-            n_layers=12,
-            d_model=768,
-            n_heads=12,
-            d_head=64,
-            d_mlp=3072,
-            d_vocab=50257,
-            n_ctx=128,
-            act_fn="gelu_new",
-            normalization_type="LN",
-        )
+        from neural_codec.source.lm.offline import RANDOM_SHAPES
+
+        gcfg = HookedTransformerConfig(**{**RANDOM_SHAPES["gpt2"], "n_ctx": 128})  # GPT-2 small's shape
         model = HookedTransformer(gcfg).eval()
         cfg = LMSourceConfig(model_name="gpt2", dataset="unused")  # blocks.8 hooks (default)
         out["cases"].append(
