@@ -2,11 +2,15 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from neural_codec.curves import read_curve, write_curves
 
 CURVE = [{"step": s, "loss": 1.0 / (3 + s) + 1e-9 * s} for s in range(1, 40, 7)]
+
+#: the venv's dvc, found beside this Python: CI runs `.venv/bin/python -m pytest` without activating
+DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def test_tsv_holds_the_logged_steps_and_losses(tmp_path: Path) -> None:
@@ -36,13 +40,13 @@ def test_rewrite_is_byte_identical_and_replaces_old_curves(tmp_path: Path) -> No
 
 def test_dvc_plots_show_renders_the_curve(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
     write_curves(tmp_path / "plots/squeeze/curves", {"loss": CURVE})
     (tmp_path / "dvc.yaml").write_text(
         "plots:\n  - plots/squeeze/curves/plots/metrics/loss.tsv:\n      x: step\n      y: loss\n"
     )
     out = subprocess.run(
-        ["dvc", "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True, text=True
+        [DVC, "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
     (plot,) = json.loads(out)["data"]["plots/squeeze/curves/plots/metrics/loss.tsv"]
     assert plot["content"]["encoding"]["x"]["field"] == "step"
