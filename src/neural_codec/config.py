@@ -687,6 +687,12 @@ class LogicConfig:
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
 
+#: neuron nonlinearities a predictability readout can take (TransformerLens `act_fn` names;
+#: `analysis.predictability.ACTIVATIONS` implements each), and the `compare.readout` values
+READOUT_ACTS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
+READOUT_NAMES = ("auto", *READOUT_ACTS, *(f"gated_{a}" for a in READOUT_ACTS))
+
+
 @dataclass
 class CompareConfig:
     """params.yaml section `compare`.
@@ -704,8 +710,11 @@ class CompareConfig:
       null = exactly the main Squeezer's schedule (steps or epochs), the fair comparison.
     - batch_size: rows per batch when computing neuron activations and streaming moments.
     - plot_max_neurons: the correlation-matrix image shows at most this many matched pairs.
-    - predictability: fit each model neuron as ReLU(w . F + b) on train rows (the direct test)
+    - predictability: fit each model neuron as act(w . F + b) on train rows (the direct test)
       beside its floors (shuffled F, a random top-k code) and ceiling (the dense input).
+    - readout: the readouts' form. auto: the neurons' own (ReLU for the synthetic source; a
+      real model's act_fn, gated for SwiGLU/GeGLU MLPs, from the activations' meta); or one of
+      relu, gelu, gelu_new, silu, ... and gated_<act> (e.g. relu to fit the Squeezer's form).
     - predict_epochs / predict_lr / predict_batch_size: the readouts' Adam passes over the train
       rows, learning rate (decaying linearly to 0) and batch rows.
     - predict_dense_lr: the dense-input ceiling's learning rate (every input column is active in
@@ -735,6 +744,7 @@ class CompareConfig:
     plot_max_neurons: int = 256
     device: str = "auto"  # retrained floors/ceilings: auto (cuda if available, else cpu) | cpu | cuda
     predictability: bool = True
+    readout: str = "auto"
     predict_epochs: int = 2
     predict_lr: float = 0.1
     predict_batch_size: int = 1024
@@ -772,6 +782,7 @@ class CompareConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.plot_max_neurons >= 1, "plot_max_neurons", self.plot_max_neurons, "an integer >= 1")
+        check(self.readout in READOUT_NAMES, "readout", self.readout, " | ".join(READOUT_NAMES))
         check(self.predict_epochs >= 1, "predict_epochs", self.predict_epochs, "an integer >= 1")
         check(self.predict_lr > 0, "predict_lr", self.predict_lr, "a number > 0")
         check(self.predict_batch_size >= 1, "predict_batch_size", self.predict_batch_size, "an integer >= 1")

@@ -33,15 +33,15 @@ def planted():
     return {"idx": idx, "val": val, "dense": dense, "W": W, "y": y}
 
 
-def _fit(planted, shuffle: bool = False, epochs: int = 3):
+def _fit(planted, shuffle: bool = False, epochs: int = 3, y=None, form=None):
     d = planted
-    y = d["y"]
+    y = d["y"] if y is None else y
     mean, sd = y[:N_TRAIN].mean(0), y[:N_TRAIN].std(0)
     scale = float(d["val"][d["val"] > 0].mean())
     models = {
-        "features": pr.ReluReadout(N_FEAT, M, True, mean, sd, in_scale=scale),
-        "dense": pr.ReluReadout(
-            N_FEAT, M, False, mean, sd, d["dense"][:N_TRAIN].mean(0), d["dense"][:N_TRAIN].std(0)
+        "features": pr.NeuronReadout(N_FEAT, M, True, mean, sd, in_scale=scale, form=form),
+        "dense": pr.NeuronReadout(
+            N_FEAT, M, False, mean, sd, d["dense"][:N_TRAIN].mean(0), d["dense"][:N_TRAIN].std(0), form=form
         ),
     }
     bs = 256
@@ -74,6 +74,56 @@ def test_readout_recovers_a_planted_relu_of_linear_neuron_exactly(planted):
     s = acc["features"].summary(200, 0)
     assert s["ci_low"] <= s["mean_r2"] <= s["ci_high"] and s["ci_low"] > 0.999
     assert s["n_constant"] == 0 and s["n_rows"] == N_TEST
+
+
+def _swiglu_and_gelu(planted):
+    """Neurons of a gated SiLU MLP (glassllm's SwiGLU) and of a GELU MLP (BERT's), on F."""
+    rng = np.random.default_rng(5)
+    dense = planted["dense"].astype(np.float64)
+    Wg, Wu = rng.normal(size=(N_FEAT, M)) * 0.7, rng.normal(size=(N_FEAT, M)) * 0.7
+    g = dense @ Wg + rng.normal(size=M) * 0.5
+    swiglu = g / (1 + np.exp(-g)) * (dense @ Wu + rng.normal(size=M) * 0.3)
+    z = dense @ (rng.normal(size=(N_FEAT, M)) * 0.5) - 0.5  # much of it in GELU's negative lobe
+    gelu = torch_gelu(z)
+    return swiglu.astype(np.float32), gelu.astype(np.float32)
+
+
+def torch_gelu(z: np.ndarray) -> np.ndarray:
+    import torch
+
+    return torch.nn.functional.gelu(torch.as_tensor(z)).numpy()
+
+
+def test_the_neurons_own_form_fits_swiglu_and_gelu_neurons_that_relu_cannot(planted):
+    """The old ReLU readout is mis-specified for gated and GELU neurons (glassllm's dense ceiling
+    was 0.23); the neuron's own form recovers them from F, dense and sparse alike."""
+    swiglu, gelu = _swiglu_and_gelu(planted)
+    _, acc = _fit(planted, y=swiglu, form=pr.NeuronForm("silu", gated=True), epochs=4)
+    own = {k: np.nanmean(a.per_neuron()) for k, a in acc.items()}
+    _, acc = _fit(planted, y=swiglu, epochs=4)
+    relu = {k: np.nanmean(a.per_neuron()) for k, a in acc.items()}
+    assert own["features"] > 0.98 and own["dense"] > 0.95, own
+    assert relu["features"] < own["features"] - 0.5, (relu, own)  # measured: 0.33 vs 0.999
+    _, acc = _fit(planted, y=gelu, form=pr.NeuronForm("gelu"), epochs=4)
+    own = {k: np.nanmean(a.per_neuron()) for k, a in acc.items()}
+    _, acc = _fit(planted, y=gelu, epochs=4)
+    relu = {k: np.nanmean(a.per_neuron()) for k, a in acc.items()}
+    assert own["features"] > 0.995 and own["dense"] > 0.99, own
+    assert relu["features"] < own["features"] - 0.05, (relu, own)  # measured: 0.93 vs 1.000
+
+
+def test_neuron_forms_parse_and_match_the_config_names():
+    from neural_codec.config import READOUT_ACTS, CompareConfig
+
+    assert set(READOUT_ACTS) == set(pr.ACTIVATIONS)
+    f = pr.NeuronForm.parse("gated_silu")
+    assert f == pr.NeuronForm("silu", True) and f.name == "gated_silu"
+    assert f.describe() == "SiLU(w_g·x + b_g)·(w_u·x + b_u)"
+    assert pr.NeuronForm.parse("gelu_new").describe("F") == "GELU(w·F + b)"
+    with pytest.raises(ValueError, match="solu_ln"):
+        pr.NeuronForm("solu_ln")
+    with pytest.raises(Exception, match="readout = 'swish'"):
+        CompareConfig(readout="swish")
 
 
 def test_shuffled_rows_floor_is_near_zero(planted):
@@ -168,3 +218,23 @@ def test_share_matrix_and_overlap_find_the_same_grouping_not_a_permuted_one():
     # the features relabelled: the grouping no longer corresponds
     other = pr.overlap_test(S, pr.share_matrix(W[rng.permutation(n)], 0.5), 199, 0)
     assert other["overlap_jaccard"] < 0.3 and other["overlap_p"] > 0.01
+
+
+def test_compare_reads_the_neurons_own_form_from_the_activations(tmp_path, monkeypatch, capsys):
+    """auto: a real model's extraction records act_fn / gating; synthetic meta (no key) is ReLU;
+    an act_fn with no readout falls back to ReLU in one warning line; a named form overrides."""
+    from neural_codec import storage
+    from neural_codec.config import CompareConfig
+    from neural_codec.pipeline.predictability import readout_form
+
+    monkeypatch.chdir(tmp_path)
+    meta = tmp_path / "data/activations/train"
+    meta.mkdir(parents=True)
+    for stored, expected in [({}, "relu"), ({"neuron_act_fn": "silu", "neuron_gated": True}, "gated_silu"),
+                             ({"neuron_act_fn": "gelu_new", "neuron_gated": False}, "gelu_new")]:  # fmt: skip
+        storage.write_json(meta / "meta.json", {"n_rows": 1, **stored})
+        assert readout_form(CompareConfig()).name == expected
+    assert readout_form(CompareConfig(readout="relu")).name == "relu"
+    storage.write_json(meta / "meta.json", {"n_rows": 1, "neuron_act_fn": "solu_ln"})
+    assert readout_form(CompareConfig()).name == "relu"
+    assert "solu_ln" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from neural_codec import storage
+from neural_codec.analysis.predictability import ACTIVATIONS
 from neural_codec.config import ActivationsConfig, LMSourceConfig
 from neural_codec.errors import LMUnavailable, ParamError
 from neural_codec.params import from_dict
@@ -19,6 +20,7 @@ from neural_codec.source.lm.extract import (
     check_hooks,
     extract_activations,
     mlp_input_hooks,
+    neuron_form,
     neuron_readin,
     prepare_source,
 )
@@ -119,6 +121,8 @@ def test_extraction_shapes_special_tokens_and_split(world):
         assert pos.min() == 1  # position 0 is always BOS
         # fewer rows than tokens: exactly the special tokens (one BOS per window + EOS separators)
         assert meta["n_rows"] < figures[split]["tokens"]
+        # the neurons' own form, for compare's readout (the fixture is a GELU MLP)
+        assert (meta["neuron_act_fn"], meta["neuron_gated"]) == ("gelu", False)
     tr = set(storage.load_array(root / "acts/train", "context_id").tolist())
     ho = set(storage.load_array(root / "acts/heldout", "context_id").tolist())
     assert not tr & ho and all(w % cfg.heldout_every == 0 for w in ho)
@@ -370,6 +374,12 @@ def test_glassllm_real_weights_match_its_own_forward():
         atol=1e-4,
         rtol=1e-4,
     )
+    # compare's readout takes the neurons' own form: hook_post = silu(gate) * (linear half)
+    form = neuron_form(model)
+    assert form == {"neuron_act_fn": "silu", "neuron_gated": True}
+    gate, lin = cache["blocks.2.mlp.hook_pre"][0], cache["blocks.2.mlp.hook_pre_linear"][0]
+    act = ACTIVATIONS[form["neuron_act_fn"]]
+    torch.testing.assert_close(act(gate) * lin, cache["blocks.2.mlp.hook_post"][0], atol=1e-5, rtol=1e-4)
 
 
 def test_month_and_day_names_must_be_capitalised():

@@ -173,3 +173,8 @@ def test_every_stage_runs_with_minilm_on_wikipedia(minilm, tmp_path):
     lm = squeeze["squeezer"]["lm"]
     assert lm["hidden_rel_change_reconstruct"] >= lm["hidden_rel_change_sae"] - 0.05
     assert (tmp_path / "data/labels/families.json").exists()
+    # the direct test fits BERT's GELU neurons with a GELU readout (the neurons' own form)
+    meta = json.loads((tmp_path / "data/activations/train/meta.json").read_text())
+    pred = json.loads((tmp_path / "metrics/compare.json").read_text())["neuron_predictability"]
+    assert meta["neuron_act_fn"].startswith("gelu") and not meta["neuron_gated"]
+    assert pred["readout_form"] == meta["neuron_act_fn"] and pred["readout"].startswith("GELU(")

@@ -1,8 +1,9 @@
 """Neuron predictability and soft matching: is each model neuron a function the features give?
 
 The direct test of "SAE features are the atoms the model's neurons compute from" (issue 13):
-fit each model neuron j as n_j ~ ReLU(w_j . x + b_j), the Squeezer's own encoder form, on train
-rows, and score it by its held-out R^2. x is a top-k sparse code given as (idx, val) pairs (read
+fit each model neuron j as n_j ~ act(w_j . x + b_j) with the neuron's own nonlinearity (ReLU:
+the Squeezer's encoder form; a real model's GELU, or its SwiGLU product, see `NeuronForm`) on
+train rows, and score it by its held-out R^2. x is a top-k sparse code given as (idx, val) pairs (read
 through an embedding bag, as the Squeezer reads F) or a dense array (the input the neurons read:
 a ceiling no feature set can beat). Floors are the same fit on inputs that carry nothing about
 the neurons (`shuffle_rows`) or a sparse code of equal L0 that is no learned dictionary
@@ -35,13 +36,62 @@ Inputs = tuple[np.ndarray, np.ndarray] | np.ndarray
 _REL_VAR_EPS = 1e-10
 
 
-class ReluReadout(nn.Module):
-    """n ~ ReLU(x W + b) for all neurons at once, fitted in standardised units.
+#: the neuron nonlinearities a readout can take (TransformerLens `cfg.act_fn` names)
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_fast": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+@dataclass(frozen=True)
+class NeuronForm:
+    """The function a readout fits to each neuron: act(w . x + b), or, for a gated MLP
+    (SwiGLU/GeGLU: TransformerLens' `hook_post` = act(x W_gate) * (x W_in)), the product
+    act(w_g . x + b_g) * (w_u . x + b_u).
+
+    Why the neuron's own form: a ReLU readout cannot fit a GELU neuron's negative lobe or a
+    gated neuron's signed product, so a ReLU-form R^2 mixes "F does not carry what the neuron
+    reads" with "the readout cannot express the neuron" (glassllm's dense ceiling was 0.23)."""
+
+    act_fn: str = "relu"
+    gated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"neuron act_fn {self.act_fn!r}: allowed {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def parse(cls, name: str) -> NeuronForm:
+        """'gelu' -> GELU(w.x + b); 'gated_silu' -> SiLU(w_g.x + b_g) (w_u.x + b_u)."""
+        gated = name.startswith("gated_")
+        return cls(name.removeprefix("gated_"), gated)
+
+    @property
+    def name(self) -> str:
+        return ("gated_" if self.gated else "") + self.act_fn
+
+    def describe(self, x: str = "x") -> str:
+        act = {"relu": "ReLU", "silu": "SiLU"}.get(self.act_fn, "GELU")
+        if self.gated:
+            return f"{act}(w_g·{x} + b_g)·(w_u·{x} + b_u)"
+        return f"{act}(w·{x} + b)"
+
+
+class NeuronReadout(nn.Module):
+    """n ~ act(x W + b) (or the gated product, see `NeuronForm`) for all neurons at once.
 
     Targets are divided by their train standard deviation (`target_sd`), so every neuron weighs
     alike in the loss (its R^2 is what is reported); dense inputs are standardised per column
     (`in_shift`, `in_scale`), sparse ones divided by one scalar (centring would densify them).
-    `raw_weights()` folds both back: the weights in the neurons' and inputs' own units.
+    ReLU commutes with that scaling, so a ReLU readout works in standardised units throughout;
+    any other activation is applied to the pre-activation in the neuron's own units (x W + b
+    times `target_sd`), where the model applies it. A gated readout's linear factor carries the
+    scale instead. `raw_weights()` folds the scalings back: the (gate's) weights in the neurons'
+    and inputs' own units.
     """
 
     inv_sd: torch.Tensor
@@ -58,9 +108,12 @@ class ReluReadout(nn.Module):
         target_sd: np.ndarray,
         in_shift: np.ndarray | None = None,
         in_scale: np.ndarray | float = 1.0,
+        form: NeuronForm | None = None,
     ):
         super().__init__()
         self.sparse, self.n_in, self.n_out = sparse, n_in, n_out
+        self.form = form or NeuronForm()
+        self.act = ACTIVATIONS[self.form.act_fn]
         sd = np.asarray(target_sd, dtype=np.float64)
         live = sd > 0
         inv = np.where(live, 1.0 / np.where(live, sd, 1.0), 0.0)
@@ -71,22 +124,36 @@ class ReluReadout(nn.Module):
         scale[scale <= 0] = 1.0
         self.register_buffer("in_shift", torch.tensor(shift, dtype=torch.float32))
         self.register_buffer("in_scale", torch.tensor(scale, dtype=torch.float32))
+        mean_std = np.asarray(target_mean) * inv
         # W = 0 and b = the mean (standardised): every unit starts on, so gradients reach every w_j
         self.W = nn.Parameter(torch.zeros(n_in, n_out))
-        self.b = nn.Parameter(torch.tensor(np.asarray(target_mean) * inv, dtype=torch.float32))
+        if self.form.gated:
+            # gate at b_g = 1 (act'(1) > 0 for every listed act), the linear factor at the mean
+            gate0 = float(self.act(torch.tensor(1.0)))
+            self.b = nn.Parameter(torch.ones(n_out))
+            self.W_lin = nn.Parameter(torch.zeros(n_in, n_out))
+            self.b_lin = nn.Parameter(torch.tensor(mean_std / gate0, dtype=torch.float32))
+        else:
+            self.b = nn.Parameter(torch.tensor(mean_std, dtype=torch.float32))
 
-    def standardized(self, x: Inputs) -> torch.Tensor:
-        """ReLU(x W + b) in standardised target units (B, n_out)."""
+    def _linear(self, x: Inputs, W: torch.Tensor) -> torch.Tensor:
         if self.sparse:
             idx, val = x  # type: ignore[misc]
             v = torch.as_tensor(np.asarray(val, dtype=np.float32)) / self.in_scale[0]
-            z = F.embedding_bag(
-                torch.as_tensor(np.asarray(idx)).long(), self.W, per_sample_weights=v, mode="sum"
+            return F.embedding_bag(
+                torch.as_tensor(np.asarray(idx)).long(), W, per_sample_weights=v, mode="sum"
             )
-        else:
-            d = torch.as_tensor(np.asarray(x, dtype=np.float32))
-            z = ((d - self.in_shift) / self.in_scale) @ self.W
-        return torch.relu(z + self.b)
+        d = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        return ((d - self.in_shift) / self.in_scale) @ W
+
+    def standardized(self, x: Inputs) -> torch.Tensor:
+        """The fitted neurons in standardised target units (B, n_out)."""
+        z = self._linear(x, self.W) + self.b
+        if self.form.gated:
+            return self.act(z) * (self._linear(x, self.W_lin) + self.b_lin)
+        if self.form.act_fn == "relu":
+            return torch.relu(z)
+        return self.act(z * self.target_sd) * self.inv_sd
 
     def predict(self, x: Inputs) -> np.ndarray:
         """The fitted neurons in their own units (B, n_out)."""
@@ -99,13 +166,14 @@ class ReluReadout(nn.Module):
         return ((self.standardized(x) - t) ** 2 * live).sum(1).mean() / live.sum().clamp(min=1)
 
     def raw_weights(self) -> np.ndarray:
-        """(n_in, n_out) W in raw units: n_j ~ ReLU(sum_i x_i W[i, j] + const_j)."""
-        W = self.W.detach().double().numpy()
-        return W / self.in_scale.double().numpy()[:, None] * self.target_sd.double().numpy()[None, :]
+        """(n_in, n_out) W in raw units: n_j ~ act(sum_i x_i W[i, j] + const_j); for a gated
+        readout, the gate's weights (the factor that switches the neuron on)."""
+        W = self.W.detach().double().numpy() / self.in_scale.double().numpy()[:, None]
+        return W if self.form.gated else W * self.target_sd.double().numpy()[None, :]
 
 
 def fit_readouts(
-    models: dict[str, ReluReadout],
+    models: dict[str, NeuronReadout],
     epochs: int,
     batches: Callable[[int], Iterable[dict[str, tuple[Inputs, np.ndarray]]]],
     steps_per_epoch: int,
@@ -217,7 +285,7 @@ class R2Accumulator:
 
 
 def evaluate(
-    models: dict[str, ReluReadout],
+    models: dict[str, NeuronReadout],
     n_rows: int,
     batches: Iterable[dict[str, tuple[Inputs, np.ndarray]]],
     n_blocks: int,

@@ -1,8 +1,9 @@
-"""Compare stage, the direct test: is each model neuron a ReLU of a linear function of F?
+"""Compare stage, the direct test: is each model neuron its own nonlinearity of a linear function of F?
 
-Fits n_j ~ ReLU(w_j . F + b_j) (the Squeezer's encoder form) on train rows of the SAE's sparse
-features and the model's neurons, streamed in batches, and scores held-out R^2 per neuron
-(`analysis.predictability`), beside
+Fits n_j ~ act(w_j . F + b_j) on train rows of the SAE's sparse features and the model's
+neurons, streamed in batches, and scores held-out R^2 per neuron (`analysis.predictability`).
+act is the neurons' own (`readout_form`): ReLU for the synthetic source (the Squeezer's encoder
+form), a real model's GELU, or its gated product for a SwiGLU MLP. Beside it,
   floors:  F with its rows shuffled against the neurons; a random top-k code of the same input
            with the same per-row L0 (a random dictionary, not the SAE's);
   ceiling: the same readout from the dense input the neurons read (`resid`).
@@ -170,18 +171,38 @@ def _readout_inputs(
     }
 
 
-def build_readouts(n_features: int, stats: dict[str, Any]) -> dict[str, pr.ReluReadout]:
+def readout_form(cfg: CompareConfig) -> pr.NeuronForm:
+    """`compare.readout`, or (auto) the neurons' own form from the activations' meta: a real
+    model's extraction records its act_fn and whether its MLP is gated; the synthetic source's
+    neurons are ReLU. An act_fn no readout implements (e.g. solu_ln) falls back to ReLU, said
+    in one line and in the metrics (`readout_form`)."""
+    if cfg.readout != "auto":
+        return pr.NeuronForm.parse(cfg.readout)
+    meta = storage.read_meta(paths.ACTIVATIONS / "train")
+    act = str(meta.get("neuron_act_fn", "relu"))
+    if act not in pr.ACTIVATIONS:
+        print(f"warning: neurons' act_fn {act!r} has no readout form; fitting ReLU (compare.readout)")
+        act = "relu"
+    return pr.NeuronForm(act, bool(meta.get("neuron_gated", False)))
+
+
+def build_readouts(
+    n_features: int, stats: dict[str, Any], form: pr.NeuronForm | None = None
+) -> dict[str, pr.NeuronReadout]:
+    """The four readouts, one form: F, its two floors (sparse inputs) and the dense ceiling."""
     n_out, d = len(stats["neuron_mean"]), len(stats["resid_mean"])
     tm, ts = stats["neuron_mean"], stats["neuron_sd"]
+
+    def sparse(scale: float) -> pr.NeuronReadout:
+        return pr.NeuronReadout(n_features, n_out, True, tm, ts, in_scale=scale, form=form)
+
     return {
-        "features": pr.ReluReadout(n_features, n_out, True, tm, ts, in_scale=stats["feature_value_mean"]),
-        "floor_shuffled": pr.ReluReadout(
-            n_features, n_out, True, tm, ts, in_scale=stats["feature_value_mean"]
+        "features": sparse(stats["feature_value_mean"]),
+        "floor_shuffled": sparse(stats["feature_value_mean"]),
+        "floor_random_code": sparse(stats["random_value_mean"]),
+        "ceiling_dense": pr.NeuronReadout(
+            d, n_out, False, tm, ts, stats["resid_mean"], stats["resid_sd"], form=form
         ),
-        "floor_random_code": pr.ReluReadout(
-            n_features, n_out, True, tm, ts, in_scale=stats["random_value_mean"]
-        ),
-        "ceiling_dense": pr.ReluReadout(d, n_out, False, tm, ts, stats["resid_mean"], stats["resid_sd"]),
     }
 
 
@@ -198,9 +219,10 @@ def fit_and_score(
     encoder: np.ndarray,
     n_heldout: int,
     n_train: int,
-) -> tuple[dict[str, pr.ReluReadout], dict[str, pr.R2Accumulator], dict[str, float]]:
+    form: pr.NeuronForm | None = None,
+) -> tuple[dict[str, pr.NeuronReadout], dict[str, pr.R2Accumulator], dict[str, float]]:
     """Fit the four readouts on train rows (`compare.predict_epochs` passes), score on held-out."""
-    readouts = build_readouts(n_features, stats)
+    readouts = build_readouts(n_features, stats, form)
     keys = ["neurons", "resid"]
     shift = stats["resid_shift"]
 
@@ -264,10 +286,13 @@ def neuron_predictability(
     n_train: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """metrics/compare.json `neuron_predictability`, and the per-neuron R^2 the plot shows."""
-    readouts, acc, loss = fit_and_score(cfg, n_features, stats, encoder, n_heldout, n_train)
+    form = readout_form(cfg)
+    readouts, acc, loss = fit_and_score(cfg, n_features, stats, encoder, n_heldout, n_train, form)
     out: dict[str, Any] = {
         name: {**acc[name].summary(cfg.n_bootstrap, cfg.seed), "train_loss": loss[name]} for name in READOUTS
     }
+    out["readout_form"] = form.name
+    out["readout"] = form.describe()
     out["n_train_rows"] = int(n_train)
     out["epochs"] = readout_epochs(cfg, n_train)
     out["sharing"] = sharing(cfg, readouts["features"].raw_weights(), feats, weights, loadings)

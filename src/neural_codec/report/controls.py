@@ -33,7 +33,7 @@ and shown as the report's first table, each row beside the experiment's own head
   numbers): on the default-size planted codec no variant of the source made the model's own
   second seed beat the permuted floor (docs/RESULTS-planted-codec.md).
 - compare_neuron_predictability: the direct test on planted truth (`predictability_control`):
-  each model neuron as ReLU(w·F + b) of the SAE features, held-out R² near the dense ceiling
+  each model neuron as its own act(w·F + b) of the SAE features, held-out R² near the dense ceiling
   and far above its floors.
 - geometry_planted_lines / geometry_planted_polytopes: the lines and named polytopes in the
   planted model's own weights (source.json model_geometry) reappear in the Squeezer's encoder
@@ -62,7 +62,7 @@ SAE_RECOVERED = 0.8
 EXCLUSIVE_LIFT = 0.5
 CORRELATED_LIFT = 2.0
 CIRCLE_P = 0.05
-PREDICTABLE = 0.8  # compare_neuron_predictability: held-out R² of the ReLU readout from F
+PREDICTABLE = 0.8  # compare_neuron_predictability: held-out R² of the neuron-form readout from F
 SHARING_P = 0.05  # logic_exclusive_antipodal: one-sided binomial p of opposite-sign sharing
 POWER_ENRICHMENT, MIN_POWER = 2.0, 0.8  # ... expected only with >= 80% power against 2x chance
 
@@ -185,7 +185,8 @@ def predictability_control(m: Metrics) -> dict[str, Any]:
     low = lo if lo is not None else r2
     found = r2 is not None and r2 >= PREDICTABLE and best is not None and _gt(low, best + FAR_ABOVE)
     return {
-        "planted": {"model": m.get("source.json:model") or "toy", "neurons": "ReLU(W_in · resid + b)"},
+        "planted": {"model": m.get("source.json:model") or "toy", "neurons": m.get(f"{p}.readout") or "ReLU(w·x + b)",
+                    "x": "resid"},
         "measured": {"mean_r2": r2, "ci_low": lo, "best_floor": best,
                      "ceiling_dense": _num(m.get(f"{p}.ceiling_dense.mean_r2"))},
         "found": bool(found),

@@ -443,7 +443,8 @@ def compare_section(m: Metrics, plots: Path) -> Section:
             s.blocks,
             plots / "compare/predictability.png",
             "predictability.png",
-            "Neuron predictability: held-out R² per model neuron of ReLU(w·x + b) from the SAE "
+            f"Neuron predictability: held-out R² per model neuron of "
+            f"{m.get('compare.json:neuron_predictability.readout') or 'ReLU(w·x + b)'} from the SAE "
             "features, its floors (shuffled rows, a random top-k code) and the dense-input ceiling",
         )
     sh = "compare.json:neuron_predictability.sharing"

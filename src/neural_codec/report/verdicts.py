@@ -378,11 +378,12 @@ def predictability_rows(m: Metrics) -> list[VerdictRow]:
     p = "compare.json:neuron_predictability"
     rows: list[VerdictRow] = []
     if isinstance(m.get(p), dict):
-        readout = "model neuron as ReLU(w·x + b)"
+        form = m.get(f"{p}.readout") or "ReLU(w·x + b)"  # the neurons' own nonlinearity
+        readout = f"model neuron as {form}"
         rows.append(VerdictRow(
             h,
-            "neuron predictability (the direct test): held-out mean R² of each model neuron as "
-            "ReLU(w·F + b) of the SAE features, fitted on train rows",
+            f"neuron predictability (the direct test): held-out mean R² of each model neuron as "
+            f"{form} with x = the SAE features F, fitted on train rows",
             m.num(f"{p}.features.mean_r2"),
             [m.num(f"{p}.floor_shuffled.mean_r2", "F rows shuffled against the neurons"),
              m.num(f"{p}.floor_random_code.mean_r2", "random top-k code of equal L0")],

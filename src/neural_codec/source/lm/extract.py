@@ -100,8 +100,15 @@ def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
             "context_size": cfg.context_size,
             "prepend_bos": cfg.prepend_bos,
             "special_token_ids": special_token_ids(model),
+            **neuron_form(model),
         }
     }
+
+
+def neuron_form(model: Any) -> dict[str, Any]:
+    """The neurons' own nonlinearity (`neuron_act_fn`) and whether the MLP is gated
+    (`neuron_gated`: hook_post = act(x W_gate) * (x W_in)), for the compare stage's readout."""
+    return {"neuron_act_fn": str(model.cfg.act_fn), "neuron_gated": bool(model.cfg.gated_mlp)}
 
 
 def neuron_readin(model: Any, layer: int, sae_hook: str | None = None) -> np.ndarray:
@@ -169,6 +176,7 @@ def extract_activations(
             dtype=act_cfg.dtype,
             special_token_ids=special.tolist(),
             exclude_special_tokens=cfg.exclude_special_tokens,
+            **neuron_form(model),
         )
         n_tok = 0
         t0 = time.perf_counter()
