@@ -726,6 +726,35 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     assert not positive_controls(Metrics(toy))["compare_planted_codec"]["expected_found"]
 
 
+def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():
+    """An lm run plants nothing in its features: no synthetic rows, but the controls that hold on
+    any source (TMS from this run's tms stage, the dense ceiling of the neuron-form readout)."""
+    from neural_codec.report.controls import positive_controls, reads_the_mlp_input
+    from neural_codec.report.metrics import Metrics
+
+    m = _codec_metrics()
+    tms = {"pentagon_n5_m2_p0_05": {"tms": {"pentagon_found_frac": 1.0}}}
+    m["tms"] = tms
+    m["source"] = {"kind": "lm", "sae_hook": "blocks.2.ln2.hook_normalized", "neuron_hook": "blocks.2.mlp.hook_post"}
+    m["compare"]["neuron_predictability"].update(readout_form="gated_silu", readout="SiLU(w_g·x + b_g)·(w_u·x + b_u)")
+    c = positive_controls(Metrics(m))
+    assert "sae_recovery" not in c and "compare_planted_codec" not in c
+    ceiling = c["compare_readout_ceiling"]
+    assert ceiling["found"] and ceiling["expected_found"], ceiling
+    assert ceiling["measured"]["readout_form"] == "gated_silu"
+    # a readout that cannot express the neurons (glassllm's ReLU readout: 0.23) fails the control
+    m["compare"]["neuron_predictability"]["ceiling_dense"]["mean_r2"] = 0.226
+    ceiling = positive_controls(Metrics(m))["compare_readout_ceiling"]
+    assert not ceiling["found"] and ceiling["expected_found"]
+    # features read elsewhere than the MLP input: the neurons are no function of it, no control
+    m["source"]["sae_hook"] = "blocks.2.hook_resid_pre"
+    assert not positive_controls(Metrics(m))["compare_readout_ceiling"]["expected_found"]
+    assert reads_the_mlp_input("blocks.3.ln1.hook_normalized", "blocks.3.mlp.hook_post")
+    assert not reads_the_mlp_input("blocks.2.ln2.hook_normalized", "blocks.3.mlp.hook_post")
+    # and the synthetic run carries the same row (its ReLU neurons read resid exactly)
+    assert positive_controls(Metrics(_codec_metrics()))["compare_readout_ceiling"]["found"]
+
+
 def test_report_opens_with_the_controls_table_and_writes_controls_json(tmp_path):
     root, page, md = render(tmp_path, _codec_metrics())
     controls = json.loads((root / "metrics/controls.json").read_text())

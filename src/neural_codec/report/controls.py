@@ -41,6 +41,8 @@ and shown as the report's first table, each row beside the experiment's own head
 - geometry_tms_pentagon / geometry_tms_lines: the same geometry code on TMS's planted truth
   (stage `tms`): the pentagon in most seeds and the 1/2 line in the uniform sweep, neither in
   the untrained start (`tms_geometry_controls`).
+- compare_readout_ceiling: the same readout on the dense input the neurons read, which they
+  are an exact function of, must fit them; on an lm source too (`readout_ceiling_control`).
 A row whose inputs are missing (lm source, an analysis switched off) has found = false and a
 `measured` of None, so a broken or absent analysis can never pass.
 """
@@ -62,6 +64,7 @@ SAE_RECOVERED = 0.8
 EXCLUSIVE_LIFT = 0.5
 CORRELATED_LIFT = 2.0
 CIRCLE_P = 0.05
+CEILING_FITS = 0.9  # compare_readout_ceiling: the readout fits neurons that are a function of its input
 PREDICTABLE = 0.8  # compare_neuron_predictability: held-out R² of the neuron-form readout from F
 SHARING_P = 0.05  # logic_exclusive_antipodal: one-sided binomial p of opposite-sign sharing
 POWER_ENRICHMENT, MIN_POWER = 2.0, 0.8  # ... expected only with >= 80% power against 2x chance
@@ -82,9 +85,11 @@ def _gt(v: Any, thr: float) -> bool:
 
 
 def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
-    """The control rows of this run (empty for an lm source: nothing is planted there)."""
+    """The control rows of this run. An lm source plants nothing in its features: its rows are
+    the ones that hold on any source, the TMS reproduction (this run's `tms` stage) and the
+    readout's dense ceiling (`readout_ceiling_control`)."""
     if m.get("source.json:kind") != "synthetic":
-        return {}
+        return {**tms_geometry_controls(m), **readout_ceiling_control(m)}
     planted = m.get("source.json:planted") or {}
     out: dict[str, dict[str, Any]] = {}
 
@@ -167,7 +172,45 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         "cite": "compare.json:squeezer_vs_model.hungarian_mean_r",
     }
     out["compare_neuron_predictability"] = predictability_control(m)
+    out.update(readout_ceiling_control(m))
     return out
+
+
+def reads_the_mlp_input(sae_hook: Any, neuron_hook: Any) -> bool:
+    """Whether `sae_hook` is the input of the MLP whose neurons are `neuron_hook` (by name: the
+    norm's output a pre-norm decoder's (ln2) or a post-LN encoder's (ln1) MLP reads, or the
+    residual stream before that norm), so the neurons are a function of what the readout sees."""
+    if not isinstance(sae_hook, str) or not isinstance(neuron_hook, str):
+        return False
+    layer = neuron_hook.split(".")[1] if neuron_hook.startswith("blocks.") else None
+    names = ("ln2.hook_normalized", "ln1.hook_normalized", "hook_resid_mid", "hook_mlp_in")
+    return layer is not None and sae_hook in {f"blocks.{layer}.{n}" for n in names}
+
+
+def readout_ceiling_control(m: Metrics) -> dict[str, dict[str, Any]]:
+    """The predictability readout on the dense input the neurons read, where the neurons are an
+    exact function of that input (act(x W_in + b), gated for SwiGLU; up to the norm when the
+    input is the pre-norm residual): the readout must fit them (R² >= CEILING_FITS), or a low
+    R² from F says nothing about F. Expected when the input is the neuron layer's MLP input
+    (always, for the synthetic source)."""
+    p = "compare.json:neuron_predictability"
+    if not isinstance(m.get(p), dict):
+        return {}
+    r2 = _num(m.get(f"{p}.ceiling_dense.mean_r2"))
+    synthetic = m.get("source.json:kind") == "synthetic"
+    hooks = (m.get("source.json:sae_hook"), m.get("source.json:neuron_hook"))
+    exact = synthetic or reads_the_mlp_input(*hooks)
+    return {
+        "compare_readout_ceiling": {
+            "planted": {"neurons": m.get(f"{p}.readout") or "ReLU(w·x + b)", "x": "the dense input",
+                        **({} if synthetic else {"sae_hook": hooks[0], "neuron_hook": hooks[1]})},
+            "measured": {"ceiling_dense_mean_r2": r2, "readout_form": m.get(f"{p}.readout_form")},
+            "found": not _lt(r2, CEILING_FITS) and r2 is not None,
+            "expected_found": bool(exact),
+            **({} if exact else {"not_expected_because": "sae_hook is not the neurons' MLP input"}),
+            "cite": f"{p}.ceiling_dense.mean_r2",
+        }
+    }  # fmt: skip
 
 
 def predictability_control(m: Metrics) -> dict[str, Any]:

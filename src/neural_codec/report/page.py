@@ -43,6 +43,7 @@ class Report:
     verdict: Table
     sections: list[Section]
     controls: Table | None = None  # the positive-control table the page opens with
+    controls_intro: str = ""  # what the control rows are, for this source
 
     @property
     def figures(self) -> list[Figure]:

@@ -74,12 +74,20 @@ CONTROLS_INTRO = (
     "`expected` says whether this source plants the effect (the toy model plants no codec, so its "
     "compare row is the experiment's own negative, not a control)."
 )
+CONTROLS_INTRO_LM = (
+    "A real model plants nothing in its features, so the rows here are the controls that hold on "
+    "any source, from this run (`metrics/controls.json`): the TMS reproduction (planted truth "
+    "through the same geometry code) and the predictability readout's dense ceiling (the neurons "
+    "are an exact function of the input it reads, so it must fit them). The synthetic source's "
+    "controls are the default run's (`git show main:metrics/controls.json`) and the planted "
+    "codec's (docs/RESULTS-planted-codec.md)."
+)
 
 
 def render_markdown(r: Report) -> str:
     out = [f"# {r.title}", ""]
     if r.controls is not None:
-        out += ["## Positive controls", "", CONTROLS_INTRO, "", _md_table(r.controls), ""]
+        out += ["## Positive controls", "", r.controls_intro, "", _md_table(r.controls), ""]
     out += ["## Verdict", "", VERDICT_INTRO, "", _md_table(r.verdict), ""]
     for s in r.sections:
         out += [f"## {s.title}", ""]
@@ -167,7 +175,7 @@ def render_html(r: Report) -> str:
     if r.controls is not None:
         parts += [
             '<h2 id="controls">Positive controls</h2>',
-            f"<p>{_inline_md(CONTROLS_INTRO)}</p>",
+            f"<p>{_inline_md(r.controls_intro)}</p>",
             _html_block(r.controls),
         ]
     parts += [
@@ -207,6 +215,7 @@ def write_report(
     controls = positive_controls(m)
     if controls:
         r.controls = controls_table(controls)
+        r.controls_intro = CONTROLS_INTRO if m.get("source.json:kind") == "synthetic" else CONTROLS_INTRO_LM
     storage.write_json(Path(metrics_dir) / "controls.json", controls)
     with storage.atomic_dir(out_dir) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the report is meant to be read
