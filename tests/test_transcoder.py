@@ -1,5 +1,5 @@
 """sae.kind = transcoder: a SAELens Transcoder from resid to the toy model's MLP output, trained on
-the tiny synthetic source, and the features stage encoding with it."""
+the tiny synthetic source, and the features stage encoding with it (lm: tests/source/test_lm_transcoder.py)."""
 
 import json
 
@@ -66,16 +66,6 @@ def test_bad_kind_is_refused():
         SAEConfig(kind="crosscoder")
     with pytest.raises(ParamError, match="sae.kind"):
         SAEConfig(kind="transcoder", path="some/sae")
-
-
-def test_transcoder_on_an_lm_source_is_refused_before_work(tmp_path):
-    from neural_codec.config import SourceConfig
-    from neural_codec.sae_build import build_sae
-
-    src = SourceConfig(kind="lm")
-    with pytest.raises(ParamError, match="sae.kind"):
-        build_sae(src, SAEConfig(kind="transcoder"), tmp_path / "none", tmp_path / "none", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 def test_squeezer_runs_on_transcoder_features_without_a_resid_score(workdir):

@@ -295,7 +295,7 @@ class SAEConfig:
     path: str | None = None
     device: str = "auto"  # SAELens training: auto (cuda if available, else cpu) | cpu | cuda
     # sae: an SAE on `resid`; transcoder: a SAELens Transcoder from `resid` (the MLP input) to the
-    # MLP output (synthetic source only), whose latents are then F
+    # MLP output (the neurons' hook_post W_out + b_out), whose latents are then F
     kind: str = "sae"
 
     def __post_init__(self) -> None:

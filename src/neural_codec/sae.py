@@ -103,11 +103,13 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     return sae if device == "cpu" else sae.to("cpu")  # saved and scored on the CPU
 
 
-def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out) -> Any:
+def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out, metadata: dict[str, Any] | None = None) -> Any:
     """A SAELens `Transcoder` (resid -> MLP output; ReLU latents) trained by a short Adam loop on
     MSE + l1_coefficient * L1(latents * ||W_dec row||): SAELens 6 can load and run transcoders
-    but its SAETrainer trains only SAEs, so the loop optimises the SAELens module's parameters."""
+    but its SAETrainer trains only SAEs, so the loop optimises the SAELens module's parameters.
+    `metadata` (lm: the hooks it reads and writes) goes into its SAELens config."""
     from sae_lens import Transcoder, TranscoderConfig
+    from sae_lens.saes.sae import SAEMetadata
 
     meta = storage.read_meta(train_dir)
     storage.check_shards(train_dir, ["resid", "neurons"])
@@ -117,9 +119,12 @@ def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out) -> Any:
     first = next(storage.iter_batches(train_dir, 2, ["neurons"]))["neurons"].astype(np.float32)
     d_out = int(mlp_out(torch.from_numpy(first)).shape[1])
     torch.manual_seed(cfg.seed)
-    tc = Transcoder(
-        TranscoderConfig(d_in=int(meta["d_model"]), d_sae=cfg.d_sae, d_out=d_out, apply_b_dec_to_input=False)
+    tc_cfg = TranscoderConfig(
+        d_in=int(meta["d_model"]), d_sae=cfg.d_sae, d_out=d_out, apply_b_dec_to_input=False
     )
+    if metadata:
+        tc_cfg.metadata = SAEMetadata(**metadata)
+    tc = Transcoder(tc_cfg)
     opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
     steps = cfg.training_samples // cfg.batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr / 10)

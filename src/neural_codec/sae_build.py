@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from neural_codec import storage
 from neural_codec.analysis.stats import bootstrap_interval
-from neural_codec.config import SAEConfig, SourceConfig
-from neural_codec.errors import check
+from neural_codec.config import NEURON_HOOK_RE, SAEConfig, SourceConfig, hook_layer
+from neural_codec.errors import check, data_error
 from neural_codec.sae import (
     ground_truth_recovery,
     load_sae,
@@ -72,19 +73,60 @@ def synthetic_mlp_out(source_dir: Path):
     return lambda h: h @ W + b
 
 
+def lm_mlp_out(activations_dir: Path):
+    """An lm's MLP output as a function of its stored neurons: hook_post W_out + b_out of the
+    neuron layer (`extract.neuron_readout`), which is the model's `blocks.L.hook_mlp_out` exactly
+    (SwiGLU and BERT MLPs included). Only `blocks.L.mlp.hook_post` neurons have that map."""
+    meta = storage.read_meta(activations_dir / "train")
+    hook = str(meta.get("neuron_hook"))
+    check(bool(NEURON_HOOK_RE.match(hook)), "source.lm.neuron_hook", hook,
+          "blocks.L.mlp.hook_post for sae.kind transcoder (its target is hook_post W_out + b_out)")  # fmt: skip
+    path = activations_dir / "neuron_readout.npz"
+    if not path.exists():
+        raise data_error(path, "missing (activations extracted before lm transcoders)",
+                         "re-run `dvc repro -f activations`")  # fmt: skip
+    with np.load(path, allow_pickle=False) as z:
+        W, b = (torch.from_numpy(z[k].astype(np.float32)) for k in ("W_out", "b_out"))
+    for k, arr in (("W_out", W), ("b_out", b)):
+        storage.check_finite(arr.numpy(), path, k)
+    if W.shape[0] != meta["n_neurons"] or b.shape != (W.shape[1],):
+        raise data_error(path, f"W_out {tuple(W.shape)} / b_out {tuple(b.shape)} do not fit "
+                         f"{meta['n_neurons']} neurons", "re-run `dvc repro -f activations`")  # fmt: skip
+    return lambda h: h @ W + b
+
+
+def lm_transcoder_hooks(activations_dir: Path) -> dict[str, str]:
+    """The hooks an lm transcoder reads and writes (SAELens metadata `hook_name`, `hook_name_out`),
+    after checking that it reads something the forward pass computes before the MLP output."""
+    meta = storage.read_meta(activations_dir / "train")
+    layer = int(NEURON_HOOK_RE.match(meta["neuron_hook"]).group(1))  # type: ignore[union-attr]
+    out = f"blocks.{layer}.hook_mlp_out"
+    hook = str(meta["sae_hook"])
+    at = hook_layer(hook)
+    check(at is None or at < layer or (at == layer and hook not in (out, f"blocks.{layer}.hook_resid_post")),
+          "source.lm.sae_hook", hook,
+          f"a hook before {out} for sae.kind transcoder (e.g. blocks.{layer}.ln2.hook_normalized)")  # fmt: skip
+    return {"hook_name": hook, "hook_name_out": out}
+
+
 def _build_transcoder(
     src: SourceConfig, cfg: SAEConfig, activations_dir: Path, source_dir: Path, out_dir: Path
 ) -> tuple[dict[str, Any], list[list[Any]]]:
     """A transcoder (resid -> MLP output) saved as a SAELens folder; scored by its explained
-    variance of the MLP output. Ground-truth recovery is an SAE's (decoder rows in resid space):
-    not computed for a transcoder, whose decoder writes the MLP output."""
-    check(src.kind == "synthetic", "sae.kind", cfg.kind, "sae for an lm source (transcoder: synthetic only)")
-    mlp_out = synthetic_mlp_out(source_dir)
-    train_transcoder(cfg, activations_dir / "train", mlp_out).save_model(out_dir)
+    variance of the MLP output (lm: also by the CE loss with it spliced in for the MLP).
+    Ground-truth recovery is an SAE's (decoder rows in resid space): not computed for a
+    transcoder, whose decoder writes the MLP output."""
+    if src.kind == "synthetic":
+        mlp_out, metadata = synthetic_mlp_out(source_dir), None
+    else:
+        mlp_out, metadata = lm_mlp_out(activations_dir), lm_transcoder_hooks(activations_dir)
+    train_transcoder(cfg, activations_dir / "train", mlp_out, metadata).save_model(out_dir)
     storage.write_json_sorted(out_dir / "cfg.json")
     tc = load_sae(out_dir)
-    metrics = {
+    metrics: dict[str, Any] = {
         "architecture": tc.cfg.architecture(),
         **transcoder_quality(tc, activations_dir / "heldout", mlp_out),
     }
+    if src.kind != "synthetic":
+        metrics["lm"] = sae_faithfulness(tc, src.lm, activations_dir)
     return metrics, []

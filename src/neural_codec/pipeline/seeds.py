@@ -80,7 +80,7 @@ from neural_codec.pipeline.compare import (
 )
 from neural_codec.pipeline.geometry import weights_of
 from neural_codec.pipeline.logic import cooccurrence_split
-from neural_codec.sae import load_sae, load_sae_decoder
+from neural_codec.sae import load_sae, load_sae_decoder, resid_directions
 from neural_codec.squeezer.checkpoint import load_squeezer
 from neural_codec.squeezer.model import Squeezer, resolve_importance
 from neural_codec.squeezer.stream import open_train, rows_in_memory
@@ -200,7 +200,7 @@ def context(main: Squeezer, logic: LogicConfig, comp: CompareConfig) -> dict[str
         "W_sae": None,
     }
     if has_neurons and READIN.exists():
-        W_sae = load_sae(paths.SAE).W_dec.detach().float().cpu().numpy()
+        W_sae = resid_directions(load_sae(paths.SAE)).numpy()  # as the compare stage's
         loadings = cmp.model_feature_loadings(W_sae, np.load(READIN))
         feats, _, _ = mantel_features(main, loadings, comp)  # the compare stage's selection
         if len(feats) >= 3 and W_sae.shape[0] == n:

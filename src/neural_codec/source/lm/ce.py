@@ -1,5 +1,7 @@
 """Next-token cross-entropy with a reconstruction patched in at the SAE's hook: the CE-loss score
-of the SAE, and of the Squeezer's reconstruction decoded by the SAE decoder.
+of the SAE, and of the Squeezer's reconstruction decoded by the SAE decoder. A transcoder reads
+its hook and writes the MLP output: its output replaces `blocks.L.hook_mlp_out` (zero ablation:
+of the MLP output), the splice of Dunefsky et al.'s transcoder evaluation.
 
 An encoder (BERT, e.g. `minilm`) has no next-token loss, and a sentence-transformers checkpoint
 has no masked-LM head. Its faithfulness measure is the change of the final hidden states (the
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from neural_codec.config import LMSourceConfig
+from neural_codec.errors import ParamError
 from neural_codec.features import sparsify
 from neural_codec.sae import load_sae
 from neural_codec.source.lm.load import is_encoder, load_model
@@ -46,14 +49,15 @@ def ce_scores(
     """
     cfg = cfg.resolved()
     runs = _runs(sae, reconstruct_fn)
+    out_hook = transcoder_out_hook(sae, cfg)
     if is_encoder(model):
-        return hidden_scores(model, cfg, runs, n_batches, split)
+        return hidden_scores(model, cfg, runs, n_batches, split, out_hook)
     sums = {k: 0.0 for k in runs}
     per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in runs}  # for score_intervals
     n = 0
     for tokens, keep in _scored_batches(model, cfg, split, n_batches):
         for k, fn in runs.items():
-            hooks = [] if fn is None else [(cfg.sae_hook, _patcher(fn, keep))]
+            hooks = [] if fn is None else _patch_hooks(fn, keep, cfg, out_hook)
             loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
             sums[k] += float(loss.sum())
             per_seq[k].append(loss.detach().double().sum(-1).cpu())
@@ -105,6 +109,38 @@ def _runs(sae: Any, reconstruct_fn: Patch | None) -> dict[str, Patch | None]:
     return runs
 
 
+def transcoder_out_hook(sae: Any, cfg: LMSourceConfig) -> str | None:
+    """The hook a transcoder writes (its SAELens `hook_name_out`, else the neuron layer's MLP
+    output); None for an SAE (or any object without a SAELens config), which writes the hook it reads."""
+    sae_cfg = getattr(sae, "cfg", None)
+    if sae_cfg is None or sae_cfg.architecture() != "transcoder":
+        return None
+    return sae_cfg.metadata.get("hook_name_out") or f"blocks.{cfg.neuron_layer}.hook_mlp_out"
+
+
+def _patch_hooks(
+    fn: Patch, keep: torch.Tensor, cfg: LMSourceConfig, out_hook: str | None
+) -> list[tuple[Any, Any]]:
+    """Forward hooks patching `fn(x)` in at sae_hook (an SAE), or reading x at sae_hook and
+    writing `fn(x)` at `out_hook` (a transcoder, in place of the MLP output)."""
+    if out_hook is None:
+        return [(cfg.sae_hook, _patcher(fn, keep))]
+    seen: dict[str, torch.Tensor] = {}
+
+    def read(act: torch.Tensor, hook: Any) -> None:
+        seen["x"] = act[keep].float()
+
+    def write(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        if "x" not in seen:
+            raise ParamError(f"params.yaml: source.lm.sae_hook = {cfg.sae_hook!r} is not allowed; "
+                             f"expected a hook computed before {out_hook} (the transcoder's input)")  # fmt: skip
+        act = act.clone()
+        act[keep] = fn(seen.pop("x")).to(act.dtype)
+        return act
+
+    return [(cfg.sae_hook, read), (out_hook, write)]
+
+
 def _patcher(fn: Patch, keep: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         new = fn(act[keep].float()).to(act.dtype)
@@ -122,9 +158,11 @@ def hidden_scores(
     runs: dict[str, Patch | None],
     n_batches: int = 8,
     split: Literal["train", "heldout"] = "heldout",
+    out_hook: str | None = None,
 ) -> dict[str, Any]:
     """An encoder's faithfulness measure (no next-token loss): how far the final hidden states
-    move when each run's reconstruction is patched in at sae_hook (see the module docstring)."""
+    move when each run's reconstruction is patched in at sae_hook (a transcoder's: at `out_hook`,
+    see the module docstring)."""
     sq = {k: 0.0 for k in runs if k != "clean"}
     per_seq: dict[str, list[torch.Tensor]] = {k: [] for k in sq}  # for score_intervals
     norm = 0.0
@@ -136,7 +174,7 @@ def hidden_scores(
         for k, fn in runs.items():
             if fn is None:
                 continue
-            with model.hooks(fwd_hooks=[(cfg.sae_hook, _patcher(fn, keep))]):
+            with model.hooks(fwd_hooks=_patch_hooks(fn, keep, cfg, out_hook)):
                 h = model.encoder_output(tokens)[keep].float()
             sq[k] += float((h - clean).pow(2).sum())
             rows = torch.zeros(tokens.shape[0], dtype=torch.float64)

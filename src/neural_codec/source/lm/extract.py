@@ -126,6 +126,17 @@ def neuron_readin(model: Any, layer: int, sae_hook: str | None = None) -> np.nda
     return w_in.cpu().numpy()
 
 
+def neuron_readout(model: Any, layer: int) -> dict[str, np.ndarray]:
+    """W_out (d_mlp, d_model) and b_out (d_model,) of the neuron layer's MLP: its output
+    (`blocks.L.hook_mlp_out`) is exactly `hook_post @ W_out + b_out`, for a GELU, a gated (SwiGLU)
+    and an encoder's (BERT) MLP alike, so a transcoder's target needs no second activation."""
+    mlp = model.blocks[layer].mlp
+    return {
+        "W_out": mlp.W_out.detach().float().cpu().numpy(),
+        "b_out": mlp.b_out.detach().float().cpu().numpy(),
+    }
+
+
 def run_hooks(model: Any, tokens: torch.Tensor, cfg: LMSourceConfig) -> Any:
     """The cache of `cfg.hooks` on `tokens` (a decoder stops after the last needed block; an
     encoder has no `stop_at_layer` and skips its unused masked-LM head instead)."""
@@ -139,7 +150,8 @@ def extract_activations(
 ) -> dict[str, Any]:
     """Stream `resid` (sae_hook) and `neurons` (neuron_hook) of non-special tokens into shards.
 
-    Writes `out_dir/{train,heldout}/shard_*.npz + meta.json` and `out_dir/neuron_readin.npy`.
+    Writes `out_dir/{train,heldout}/shard_*.npz + meta.json`, `out_dir/neuron_readin.npy` and
+    `out_dir/neuron_readout.npz` (the neurons' W_out, b_out: the MLP output a transcoder predicts).
     Only the two hooks are cached and the forward pass stops after the last needed block, so
     memory is one batch of activations. `act_cfg` (the `activations` params section) sets the
     storage `dtype` and `rows_per_shard` (as for the synthetic source; None: its defaults);
@@ -215,4 +227,5 @@ def extract_activations(
     with storage.atomic_path(out_dir / "neuron_readin.npy") as tmp:
         with tmp.open("wb") as fh:
             np.save(fh, neuron_readin(model, cfg.neuron_layer, cfg.sae_hook))
+    storage.save_npz(out_dir / "neuron_readout.npz", **neuron_readout(model, cfg.neuron_layer))
     return {**figures, "timings": timings}
