@@ -3,7 +3,8 @@ Squeezer's M, on the same data and metrics (see neural_codec.pipeline.baselines)
 
 Params: `baselines`, `squeezer` (M, importance, init, bias_init), `features.top_k`. Reads
 data/features, data/sae, data/activations. Writes metrics/baselines.json ({method: metrics})
-and plots/baselines/fvu.csv.
+plots/baselines/fvu.csv and the trained decoders' loss curves
+(plots/baselines/curves/plots/metrics/{random_encoder,model_neurons}.tsv).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from pipeline_helpers import TINY_PARAMS as TINY
 from pipeline_helpers import run_stage, tiny_params, write_params
 
 from neural_codec import storage
@@ -218,3 +219,15 @@ def test_filler_counts_by_hand():
         "true_coverage": pytest.approx(2 / 3),
         "f1": pytest.approx(4 / 7),
     }
+
+
+def test_sae_stage_writes_the_saelens_training_curves(workdir):
+    """SAETrainer's per-step loss, MSE and L0 (curves.CurveLoggers), ~50 points, ending on the
+    last step SAELens runs (it trains until training_samples are seen: ceil(400,000 / 512))."""
+    from neural_codec.curves import read_curve
+
+    k = TINY["sae"]["k"]
+    c = {n: read_curve(workdir / f"plots/sae/curves/plots/metrics/{n}.tsv") for n in ("loss", "mse", "l0")}
+    steps = c["loss"][0]
+    assert steps == c["mse"][0] == c["l0"][0] and steps[-1] == 782 and 45 <= len(steps) <= 55
+    assert c["mse"][1][-1] < 0.5 * c["mse"][1][0] and all(0 < v <= k for v in c["l0"][1])

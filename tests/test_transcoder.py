@@ -73,3 +73,15 @@ def test_squeezer_runs_on_transcoder_features_without_a_resid_score(workdir):
     assert m["n_features"] == 128 and 0 <= m["fvu"] < 1
     # its decoder writes the MLP output: no activation-space (resid) score is claimed
     assert m.get("sae_explained_variance") is None
+
+
+def test_sae_stage_writes_the_transcoder_loop_curves(workdir):
+    """The transcoder's Adam loop gives the sae stage's curves: loss = MSE + the L1 term, ~50
+    points ending on its last step (400,000 // 512)."""
+    from neural_codec.curves import read_curve
+
+    c = {n: read_curve(workdir / f"plots/sae/curves/plots/metrics/{n}.tsv") for n in ("loss", "mse", "l0")}
+    steps = c["loss"][0]
+    assert steps == c["mse"][0] == c["l0"][0] and steps[-1] == 781 and 45 <= len(steps) <= 55
+    assert all(t > m for m, t in zip(c["mse"][1], c["loss"][1], strict=True))
+    assert c["mse"][1][-1] < c["mse"][1][0]

@@ -60,6 +60,9 @@ from neural_codec.storage import SparseFeatures, iter_batches, read_meta
 
 Method = Literal["pca", "no_superposition", "random_encoder", "model_neurons"]
 
+#: the baselines with a training loop, hence a loss curve (pca and no_superposition are closed form)
+TRAINED_METHODS = ("random_encoder", "model_neurons")
+
 
 def feature_moments(feats: TrainRows, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and variance over rows (float64), streaming."""
@@ -354,13 +357,15 @@ def run_baselines(
     sae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     init: Init = "xavier",
     bias_init: BiasInit = "zero",
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, list[dict[str, float]]]]:
     """Fit and evaluate each method; `eval_batches(with_neurons)` makes a fresh held-out stream.
 
-    Returns ({method: metrics}, {method: timings}); timings (fit seconds, samples/s) are kept
+    Returns ({method: metrics}, {method: timings}, {method: training curve}); timings (fit
+    seconds, samples/s) and curves (the trained decoders' loss, `TRAINED_METHODS` only) are kept
     apart so the metrics hold results only."""
     out: dict[str, dict[str, Any]] = {}
     timings: dict[str, dict[str, float]] = {}
+    curves: dict[str, list[dict[str, float]]] = {}
     for m in methods:
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
@@ -370,12 +375,12 @@ def run_baselines(
         elif m == "no_superposition":
             codec = fit_no_superposition(train, M, weights)
         elif m == "random_encoder":
-            codec, _ = fit_random_encoder(train, M, cfg, weights, init, bias_init)
+            codec, curves[m] = fit_random_encoder(train, M, cfg, weights, init, bias_init)
             speed["samples_per_s"] = codec.model.samples_per_s
         elif m == "model_neurons":
             if neuron_batches is None:
                 raise ValueError("model_neurons needs the model's neurons on the train split")
-            codec, _, sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights)
+            codec, curves[m], sps = fit_model_neurons(neuron_batches(), train.n_features, cfg, weights)
             speed["samples_per_s"] = sps
             extra["M"] = int(codec.W.shape[0])  # the model's width, not squeezer.M
         else:
@@ -396,4 +401,4 @@ def run_baselines(
             **extra,
         }
         timings[m] = {**speed, "fit_seconds": time.perf_counter() - t0}
-    return out, timings
+    return out, timings, curves

@@ -2,7 +2,8 @@
 cached activations, quality on held-out activations, and recovery of a synthetic ground truth.
 
 Training uses SAELens's own `SAETrainer` fed by a streaming iterator over the activation shards
-(memory bounded by a batch). The result is saved in SAELens's inference format so that
+(memory bounded by a batch); a subclass of it records the loss, MSE and L0 per step
+(`curves.CurveLoggers`, no wandb). The result is saved in SAELens's inference format so that
 `SAE.load_from_disk(path)` loads it. On the synthetic source the SAE is also scored against the
 truth: per true feature the best cosine with an SAE decoder row.
 """
@@ -18,6 +19,7 @@ import torch
 
 from neural_codec import storage
 from neural_codec.config import SAEConfig
+from neural_codec.curves import CurveLoggers
 from neural_codec.errors import (
     OFFLINE_SAES,
     RESTORE,
@@ -68,8 +70,38 @@ def _cycle_batches(directory: Path, batch_size: int, seed: int) -> Iterator[torc
                 yield torch.from_numpy(x[i : i + batch_size])
 
 
-def train_sae(cfg: SAEConfig, train_dir: Path):
-    """Train with SAELens's SAETrainer on the cached residual activations."""
+#: the SAE stage's curves (SAE and transcoder alike): total loss, reconstruction MSE
+#: (squared error summed over dims, mean over rows) and L0, each averaged per logging interval
+SAE_CURVES = ("loss", "mse", "l0")
+
+
+def _l0(feature_acts: torch.Tensor) -> torch.Tensor:
+    """Mean number of firing latents per row (as SAELens logs `metrics/l0`)."""
+    return feature_acts.bool().float().sum(-1).to_dense().mean()
+
+
+def _curve_trainer(base: type, log: CurveLoggers) -> type:
+    """`base` (SAELens' SAETrainer, looked up at call time) whose `step` also adds the step's
+    loss, MSE and L0 to `log`, read under no_grad after the optimiser step."""
+
+    class CurveTrainer(base):  # type: ignore[misc,valid-type]
+        def step(self, batch: torch.Tensor) -> Any:
+            out = super().step(batch)
+            with torch.no_grad():
+                l0 = _l0(out.feature_acts)
+                log.add(self.n_training_steps, loss=out.loss, mse=out.losses["mse_loss"], l0=l0)
+            return out
+
+    return CurveTrainer
+
+
+def train_sae(cfg: SAEConfig, train_dir: Path) -> tuple[Any, dict[str, list[dict[str, float]]]]:
+    """Train with SAELens's SAETrainer on the cached residual activations; returns (SAE, curves).
+
+    SAETrainer has no callback and logs only to wandb (`fit` calls `_log_train_step` under
+    `logger.log_to_wandb`), but `step(batch)` is its public per-step seam returning the
+    `TrainStepOutput` (loss, losses["mse_loss"], feature_acts): the subclass below reads those
+    under no_grad after the optimiser step, so the trained weights are unchanged."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training import sae_trainer
 
@@ -94,20 +126,26 @@ def train_sae(cfg: SAEConfig, train_dir: Path):
     storage.check_shards(train_dir, ["resid"])
     check(rows >= cfg.batch_size, "sae.batch_size", cfg.batch_size,
           f"<= the number of training rows ({rows})")  # fmt: skip
+    n_steps = -(-cfg.training_samples // cfg.batch_size)  # fit() runs until the samples are seen
+    log = CurveLoggers(SAE_CURVES, n_steps)
+
     torch.manual_seed(cfg.seed)
-    trainer = sae_trainer.SAETrainer(
+    trainer = _curve_trainer(sae_trainer.SAETrainer, log)(
         cfg=trainer_cfg, sae=sae, data_provider=_cycle_batches(train_dir, cfg.batch_size, cfg.seed)
     )
     with library_bars(sae_trainer):  # its bar, silent in DVC's and CI's logs
         sae = trainer.fit()
-    return sae if device == "cpu" else sae.to("cpu")  # saved and scored on the CPU
+    return (sae if device == "cpu" else sae.to("cpu")), log.curves  # saved and scored on the CPU
 
 
-def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out, metadata: dict[str, Any] | None = None) -> Any:
+def train_transcoder(
+    cfg: SAEConfig, train_dir: Path, mlp_out, metadata: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, list[dict[str, float]]]]:
     """A SAELens `Transcoder` (resid -> MLP output; ReLU latents) trained by a short Adam loop on
     MSE + l1_coefficient * L1(latents * ||W_dec row||): SAELens 6 can load and run transcoders
     but its SAETrainer trains only SAEs, so the loop optimises the SAELens module's parameters.
-    `metadata` (lm: the hooks it reads and writes) goes into its SAELens config."""
+    `metadata` (lm: the hooks it reads and writes) goes into its SAELens config.
+    Returns (transcoder, curves): `SAE_CURVES`, ~50 points."""
     from sae_lens import Transcoder, TranscoderConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -130,6 +168,7 @@ def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out, metadata: dict[st
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr / 10)
     rng = np.random.default_rng(cfg.seed)
     paths = storage.shard_paths(train_dir)
+    log = CurveLoggers(SAE_CURVES, steps)
     step = 0
     while step < steps:
         for p in rng.permutation(len(paths)):
@@ -140,16 +179,18 @@ def train_transcoder(cfg: SAEConfig, train_dir: Path, mlp_out, metadata: dict[st
             for i in range(0, len(x_all) - cfg.batch_size + 1, cfg.batch_size):
                 x, y = x_all[i : i + cfg.batch_size], y_all[i : i + cfg.batch_size]
                 f = tc.encode(x)
-                loss = ((tc.decode(f) - y) ** 2).sum(1).mean()
-                loss = loss + cfg.l1_coefficient * (f * tc.W_dec.norm(dim=1)).sum(1).mean()
+                mse = ((tc.decode(f) - y) ** 2).sum(1).mean()
+                loss = mse + cfg.l1_coefficient * (f * tc.W_dec.norm(dim=1)).sum(1).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
+                with torch.no_grad():
+                    log.add(step, loss=loss, mse=mse, l0=_l0(f))
                 step += 1
                 if step >= steps:
-                    return tc.eval()
-    return tc.eval()
+                    return tc.eval(), log.curves
+    return tc.eval(), log.curves
 
 
 def held_out_fit(

@@ -19,6 +19,7 @@ from neural_codec.analysis.stats import bootstrap_interval
 from neural_codec.config import NEURON_HOOK_RE, SAEConfig, SourceConfig, hook_layer
 from neural_codec.errors import check, data_error
 from neural_codec.sae import (
+    SAE_CURVES,
     ground_truth_recovery,
     load_sae,
     sae_quality,
@@ -30,17 +31,22 @@ from neural_codec.sae import (
 from neural_codec.source.lm.ce import sae_faithfulness
 from neural_codec.source.synthetic import load_toy_model
 
+Curves = dict[str, list[dict[str, float]]]
+
 
 def build_sae(
     src: SourceConfig, cfg: SAEConfig, activations_dir: Path, source_dir: Path, out_dir: Path
-) -> tuple[dict[str, Any], list[list[Any]]]:
-    """(metrics for metrics/sae.json, rows of the recovery histogram: header-only for lm)."""
+) -> tuple[dict[str, Any], list[list[Any]], Curves]:
+    """(metrics for metrics/sae.json, rows of the recovery histogram: header-only for lm, the
+    training curves `SAE_CURVES`: empty for a pretrained SAE, which trains nothing here)."""
     if cfg.kind == "transcoder":
         return _build_transcoder(src, cfg, activations_dir, source_dir, out_dir)
+    curves: Curves = {name: [] for name in SAE_CURVES}
     if cfg.pretrained:  # lm: a SAELens registry SAE or a folder, re-saved in SAELens format
         load_sae(cfg.path, release=cfg.pretrained_release, sae_id=cfg.pretrained_sae_id).save_model(out_dir)
     else:
-        train_sae(cfg, activations_dir / "train").save_inference_model(out_dir)
+        trained, curves = train_sae(cfg, activations_dir / "train")
+        trained.save_inference_model(out_dir)
     storage.write_json_sorted(out_dir / "cfg.json")  # SAELens' key order varies between runs
     sae = load_sae(out_dir)  # what downstream stages will see
     # the loaded SAE's own architecture (a pretrained SAE need not be the sae.architecture param)
@@ -50,7 +56,7 @@ def build_sae(
     }
     if src.kind != "synthetic":  # lm: the CE-loss score (an encoder's: the hidden-state score)
         metrics["lm"] = sae_faithfulness(sae, src.lm, activations_dir)
-        return metrics, []
+        return metrics, [], curves
     truth = np.load(source_dir / "truth.npz")
     rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)
     metrics["ground_truth"] = {k: rec[k] for k in ("mean_best_cosine", "frac_recovered", "threshold")}
@@ -61,7 +67,7 @@ def build_sae(
     # SAELens' synthetic metrics: F1 over all latents shows filler latents the cosines hide
     metrics["synthetic"] = synthetic_sae_metrics(sae, activations_dir / "heldout", truth["directions"])
     hist = np.histogram(rec["best_cosine"], bins=20, range=(0, 1))[0]
-    return metrics, [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)]
+    return metrics, [[round(0.025 + 0.05 * i, 3), int(c)] for i, c in enumerate(hist)], curves
 
 
 def synthetic_mlp_out(source_dir: Path):
@@ -111,7 +117,7 @@ def lm_transcoder_hooks(activations_dir: Path) -> dict[str, str]:
 
 def _build_transcoder(
     src: SourceConfig, cfg: SAEConfig, activations_dir: Path, source_dir: Path, out_dir: Path
-) -> tuple[dict[str, Any], list[list[Any]]]:
+) -> tuple[dict[str, Any], list[list[Any]], Curves]:
     """A transcoder (resid -> MLP output) saved as a SAELens folder; scored by its explained
     variance of the MLP output (lm: also by the CE loss with it spliced in for the MLP).
     Ground-truth recovery is an SAE's (decoder rows in resid space): not computed for a
@@ -120,7 +126,8 @@ def _build_transcoder(
         mlp_out, metadata = synthetic_mlp_out(source_dir), None
     else:
         mlp_out, metadata = lm_mlp_out(activations_dir), lm_transcoder_hooks(activations_dir)
-    train_transcoder(cfg, activations_dir / "train", mlp_out, metadata).save_model(out_dir)
+    trained, curves = train_transcoder(cfg, activations_dir / "train", mlp_out, metadata)
+    trained.save_model(out_dir)
     storage.write_json_sorted(out_dir / "cfg.json")
     tc = load_sae(out_dir)
     metrics: dict[str, Any] = {
@@ -129,4 +136,4 @@ def _build_transcoder(
     }
     if src.kind != "synthetic":
         metrics["lm"] = sae_faithfulness(tc, src.lm, activations_dir)
-    return metrics, []
+    return metrics, [], curves

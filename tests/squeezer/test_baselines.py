@@ -230,3 +230,35 @@ def test_stage_rejects_bad_params_before_work(world, tmp_path, monkeypatch):
     with pytest.raises(ParamError, match="missing upstream output"):
         run_stage("baselines", root, monkeypatch)
     assert not (root / "metrics").exists() and not (root / "plots").exists()
+
+
+def test_stage_writes_the_trained_decoders_curves_byte_identical_on_rerun(world, tmp_path, monkeypatch):
+    """plots/baselines/curves: the random encoder's decoder curve is the one its fit returns
+    (same seeded training), model_neurons (not in methods) is header-only, and a rerun writes
+    the same bytes."""
+    import yaml
+
+    from neural_codec.curves import read_curve
+    from neural_codec.squeezer.model import resolve_importance
+
+    root = tmp_path / "w"
+    shutil.copytree(world, root, ignore=shutil.ignore_patterns("metrics", "plots"))
+    p = {k: dict(v) for k, v in STAGE_PARAMS.items()}
+    p["baselines"]["methods"] = ["pca", "random_encoder"]
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    run_stage("baselines", root, monkeypatch)
+    tsv = root / "plots/baselines/curves/plots/metrics"
+    assert sorted(f.name for f in tsv.iterdir()) == ["model_neurons.tsv", "random_encoder.tsv"]
+    assert (tsv / "model_neurons.tsv").read_text() == "step\tmodel_neurons\n"
+    first = (tsv / "random_encoder.tsv").read_bytes()
+    sq = from_dict(SqueezerConfig, p["squeezer"], "squeezer")
+    cfg = from_dict(BaselinesConfig, p["baselines"], "baselines")
+    w = resolve_importance(sq, N_FEAT, np.load(root / "data/features/firing_freq.npy"))
+    train = storage.load_sparse(root / "data/features/train")
+    _, curve = fit_random_encoder(train, sq.M, cfg, w, sq.init, sq.bias_init)
+    steps, values = read_curve(tsv / "random_encoder.tsv")
+    assert steps == [c["step"] for c in curve] and steps[-1] == cfg.steps and 40 <= len(steps) <= 60
+    assert values == [c["loss"] for c in curve]
+    assert values[-1] < values[0]  # the decoder learns
+    run_stage("baselines", root, monkeypatch)
+    assert (tsv / "random_encoder.tsv").read_bytes() == first

@@ -143,7 +143,9 @@ def test_memory_estimate_counts_the_buffer_not_the_split():
     small = squeezer_bytes(100, cfg, 5_000, 4)
     big = squeezer_bytes(100, cfg, 5_000_000, 4, shard_rows=1000)
     assert big == squeezer_bytes(100, cfg, 50_000_000, 4, shard_rows=1000)  # flat above the buffer
-    assert big - small == (11_000 - 5_000) * 4 * 8
+    # the streamed buffer + shard hold int32 + float32 (8 B a slot); the in-memory split also
+    # holds training_batches' int64 + float32 torch copies (20 B a slot)
+    assert big - small == 11_000 * 4 * 8 - 5_000 * 4 * 20
 
 
 def test_stages_stream_a_split_bigger_than_the_buffer(tmp_path, monkeypatch):
@@ -174,3 +176,20 @@ def test_stages_stream_a_split_bigger_than_the_buffer(tmp_path, monkeypatch):
     m = storage.read_json(tmp_path / "streamed/metrics/squeeze.json")["squeezer"]
     assert 0 <= m["fvu"] < 0.9 and m["sae_explained_variance"] > 0.2
     assert m["fvu"] < got["streamed"]["no_superposition"]["fvu"]
+
+
+def test_in_memory_slot_bytes_are_what_the_in_memory_path_holds(tmp_path):
+    """IN_MEMORY_SLOT_BYTES is the bytes per slot the squeeze stage holds for a split that fits
+    its buffer: open_train's numpy arrays plus training_batches' torch copies (read off the
+    generator's frame, so a change to either path fails here)."""
+    from neural_codec.params import IN_MEMORY_SLOT_BYTES
+    from neural_codec.squeezer.train import training_batches
+
+    train = open_train(write_split(tmp_path, planted(600), rows_per_shard=200), buffer_rows=10_000)
+    assert isinstance(train, SparseFeatures)  # the in-memory path
+    batches = training_batches(train, 64, torch.Generator().manual_seed(0))
+    next(batches)
+    held = batches.gi_frame.f_locals
+    torch_bytes = sum(t.element_size() * t.nelement() for t in (held["idx_all"], held["val_all"]))
+    slots = len(train) * train.k
+    assert (train.idx.nbytes + train.val.nbytes + torch_bytes) / slots == IN_MEMORY_SLOT_BYTES

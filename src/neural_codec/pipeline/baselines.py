@@ -4,7 +4,8 @@
 each; (c) random_encoder: a fixed random encoder with a trained decoder; (d) model_neurons: a
 ReLU readout from the original model's neurons to F (see `neural_codec.baselines`). M,
 importance, init and bias_init come from the `squeezer` section, so a sweep over squeezer.M
-moves the baselines with it; the decoders' training params come from `baselines`.
+moves the baselines with it; the decoders' training params come from `baselines`. The trained
+decoders' loss curves go to plots/baselines/curves (one dvclive TSV per `TRAINED_METHODS` entry).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from neural_codec import paths, storage
-from neural_codec.baselines import disk_batches, run_baselines
+from neural_codec.baselines import TRAINED_METHODS, disk_batches, run_baselines
 from neural_codec.codec import eval_batch_size, iter_eval_batches
 from neural_codec.config import BaselinesConfig, SqueezerConfig
+from neural_codec.curves import write_curves
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
 from neural_codec.runtime import resolve_device
@@ -31,6 +33,7 @@ from neural_codec.squeezer.stream import open_train
 class BaselinesRun:
     metrics: dict[str, dict[str, Any]]  # {method: codec metrics}
     timings: dict[str, dict[str, float]]  # {method: fit seconds, samples/s}
+    curves: dict[str, list[dict[str, float]]]  # {trained method: loss curve}
 
 
 def run(params: dict[str, Any]) -> BaselinesRun:
@@ -61,7 +64,7 @@ def run(params: dict[str, Any]) -> BaselinesRun:
         keys = ("resid", "neurons") if with_neurons else ("resid",)
         return iter_eval_batches(features / "heldout", activations / "heldout", bs, keys)
 
-    metrics, timings = run_baselines(
+    metrics, timings, curves = run_baselines(
         cfg.methods,
         train,
         sq.M,
@@ -75,13 +78,15 @@ def run(params: dict[str, Any]) -> BaselinesRun:
         init=sq.init,
         bias_init=sq.bias_init,
     )
-    return BaselinesRun(metrics, timings)
+    return BaselinesRun(metrics, timings, curves)
 
 
 def write(r: BaselinesRun) -> None:
     storage.write_json(paths.metrics_file("baselines"), r.metrics)
     fvu = [[m, res["fvu"]] for m, res in r.metrics.items()]
     storage.write_csv(paths.plot_dir("baselines") / "fvu.csv", ["method", "fvu"], fvu)
+    # every trained method's file always (declared DVC plots): header-only when not in methods
+    write_curves(paths.curve_dir("baselines"), {m: r.curves.get(m, []) for m in TRAINED_METHODS})
 
 
 def summary(r: BaselinesRun) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from neural_codec.config import SqueezerConfig
+from neural_codec.curves import CurveLogger
 from neural_codec.errors import ParamError, check
 from neural_codec.runtime import autocast_dtype, progress, resolve_device
 from neural_codec.squeezer.inputs import check_features
@@ -62,31 +62,6 @@ def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, lr=lr)
-
-
-@dataclass
-class CurveLogger:
-    """Mean loss over each logging interval, ~`points` points over training.
-
-    `add` takes the loss tensor and sums it in float64 where it lives, so a GPU step never waits
-    for a host read; only a logging point reads it (the same float64 sums as Python floats)."""
-
-    n_steps: int
-    points: int = 50
-    curve: list[dict[str, float]] = field(default_factory=list)
-    _sum: Any = 0.0
-    _count: int = 0
-
-    def add(self, step: int, loss: torch.Tensor | float) -> bool:
-        """Add one step's loss; True when this step closed a logging interval."""
-        self._sum = self._sum + (loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss))
-        self._count += 1
-        every = max(1, self.n_steps // self.points)
-        if (step + 1) % every == 0 or step + 1 == self.n_steps:
-            self.curve.append({"step": step + 1, "loss": float(self._sum) / self._count})
-            self._sum, self._count = 0.0, 0
-            return True
-        return False
 
 
 def step_bar(n_steps: int, desc: str) -> Any:
