@@ -517,6 +517,29 @@ def circle_stats(
     }
 
 
+def circle_family(fam: dict[str, Any]) -> dict[str, Any]:
+    """The family as its circle is tested: members whose SAE latent is no recovery of them
+    (`recovered` false, see `sae.families_in_latent_space`) and all but the best-matched of
+    members sharing one latent are left out, the rest keep their true places (`positions` in a
+    `cycle` of the full length), so a missing month leaves a gap instead of another feature's
+    point (or a duplicate) in the circle. Families without `recovered` are returned as they are."""
+    rec = fam.get("recovered")
+    if rec is None or fam.get("member_weights") is not None:
+        return fam
+    members = [int(m) for m in fam["members"]]
+    cos = fam.get("cosines") or [1.0] * len(members)
+    pos = fam.get("positions") or list(range(len(members)))
+    best: dict[int, int] = {}  # latent -> the member index matched best to it
+    for i, m in enumerate(members):
+        if rec[i] and (m not in best or cos[i] > cos[best[m]]):
+            best[m] = i
+    keep = sorted(best.values())
+    labels = fam.get("labels") or []
+    return {**fam, "members": [members[i] for i in keep], "positions": [pos[i] for i in keep],
+            "labels": [labels[i] for i in keep] if len(labels) == len(members) else labels,
+            "cycle": fam.get("cycle") or len(members), "n_left_out": len(members) - len(keep)}  # fmt: skip
+
+
 def is_circle_family(fam: dict[str, Any]) -> bool:
     """A cyclic family with at least 3 distinct points: 3 member latents, or (a cluster family,
     `source.lm.clusters`) 3 members placed by their mean activations over the cluster."""
@@ -550,14 +573,18 @@ def family_phases(fam: dict[str, Any]) -> np.ndarray | None:
 def family_circles(
     W: np.ndarray, families: list[dict[str, Any]], n_permutations: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct points."""
+    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct points, on its
+    recovered members (`circle_family`)."""
     out: dict[str, dict[str, float]] = {}
-    for i, fam in enumerate(families):
+    for i, full in enumerate(families):
+        fam = circle_family(full)
         if not is_circle_family(fam):
             continue
         out[str(fam.get("name", f"family_{i}"))] = circle_stats(
             family_points(W, fam), n_permutations, seed + i, family_phases(fam)
         )
+        if "n_left_out" in fam:  # members without a recovered latent (`circle_family`)
+            out[str(fam.get("name", f"family_{i}"))]["n_left_out"] = fam["n_left_out"]
     for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
         res["p_holm"] = float(p_adj)  # Holm over the cyclic families tested together
     return out
