@@ -42,6 +42,21 @@ def run(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+def test_circle_verdicts_leave_the_intervals():
+    from neural_codec.pipeline.seeds import circle_verdicts
+
+    per = {
+        "fvu": [0.1, 0.2],
+        "circle.p_value.weekdays": [0.01, 0.3],
+        "circle.harmonic_p_value.months.x": [0.5, 0.6],
+    }
+    assert circle_verdicts(per) == {
+        "weekdays": {"p_value": [0.01, 0.3]},
+        "months.x": {"harmonic_p_value": [0.5, 0.6]},
+    }
+    assert per == {"fvu": [0.1, 0.2]}
+
+
 def read(root, name):
     return json.loads((root / "metrics" / name).read_text())
 
@@ -56,6 +71,14 @@ def test_every_headline_has_an_interval_over_three_seeds(run):
         assert set(t) >= {"mean", "ci_low", "ci_high", "n_seeds"} and t["n_seeds"] == 3, key
         assert t["ci_low"] <= t["mean"] <= t["ci_high"], key
         assert key in iv["untrained"] and key in iv["holds"]
+    # the per-seed circle verdicts (the geometry_circles control counts them): out of the intervals
+    geo = read(root, "geometry.json")["trained"]["encoder"]["circles"]["weekdays"]
+    for cond in ("trained", "untrained", "permuted"):
+        w = iv["circles"][cond]["weekdays"]
+        assert set(w) == {"p_value", "harmonic_p_value"} and len(w["p_value"]) == 3
+        assert all(0 < p <= 1 for p in w["harmonic_p_value"])
+    assert iv["trained"]["harmonic_frac_weekdays"]["per_seed"][0] == pytest.approx(geo["harmonic_frac"])
+    assert not any(k.startswith("circle.") for k in iv["trained"])
 
 
 def test_seed_zero_is_the_single_seed_run_and_fvu_clears_its_floor(run):

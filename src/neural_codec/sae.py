@@ -394,17 +394,24 @@ def ground_truth_recovery(sae, directions: np.ndarray, threshold: float) -> dict
 
 
 def families_in_latent_space(families: list[dict[str, Any]], best_latent: np.ndarray,
-                             best_cos: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
-    """Map each planted family's true members to their best-matching SAE latents."""
+                             best_cos: np.ndarray, threshold: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Map each planted family's true members to their best-matching SAE latents. With
+    `threshold` (sae.recovery_threshold), `recovered` says per member whether its latent is a
+    recovery (best cosine >= threshold): an unrecovered member's "best" latent is some other
+    feature's (a tiny run mapped January onto Thursday's latent and April and May onto one),
+    which the circle statistics must leave out (`geometry.circle_family`)."""
     out = []
     for fam in families:
         true_members = fam["members"]
-        out.append({
+        entry = {
             "name": fam["name"], "kind": fam["kind"],
             "members": [int(best_latent[m]) for m in true_members],
             "true_members": true_members, "labels": fam.get("labels", []),
             "cosines": [float(best_cos[m]) for m in true_members],
-        })  # fmt: skip
+        }  # fmt: skip
+        if threshold is not None:
+            entry["recovered"] = [bool(best_cos[m] >= threshold) for m in true_members]
+        out.append(entry)
     return out
 
 

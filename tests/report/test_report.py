@@ -97,6 +97,8 @@ def geo(d_star: float, n_lines: int, digons: int, corr: float, wrap: float) -> d
                 "neighbour_frac": 0.857,
                 "wrap_ratio": wrap,
                 "p_value": 0.002,
+                "harmonic_frac": corr * 0.6,
+                "harmonic_p_value": 0.004,
                 "pc2_var_frac": 0.71,
                 "n_members": 7,
             }
@@ -656,7 +658,7 @@ def _codec_metrics() -> dict:
         },
         "correlated": {"lift_all_pairs": {"median": 20.0}},
     }
-    m["geometry"]["trained"]["encoder"]["circles"] = {"weekdays": {"p_value": 0.001}}
+    m["geometry"]["trained"]["encoder"]["circles"] = {"weekdays": {"p_value": 0.001, "harmonic_p_value": 0.002}}
     m["geometry"]["trained"]["encoder"]["lines"] = {"1/2": {"is_line": True}, "1/3": {"is_line": False}}
     m["geometry"]["trained"]["encoder"]["polytopes"] = {"digon": 4, "triangle": 1, "other": 3}
     m["source"]["model_geometry"] = {
@@ -724,6 +726,44 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     toy = _codec_metrics()
     toy["source"]["model"] = "toy"
     assert not positive_controls(Metrics(toy))["compare_planted_codec"]["expected_found"]
+
+
+def test_circle_control_counts_the_seeds_that_find_the_circle():
+    """With the seeds stage, geometry_circles is the harmonic test's found fraction over the
+    Squeezer seeds (not seed 0's top-2 PC p-value, a coin toss on the planted codec), and the
+    untrained starts must not find it; without it, seed 0's harmonic p-value decides."""
+    from neural_codec.report.controls import positive_controls
+    from neural_codec.report.metrics import Metrics
+
+    m = _codec_metrics()
+    m["geometry"]["trained"]["encoder"]["circles"] = {
+        "weekdays": {"p_value": 0.26, "harmonic_p_value": 0.3},  # seed 0 misses it
+        "months": {"p_value": 0.001, "harmonic_p_value": 0.001},
+    }
+    assert not positive_controls(Metrics(m))["geometry_circles"]["found"]  # one seed: not found
+    m["intervals"] = {
+        "circles": {
+            "trained": {
+                "weekdays": {"harmonic_p_value": [0.3, 0.01, 0.002], "p_value": [0.26, 0.01, 0.02]},
+                "months": {"harmonic_p_value": [0.001, 0.004, 0.2], "p_value": [0.001, 0.3, 0.6]},
+            },
+            "untrained": {
+                "weekdays": {"harmonic_p_value": [0.5, 0.04, 0.7]},
+                "months": {"harmonic_p_value": [0.9, 0.3, 0.6]},
+            },
+        }
+    }
+    c = positive_controls(Metrics(m))["geometry_circles"]
+    assert c["found"] and c["expected_found"], c
+    assert c["measured"]["harmonic_found_frac"] == {"weekdays": 2 / 3, "months": 2 / 3}
+    assert c["measured"]["top2pc_found_frac"] == {"weekdays": 2 / 3, "months": 1 / 3}
+    assert c["cite"].startswith("intervals.json:circles")
+    # found in one seed of three: not found; found as often in the untrained starts: no control
+    m["intervals"]["circles"]["trained"]["months"]["harmonic_p_value"] = [0.001, 0.3, 0.2]
+    assert not positive_controls(Metrics(m))["geometry_circles"]["found"]
+    m["intervals"]["circles"]["trained"]["months"]["harmonic_p_value"] = [0.001, 0.004, 0.2]
+    m["intervals"]["circles"]["untrained"]["weekdays"]["harmonic_p_value"] = [0.01, 0.04, 0.7]
+    assert not positive_controls(Metrics(m))["geometry_circles"]["found"]
 
 
 def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():

@@ -432,6 +432,47 @@ def circular_ranks(theta: np.ndarray) -> np.ndarray:
     return 2 * np.pi * rank / K
 
 
+def harmonic_basis(phi: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (K, 2) of the centred first circular harmonic (cos phi, sin phi)."""
+    F = np.column_stack([np.cos(phi), np.sin(phi)])
+    Q, _ = np.linalg.qr(F - F.mean(0))
+    return Q
+
+
+def harmonic_frac(X: np.ndarray, phi: np.ndarray) -> float:
+    """Share of the family's centred variance on its first circular harmonic: ||Q^T Xc||^2 / ||Xc||^2
+    with Q = `harmonic_basis(phi)`. 1 for members exactly on a circle (any plane, any offset) in
+    their true order; 2 / (K - 1) expected under shuffled labels.
+
+    Why, beside the top-2 PC angles: a codec gives every member its own direction too (to decode
+    it), so a real circle need not be the family's top-2 PC plane; the top-2 PC test then reads a
+    plane of the members' individual directions and misses it (planted circle of radius 1 plus
+    3 per-member dims of sd 1: found in 30% of draws, `tests/analysis/test_circle_power.py`).
+    This reads the circle's plane off the true phases (the Fourier power of Engels et al. 2024's
+    circular features), and the label permutation redoes the fit, so its p-value stays exact.
+    """
+    Xc = np.asarray(X, dtype=np.float64) - np.asarray(X, dtype=np.float64).mean(0)
+    tot = float((Xc * Xc).sum())
+    return float(((harmonic_basis(phi).T @ Xc) ** 2).sum() / tot) if tot > 0 else float("nan")
+
+
+def harmonic_test(X: np.ndarray, phi: np.ndarray, n_permutations: int, seed: int) -> tuple[float, float]:
+    """(`harmonic_frac`, its label-permutation p-value (1 + #{null >= observed}) / (1 + n))."""
+    Xc = np.asarray(X, dtype=np.float64) - np.asarray(X, dtype=np.float64).mean(0)
+    tot = float((Xc * Xc).sum())
+    if tot <= 0:
+        return float("nan"), 1.0
+    Q = harmonic_basis(np.asarray(phi, dtype=np.float64))
+    obs = float(((Q.T @ Xc) ** 2).sum() / tot)
+    rng = np.random.default_rng(seed)
+    G = Xc @ Xc.T  # ||Q[perm]^T Xc||^2 = tr(Q^T G[perm][:, perm] Q): one K x K Gram for all draws
+    null = np.empty(n_permutations)
+    for i in range(n_permutations):
+        perm = rng.permutation(len(Xc))
+        null[i] = float(np.einsum("ia,ij,ja->", Q, G[np.ix_(perm, perm)], Q)) / tot
+    return obs, (1 + int(np.sum(null >= obs - 1e-12))) / (1 + n_permutations)
+
+
 def circle_stats(
     X: np.ndarray, n_permutations: int = 1000, seed: int = 0, phases: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -444,7 +485,9 @@ def circle_stats(
     ranks (`circular_ranks`), i.e. a true circular rank correlation. `p_value`: circular_corr with
     the member labels shuffled (`n_permutations` times), (1 + #{null >= observed}) / (1 + n).
     Closure: `max_gap_ratio` and `closed` (see `max_gap_ratio`, `is_closed`); `wrap_ratio` is
-    kept for comparison.
+    kept for comparison. `harmonic_frac` / `harmonic_p_value`: the variance share on the first
+    circular harmonic and its permutation p-value (`harmonic_test`; the circle in whatever plane
+    it lies, where the top-2 PC statistics need it to be the family's dominant plane).
     """
     X = np.asarray(X, dtype=np.float64)
     K = len(X)
@@ -458,6 +501,7 @@ def circle_stats(
     s = np.linalg.svd(X - X.mean(0), compute_uv=False)
     var = s**2
     gap = max_gap_ratio(P, phases)
+    h_frac, h_p = harmonic_test(X, phi, n_permutations, seed + 1)
     return {
         "circular_corr": obs,
         "circular_rank_corr": abs(fisher_lee(circular_ranks(theta), phi)),
@@ -467,8 +511,33 @@ def circle_stats(
         "closed": is_closed(gap),
         "p_value": float(p),
         "pc2_var_frac": float(var[:2].sum() / var.sum()) if var.sum() > 0 else float("nan"),
+        "harmonic_frac": h_frac,
+        "harmonic_p_value": float(h_p),
         "n_members": K,
     }
+
+
+def circle_family(fam: dict[str, Any]) -> dict[str, Any]:
+    """The family as its circle is tested: members whose SAE latent is no recovery of them
+    (`recovered` false, see `sae.families_in_latent_space`) and all but the best-matched of
+    members sharing one latent are left out, the rest keep their true places (`positions` in a
+    `cycle` of the full length), so a missing month leaves a gap instead of another feature's
+    point (or a duplicate) in the circle. Families without `recovered` are returned as they are."""
+    rec = fam.get("recovered")
+    if rec is None or fam.get("member_weights") is not None:
+        return fam
+    members = [int(m) for m in fam["members"]]
+    cos = fam.get("cosines") or [1.0] * len(members)
+    pos = fam.get("positions") or list(range(len(members)))
+    best: dict[int, int] = {}  # latent -> the member index matched best to it
+    for i, m in enumerate(members):
+        if rec[i] and (m not in best or cos[i] > cos[best[m]]):
+            best[m] = i
+    keep = sorted(best.values())
+    labels = fam.get("labels") or []
+    return {**fam, "members": [members[i] for i in keep], "positions": [pos[i] for i in keep],
+            "labels": [labels[i] for i in keep] if len(labels) == len(members) else labels,
+            "cycle": fam.get("cycle") or len(members), "n_left_out": len(members) - len(keep)}  # fmt: skip
 
 
 def is_circle_family(fam: dict[str, Any]) -> bool:
@@ -504,14 +573,18 @@ def family_phases(fam: dict[str, Any]) -> np.ndarray | None:
 def family_circles(
     W: np.ndarray, families: list[dict[str, Any]], n_permutations: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct points."""
+    """`circle_stats` for every family of kind "cyclic" with at least 3 distinct points, on its
+    recovered members (`circle_family`)."""
     out: dict[str, dict[str, float]] = {}
-    for i, fam in enumerate(families):
+    for i, full in enumerate(families):
+        fam = circle_family(full)
         if not is_circle_family(fam):
             continue
         out[str(fam.get("name", f"family_{i}"))] = circle_stats(
             family_points(W, fam), n_permutations, seed + i, family_phases(fam)
         )
+        if "n_left_out" in fam:  # members without a recovered latent (`circle_family`)
+            out[str(fam.get("name", f"family_{i}"))]["n_left_out"] = fam["n_left_out"]
     for res, p_adj in zip(out.values(), holm([r["p_value"] for r in out.values()]), strict=True):
         res["p_holm"] = float(p_adj)  # Holm over the cyclic families tested together
     return out

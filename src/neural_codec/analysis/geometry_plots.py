@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_codec.analysis.geometry import family_points, is_circle_family, top2_projection
+from neural_codec.analysis.geometry import circle_family, family_points, is_circle_family, top2_projection
 from neural_codec.config import parse_fraction
 from neural_codec.plotting import pyplot, save_png
 
@@ -128,7 +128,7 @@ def plot_circles(
     closing segment (last -> first) is drawn only when the circle is closed (`closed`), so an
     open arc does not look closed."""
     plt = pyplot()
-    fams = [f for f in families if is_circle_family(f)]
+    fams = [c for c in map(circle_family, families) if is_circle_family(c)]
     names = list(weights)
     ncol = max(len(fams), 1)
     fig, axes = plt.subplots(len(names), ncol, figsize=(3.6 * ncol, 3.4 * len(names)), squeeze=False)

@@ -29,7 +29,9 @@ def build_labels(
     truth = np.load(source_dir / "truth.npz")
     rec = ground_truth_recovery(sae, truth["directions"], cfg.recovery_threshold)
     families = storage.read_json(source_dir / "truth.json")["families"]
-    in_latents = families_in_latent_space(families, rec["best_latent"], rec["best_cosine"])
+    in_latents = families_in_latent_space(
+        families, rec["best_latent"], rec["best_cosine"], cfg.recovery_threshold
+    )
     labels = latent_labels(families, rec["best_latent"], rec["best_cosine"], sae.cfg.d_sae)
     storage.write_json(out_dir / "families.json", in_latents)
     storage.write_json(out_dir / "latent_labels.json", labels)

@@ -21,7 +21,9 @@ Measures per seed (same functions as the single-seed stages):
 - squeeze: FVU, features represented and SAE-input explained variance on the held-out rows
   (`evaluate_codec`);
 - geometry (encoder rows): D*, fraction represented, number of lines, polytopes, circular
-  correlation, neighbour fraction and wrap ratio of each cyclic family;
+  correlation, neighbour fraction, wrap ratio and harmonic fraction of each cyclic family; its
+  circle p-values per seed go to `circles.<condition>.<family>` (no interval: the
+  geometry_circles control counts the seeds that find the circle);
 - logic (co-occurrence split): median lift of the sharing pairs and of their controls, the
   numbers of sharing and control pairs and Cliff's delta of both sign groups;
 - compare (held-out rows, the model's neurons): Hungarian mean |r|, CKA, SVCCA, interference
@@ -91,7 +93,11 @@ LOWER_IS_BETTER = ("fvu",)
 #: measures where higher is better; every other measure "holds" when the intervals are disjoint
 #: (it differs from the floor in either direction: D*, lines, polytopes, logic lift and delta)
 HIGHER_IS_BETTER = ("features_represented", "hungarian_mean_r", "cka", "svcca", "mantel_r", "circular_corr",
-                    "sae_explained_variance", "neighbour_frac")  # fmt: skip
+                    "sae_explained_variance", "neighbour_frac", "harmonic_frac")  # fmt: skip
+#: per-seed circle statistics kept out of the intervals: an interval of p-values means nothing,
+#: the control counts the seeds whose circle is found (`circle_verdicts`, report/controls.py)
+CIRCLE_VERDICT = ("p_value", "harmonic_p_value")
+CIRCLE_PREFIX = "circle."
 #: the floor a logic lift must lie below (features sharing a neuron co-occur less than controls)
 CONTROL = "matched_control"
 #: the compare measures of a pair of neuron populations (the ceilings over seed pairs)
@@ -159,8 +165,10 @@ def measures(
     out["n_lines"] = g["n_lines"]
     out["n_polytopes"] = float(sum(v for k, v in g["polytopes"].items() if k not in ("other", "isolated")))
     for fam, c in g["circles"].items():
-        for k in ("circular_corr", "neighbour_frac", "wrap_ratio"):
+        for k in ("circular_corr", "neighbour_frac", "wrap_ratio", "harmonic_frac"):
             out[f"{k}_{fam}"] = c[k]
+        for k in CIRCLE_VERDICT:  # per-seed circle verdicts: out of the intervals (`circle_verdicts`)
+            out[f"{CIRCLE_PREFIX}{k}.{fam}"] = c[k]
     res, _ = analyse_sharing(
         w_enc, lambda: storage.iter_sparse(ctx["cooc_dir"], logic.batch_size), logic, ctx["families"]
     )
@@ -405,6 +413,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                     rand_enc[k].append(float(ev[k]))
         seconds.append(time.perf_counter() - t0)
     out: dict[str, Any] = {"n_seeds": cfg.n_seeds, "seeds": [sq_cfg.seed + s for s in range(cfg.n_seeds)]}
+    out["circles"] = {c: circle_verdicts(per_seed[c]) for c in conds}
     for cond in ("trained", "untrained", "permuted"):
         out[cond] = {k: {**interval(v), "per_seed": v} for k, v in per_seed.get(cond, {}).items()}
     # floors this run skipped (the verdict names them rather than pass without them)
@@ -430,6 +439,16 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     }
     out["_seconds"] = {"seconds_per_seed": seconds, "seconds_ceilings": time.perf_counter() - t0}
     return out
+
+
+def circle_verdicts(per_seed: dict[str, list[Any]]) -> dict[str, dict[str, list[Any]]]:
+    """Pop the per-seed circle statistics (`CIRCLE_PREFIX`) out of one condition's measures:
+    {family: {statistic: [one value per seed]}}."""
+    out: dict[str, dict[str, list[Any]]] = defaultdict(dict)
+    for key in [k for k in per_seed if k.startswith(CIRCLE_PREFIX)]:
+        stat, fam = key[len(CIRCLE_PREFIX) :].split(".", 1)
+        out[fam][stat] = per_seed.pop(key)
+    return dict(out)
 
 
 def read_baselines() -> dict[str, Any]:

@@ -234,6 +234,8 @@ def geometry_section(m: Metrics, plots: Path) -> Section:
                 "circular_corr",
                 "circular_rank_corr",
                 "p_value",
+                "harmonic_frac",
+                "harmonic_p_value",
                 "max_gap_ratio",
                 "wrap_ratio",
                 "neighbour_frac",

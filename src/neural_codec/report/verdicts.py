@@ -282,6 +282,19 @@ def geometry_rows(m: Metrics, part: str = "encoder") -> list[VerdictRow]:
         rows.append(
             VerdictRow(
                 h,
+                [
+                    f"circle '{fam}': variance share on the first circular harmonic, the circle in "
+                    "whatever plane it lies (chance 2/(K-1); label-permutation p = ",
+                    m.num(f"{t}.{c}.harmonic_p_value"),
+                    ")",
+                ],
+                m.num(f"{t}.{c}.harmonic_frac"),
+                nulls(f"{c}.harmonic_frac"),
+            )
+        )
+        rows.append(
+            VerdictRow(
+                h,
                 f"circle '{fam}': fraction of cyclic neighbours adjacent in angle (1 = in order)",
                 m.num(f"{t}.{c}.neighbour_frac"),
                 nulls(f"{c}.neighbour_frac"),
@@ -556,7 +569,7 @@ def with_intervals(rows: list[VerdictRow], m: Metrics) -> list[VerdictRow]:
 
 
 #: numbers the verdict reads as they are (test p-values, verdict words): no interval expected
-AS_IS = (".p_value", ".verdict")
+AS_IS = (".p_value", ".harmonic_p_value", ".verdict")
 
 
 def is_interval_part(cite: str) -> bool:
