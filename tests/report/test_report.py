@@ -795,6 +795,26 @@ def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():
     assert positive_controls(Metrics(_codec_metrics()))["compare_readout_ceiling"]["found"]
 
 
+def test_an_underpowered_control_gives_no_verdict_found_or_not():
+    """36 planted exclusive pairs give ~30% power: a chance find (p 0.049) is no failure, and a
+    miss is none either; a find where nothing is planted stays a failure."""
+    from neural_codec.report.controls import controls_table, positive_controls
+    from neural_codec.report.metrics import Metrics
+
+    m = _codec_metrics()
+    fam = m["logic"]["families"]["exclusive"]
+    fam["n_pairs"] = 36  # the default run's: 4 same-sign sharing at 2.9x chance, p 0.049
+    fam["same_sign"].update(n_sharing=4, frac_sharing_chance=0.0386, enrichment=2.88)
+    fam["opposite_sign"].update(n_sharing=1, frac_sharing_chance=0.03, enrichment=0.93)
+    c = positive_controls(Metrics(m))
+    row = c["logic_exclusive_antipodal"]
+    assert row["found"] and not row["expected_found"] and row["no_verdict"], row
+    status = {r[0]: r[-1] for r in controls_table(c).rows}
+    assert status["`logic_exclusive_antipodal`"] == "no verdict"
+    fake = {"x": {"planted": {}, "measured": {}, "found": True, "expected_found": False}}
+    assert controls_table(fake).rows[0][-1] == "CONTROL FAILED"
+
+
 def test_report_opens_with_the_controls_table_and_writes_controls_json(tmp_path):
     root, page, md = render(tmp_path, _codec_metrics())
     controls = json.loads((root / "metrics/controls.json").read_text())

@@ -44,6 +44,9 @@ and shown as the report's first table, each row beside the experiment's own head
   the untrained start (`tms_geometry_controls`).
 - compare_readout_ceiling: the same readout on the dense input the neurons read, which they
   are an exact function of, must fit them; on an lm source too (`readout_ceiling_control`).
+A row with `no_verdict` (planted, but the test cannot decide: underpowered, or features read
+elsewhere than the MLP input) shows "no verdict" found or not; otherwise a find where nothing
+is planted, or a miss where something is, is CONTROL FAILED.
 A row whose inputs are missing (lm source, an analysis switched off) has found = false and a
 `measured` of None, so a broken or absent analysis can never pass.
 """
@@ -200,7 +203,8 @@ def readout_ceiling_control(m: Metrics) -> dict[str, dict[str, Any]]:
             "measured": {"ceiling_dense_mean_r2": r2, "readout_form": m.get(f"{p}.readout_form")},
             "found": not _lt(r2, CEILING_FITS) and r2 is not None,
             "expected_found": bool(exact),
-            **({} if exact else {"not_expected_because": "sae_hook is not the neurons' MLP input"}),
+            **({} if exact else {"no_verdict": True,
+                                 "not_expected_because": "sae_hook is not the neurons' MLP input"}),
             "cite": f"{p}.ceiling_dense.mean_r2",
         }
     }  # fmt: skip
@@ -297,7 +301,7 @@ def antipodal_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
         "measured": {"placement": placement, "same_sign": same, "opposite_sign": opp},
         "found": placement == "antipodal" if tied else placement != "none",
         "expected_found": bool(planted.get("exclusive")) and testable,
-        **({} if testable or not planted.get("exclusive") else {"not_expected_because":
+        **({} if testable or not planted.get("exclusive") else {"no_verdict": True, "not_expected_because":
             f"underpowered: {int(opp.get('n_pairs') or 0)} planted pairs give < {MIN_POWER:.0%} power against "
             f"{POWER_ENRICHMENT:g}x chance"}),
         "cite": "logic.json:families.exclusive.opposite_sign.enrichment",
@@ -454,7 +458,13 @@ def controls_table(controls: dict[str, dict[str, Any]]) -> Table:
     rows: list[Row] = []
     for name, c in controls.items():
         verdict = "found" if c["found"] else "not found"
-        status = "ok" if c["found"] == c["expected_found"] else "CONTROL FAILED"
+        # a row with no verdict (planted, but the test cannot decide here: underpowered, or the
+        # input is not what the neurons read) passes found or not; elsewhere a find where nothing
+        # is planted is a false positive, and a miss where something is, a failure
+        if c.get("no_verdict"):
+            status = "no verdict"
+        else:
+            status = "ok" if c["found"] == c["expected_found"] else "CONTROL FAILED"
         rows.append(
             [
                 f"`{name}`",
