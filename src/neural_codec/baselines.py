@@ -153,6 +153,31 @@ def fit_pca(
     return PCACodec(mu, evecs[:, order], evals[order])
 
 
+def orthonormalize(Y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of Y's columns by Cholesky-QR2 (R = chol(Y^T Y), Q = Y R^-1, twice),
+    falling back to Householder QR when Y^T Y is not numerically positive definite.
+
+    Why: at n 24,576 and k + p 3,088 numpy's QR (geqrf + orgqr) was the whole cost of the PCA
+    baseline (py-spy on the full-width dry run); Cholesky-QR2 does a Gram (syrk) and a triangular
+    solve instead, 2.5x faster there (53.5 s vs 21.7 s, same span to 5e-14, orthogonality 1e-15),
+    and the second pass restores orthogonality lost to the Gram's squared condition number
+    (Fukaya et al. 2014). A rank-deficient block (fewer live directions than columns) makes
+    the Cholesky fail: QR handles it."""
+    import scipy.linalg as sla
+
+    Q = np.asarray(Y, dtype=np.float64)
+    try:
+        for _ in range(2):
+            R = sla.cholesky(Q.T @ Q, lower=False)
+            Q = sla.solve_triangular(R, Q.T, trans="T", lower=False).T
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(np.asarray(Y, dtype=np.float64))[0]
+    # a near-singular Gram can factor yet leave columns off the unit sphere: check (O(n k))
+    if not np.isfinite(Q).all() or np.abs(np.linalg.norm(Q, axis=0) - 1.0).max() > 1e-6:
+        return np.linalg.qr(np.asarray(Y, dtype=np.float64))[0]
+    return Q
+
+
 def randomized_top_eigh(
     matmat: Callable[[np.ndarray], np.ndarray],
     n: int,
@@ -166,9 +191,9 @@ def randomized_top_eigh(
     after every product, then Rayleigh-Ritz on the (k + p)-dim subspace. Why: k block products of
     width k + p cost far less than Lanczos at k in the thousands, and the operator is streamed."""
     width = min(n, k + oversample)
-    q, _ = np.linalg.qr(matmat(np.random.default_rng(seed).standard_normal((n, width))))
+    q = orthonormalize(matmat(np.random.default_rng(seed).standard_normal((n, width))))
     for _ in range(power_iters):
-        q, _ = np.linalg.qr(matmat(q))
+        q = orthonormalize(matmat(q))
     t = q.T @ matmat(q)
     evals, u = np.linalg.eigh((t + t.T) / 2)
     order = np.argsort(evals)[::-1][:k]

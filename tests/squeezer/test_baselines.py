@@ -27,6 +27,7 @@ from neural_codec.baselines import (
     fit_no_superposition,
     fit_pca,
     fit_random_encoder,
+    orthonormalize,
     randomized_top_eigh,
 )
 from neural_codec.codec import SqueezerCodec, batches_from_arrays, evaluate_codec
@@ -95,6 +96,22 @@ def test_randomized_eigh_finds_the_top_subspace_of_a_flat_tailed_spectrum():
     assert np.trace(evecs.T @ C @ evecs) == pytest.approx(ref.sum(), rel=1e-5)
     rough, _ = randomized_top_eigh(lambda x: C @ x, n, k, oversample=0, power_iters=0)
     assert rough.sum() < ref.sum() * (1 - 1e-3)
+
+
+def test_orthonormalize_spans_the_block_and_falls_back_on_a_rank_deficient_one():
+    """Cholesky-QR2 gives an orthonormal basis of the same span as Householder QR on a block
+    with decaying columns (a power step's); a rank-deficient block, where the Gram's Cholesky
+    fails, still gets an orthonormal basis (the QR fallback)."""
+    rng = np.random.default_rng(5)
+    Y = rng.standard_normal((500, 60)) * np.logspace(0, -4, 60)
+    Q = orthonormalize(Y)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(60), atol=1e-12)
+    Q_ref = np.linalg.qr(Y)[0]
+    assert np.linalg.norm(Q_ref @ (Q_ref.T @ Q) - Q) < 1e-10
+    low = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 60))  # rank 5 of 60 columns
+    Q = orthonormalize(low)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(60), atol=1e-10)
+    assert np.linalg.norm(low - Q @ (Q.T @ low)) < 1e-8 * np.linalg.norm(low)
 
 
 def test_no_superposition_keeps_the_highest_variance_features_and_loses_the_rest():
