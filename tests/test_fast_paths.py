@@ -25,13 +25,7 @@ from neural_codec.squeezer.loss import _DecoderSquaredError, reconstruction_loss
 from neural_codec.squeezer.model import Squeezer
 from neural_codec.storage import SparseFeatures
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def distinct_rows(B, n, k, seed, pad_frac=0.25):

@@ -11,13 +11,7 @@ from neural_codec import sae as sae_mod
 from neural_codec import storage
 from neural_codec.config import SAEConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_split(directory: Path, n: int = 2000, d: int = 8) -> Path:

@@ -3,7 +3,6 @@ at most about alpha over >= 20 seeds; on planted structure it has power. Plus th
 
 import numpy as np
 import pytest
-import torch
 
 from neural_codec.analysis import calibration as cal
 from neural_codec.analysis.stats import benjamini_hochberg, bootstrap_interval, clears, holm, interval
@@ -11,12 +10,7 @@ from neural_codec.analysis.stats import benjamini_hochberg, bootstrap_interval, 
 ALPHA = 0.05  # a larger alpha than the default 0.01 so that 20-40 seeds can see a miscalibration
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_holm_and_bh_match_hand_values():

@@ -36,13 +36,7 @@ from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
 from neural_codec.squeezer.train import train_squeezer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def graded(n=30, N=4000, seed=0, p=None):

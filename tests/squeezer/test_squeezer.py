@@ -26,12 +26,7 @@ from neural_codec.storage import SparseFeatures
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: thread hand-off costs more than the work
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_features(n, p, N, seed, mean=0.5, std=0.29, k=None) -> SparseFeatures:

@@ -18,13 +18,7 @@ from neural_codec.squeezer.stream import SparseShards, open_train, rows_in_memor
 from neural_codec.squeezer.train import train_squeezer
 from neural_codec.storage import SparseFeatures
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(N: int, n: int = 24, n_active: int = 6, p: float = 0.3, seed: int = 0) -> SparseFeatures:
