@@ -51,6 +51,17 @@ TINY_PARAMS: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: the stages after features at test size (few steps, permutations and seeds): the e2e tests
+TINY_DOWNSTREAM = {
+    "squeezer": {"M": 16, "steps": 300, "batch_size": 512},
+    "baselines": {"steps": 200, "batch_size": 512},
+    "geometry": {"n_permutations": 200, "null_rows": 10000, "null_steps": 150},
+    "logic": {"min_expected": 2.0},
+    "compare": {"n_mantel_permutations": 99, "retrain_steps": 150, "max_features_for_mantel": 200},
+    "seeds": {"n_seeds": 3, "steps": 150, "n_permutations": 49},
+}
+
+
 def tiny_params(**overrides: dict[str, Any]) -> dict[str, Any]:
     params = copy.deepcopy(TINY_PARAMS)
     for section, values in overrides.items():

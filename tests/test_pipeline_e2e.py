@@ -15,18 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import copy_repo, tiny_params, write_params
+from pipeline_helpers import TINY_DOWNSTREAM, copy_repo, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
-E2E_OVERRIDES = {
-    "squeezer": {"M": 16, "steps": 300, "batch_size": 512},
-    "baselines": {"steps": 200, "batch_size": 512},
-    "geometry": {"n_permutations": 200, "null_rows": 10000, "null_steps": 150},
-    "logic": {"min_expected": 2.0},
-    "compare": {"n_mantel_permutations": 99, "retrain_steps": 150, "max_features_for_mantel": 200},
-    "seeds": {"n_seeds": 3, "steps": 150, "n_permutations": 49},
-}
 
 STAGES = ["source", "activations", "sae", "labels", "features", "squeeze", "baselines", "geometry",
           "logic", "compare", "seeds"]  # fmt: skip
@@ -57,7 +49,7 @@ def ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    params = tiny_params(**E2E_OVERRIDES)
+    params = tiny_params(**TINY_DOWNSTREAM)
     import yaml
 
     full = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
@@ -209,7 +201,7 @@ def test_byte_stable_artifacts_and_the_run_cache(repo):
         sh(root, "dvc", "repro", "-f", "-s", stage)
         status = sh(root, "dvc", "status")
         assert "up to date" in status, (stage, status)
-    default_m = E2E_OVERRIDES["squeezer"]["M"]
+    default_m = TINY_DOWNSTREAM["squeezer"]["M"]
     sh(root, "dvc", "exp", "run", "-S", "squeezer.M=12")
     sh(root, "dvc", "exp", "run", "-S", f"squeezer.M={default_m}")
     out = sh(root, "dvc", "exp", "run", "-S", "squeezer.M=12")

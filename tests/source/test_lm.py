@@ -35,16 +35,10 @@ from neural_codec.source.lm.offline import GLASSLLM_SOURCE
 from neural_codec.source.lm.settings import config_for_sae, honour_sae_settings, sae_settings
 from neural_codec.source.lm.text import special_token_ids, token_batches
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: thread hand-offs cost more than the matmuls on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")

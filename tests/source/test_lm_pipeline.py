@@ -80,25 +80,25 @@ def params(root: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    import torch
+def run_chain(root: Path, p: dict, stages: list[str]) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    """The tiny offline model in `root`, `p` as root/work/params.yaml, and `stages` run there in
+    order until one fails; (work dir, results by stage)."""
+    fx.make_model(root)
+    work = root / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(p))
+    results = {}
+    for stage in stages:
+        results[stage] = run_stage(stage, work)
+        if results[stage].returncode:
+            break
+    return work, results
 
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("lmpipe")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add hand-off cost
-    try:
-        fx.make_model(root)
-        work = root / "work"
-        work.mkdir()
-        (work / "params.yaml").write_text(yaml.safe_dump(params(root)))
-        results = {}
-        for stage in STAGES:
-            results[stage] = run_stage(stage, work)
-            if results[stage].returncode:
-                break
-    finally:
-        torch.set_num_threads(n)
+    work, results = run_chain(root, params(root), STAGES)
     return root, work, results
 
 

@@ -8,12 +8,11 @@ import dataclasses
 import json
 import shutil
 
-import lm_fixtures as fx
 import numpy as np
 import pytest
 import torch
-import yaml
-from test_lm_pipeline import params, run_stage
+from pipeline_helpers import TINY_DOWNSTREAM
+from test_lm_pipeline import params, run_chain
 
 from neural_codec import storage
 from neural_codec.config import LMSourceConfig
@@ -26,7 +25,10 @@ from neural_codec.source.lm.load import load_model
 from neural_codec.source.lm.offline import GLASSLLM_SOURCE, MINILM_SOURCE
 from neural_codec.source.lm.text import special_token_ids, token_batches
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 STAGES = ["source", "activations", "sae", "labels", "features", "squeeze", "baselines", "geometry",
           "logic", "compare", "seeds"]  # fmt: skip
@@ -42,37 +44,16 @@ def tc_params(root) -> dict:
     p["sae"] = {"kind": "transcoder", "d_sae": 64, "l1_coefficient": 0.1, "training_samples": 51200,
                 "batch_size": 256, "lr": 0.003, "seed": 0}  # fmt: skip
     p["features"] = {"top_k": 4, "min_value": 0.0, "batch_size": 256, "rows_per_shard": 1000}
-    p.update({  # tiny downstream stages, as in tests/test_pipeline_e2e.py
-        "squeezer": {"M": 16, "steps": 200, "batch_size": 256},
-        "baselines": {"steps": 200, "batch_size": 256},
-        "geometry": {"n_permutations": 200, "null_rows": 10000, "null_steps": 150},
-        "logic": {"min_expected": 2.0},
-        "compare": {"n_mantel_permutations": 99, "retrain_steps": 150, "max_features_for_mantel": 200},
-        "seeds": {"n_seeds": 3, "steps": 150, "n_permutations": 49},
-    })  # fmt: skip
+    # the e2e tests' tiny downstream stages, at this chain's smaller batches (3,000 train rows)
+    p.update({**TINY_DOWNSTREAM, "squeezer": {"M": 16, "steps": 200, "batch_size": 256},
+              "baselines": {"steps": 200, "batch_size": 256}})  # fmt: skip
     return p
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add hand-off cost
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("lmtc")
-    fx.make_model(root)
-    work = root / "work"
-    work.mkdir()
-    (work / "params.yaml").write_text(yaml.safe_dump(tc_params(root)))
-    results = {}
-    for stage in STAGES:
-        results[stage] = run_stage(stage, work)
-        if results[stage].returncode:
-            break
+    work, results = run_chain(root, tc_params(root), STAGES)
     cfg = LMSourceConfig(**{**tc_params(root)["source"]["lm"]})
     return root, work, results, cfg
 
