@@ -769,13 +769,15 @@ def test_circle_control_counts_the_seeds_that_find_the_circle():
 def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():
     """An lm run plants nothing in its features: no synthetic rows, but the controls that hold on
     any source (TMS from this run's tms stage, the dense ceiling of the neuron-form readout)."""
-    from neural_codec.report.controls import positive_controls, reads_the_mlp_input
+    from neural_codec.report.controls import positive_controls
     from neural_codec.report.metrics import Metrics
 
     m = _codec_metrics()
     tms = {"pentagon_n5_m2_p0_05": {"tms": {"pentagon_found_frac": 1.0}}}
     m["tms"] = tms
-    m["source"] = {"kind": "lm", "sae_hook": "blocks.2.ln2.hook_normalized", "neuron_hook": "blocks.2.mlp.hook_post"}
+    m["source"] = {"kind": "lm"}
+    m["activations"] = {"sae_hook": "blocks.2.ln2.hook_normalized", "neuron_hook": "blocks.2.mlp.hook_post",
+                        "sae_reads_neuron_input": True}  # fmt: skip
     m["compare"]["neuron_predictability"].update(readout_form="gated_silu", readout="SiLU(w_g·x + b_g)·(w_u·x + b_u)")
     c = positive_controls(Metrics(m))
     assert "sae_recovery" not in c and "compare_planted_codec" not in c
@@ -787,10 +789,8 @@ def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():
     ceiling = positive_controls(Metrics(m))["compare_readout_ceiling"]
     assert not ceiling["found"] and ceiling["expected_found"]
     # features read elsewhere than the MLP input: the neurons are no function of it, no control
-    m["source"]["sae_hook"] = "blocks.2.hook_resid_pre"
+    m["activations"].update(sae_hook="blocks.2.hook_resid_pre", sae_reads_neuron_input=False)
     assert not positive_controls(Metrics(m))["compare_readout_ceiling"]["expected_found"]
-    assert reads_the_mlp_input("blocks.3.ln1.hook_normalized", "blocks.3.mlp.hook_post")
-    assert not reads_the_mlp_input("blocks.2.ln2.hook_normalized", "blocks.3.mlp.hook_post")
     # and the synthetic run carries the same row (its ReLU neurons read resid exactly)
     assert positive_controls(Metrics(_codec_metrics()))["compare_readout_ceiling"]["found"]
 

@@ -135,14 +135,14 @@ def test_default_hook_is_the_mlp_input_and_others_warn_in_one_line(world, tmp_pa
     for hook in (default, "blocks.1.hook_resid_mid"):  # the MLP's input: silent
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
+            assert check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
     for hook in ("blocks.1.hook_resid_pre", "blocks.0.ln2.hook_normalized"):  # not what layer 1's MLP reads
         with pytest.warns(UserWarning, match=f"sae_hook {hook} is not the input of the neurons") as rec:
-            check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
+            assert not check_hooks(model, dataclasses.replace(cfg, sae_hook=hook))
         assert len(rec) == 1 and "\n" not in str(rec[0].message)
     # extraction at the default hook: the neurons' pre-activations are an exact affine map of it
     cfg2 = dataclasses.replace(cfg, sae_hook=default, n_tokens_train=320, n_tokens_heldout=64)
-    extract_activations(cfg2, tmp_path / "acts", model=model)
+    assert extract_activations(cfg2, tmp_path / "acts", model=model)["sae_reads_neuron_input"] is True
     x = storage.load_array(tmp_path / "acts/train", "resid")
     readin = np.load(tmp_path / "acts/neuron_readin.npy")
     blk = model.blocks[1]

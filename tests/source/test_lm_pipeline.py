@@ -110,6 +110,8 @@ def test_stage_chain_runs_with_lm_source(chain):
     act = storage.read_meta(work / "data/activations/train")
     assert (act["d_model"], act["n_neurons"], act["sae_hook"]) == (32, 64, "blocks.1.hook_resid_pre")
     assert np.load(work / "data/activations/neuron_readin.npy").shape == (32, 64)
+    # blocks.1.hook_resid_pre is not layer 1's MLP input: recorded for compare_readout_ceiling
+    assert storage.read_json(work / "metrics/activations.json")["sae_reads_neuron_input"] is False
     feats = storage.read_meta(work / "data/features/train")
     assert feats["n_rows"] == act["n_rows"] and feats["n_features"] == 64
     labels = storage.read_json(work / "data/labels/latent_labels.json")

@@ -172,30 +172,21 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
     return out
 
 
-def reads_the_mlp_input(sae_hook: Any, neuron_hook: Any) -> bool:
-    """Whether `sae_hook` is the input of the MLP whose neurons are `neuron_hook` (by name: the
-    norm's output a pre-norm decoder's (ln2) or a post-LN encoder's (ln1) MLP reads, or the
-    residual stream before that norm), so the neurons are a function of what the readout sees."""
-    if not isinstance(sae_hook, str) or not isinstance(neuron_hook, str):
-        return False
-    layer = neuron_hook.split(".")[1] if neuron_hook.startswith("blocks.") else None
-    names = ("ln2.hook_normalized", "ln1.hook_normalized", "hook_resid_mid", "hook_mlp_in")
-    return layer is not None and sae_hook in {f"blocks.{layer}.{n}" for n in names}
-
-
 def readout_ceiling_control(m: Metrics) -> dict[str, dict[str, Any]]:
     """The predictability readout on the dense input the neurons read, where the neurons are an
     exact function of that input (act(x W_in + b), gated for SwiGLU; up to the norm when the
     input is the pre-norm residual): the readout must fit them (R² >= CEILING_FITS), or a low
-    R² from F says nothing about F. Expected when the input is the neuron layer's MLP input
-    (always, for the synthetic source)."""
+    R² from F says nothing about F. Expected when the input is the neuron layer's MLP input, as
+    the extraction records it (`activations.json` sae_reads_neuron_input; always, for the
+    synthetic source)."""
     p = "compare.json:neuron_predictability"
     if not isinstance(m.get(p), dict):
         return {}
     r2 = _num(m.get(f"{p}.ceiling_dense.mean_r2"))
     synthetic = m.get("source.json:kind") == "synthetic"
-    hooks = (m.get("source.json:sae_hook"), m.get("source.json:neuron_hook"))
-    exact = synthetic or reads_the_mlp_input(*hooks)
+    hooks = (m.get("activations.json:sae_hook"), m.get("activations.json:neuron_hook"))
+    # the extraction checks the hook against the model's own MLP-input hooks (mlp_input_hooks)
+    exact = synthetic or m.get("activations.json:sae_reads_neuron_input") is True
     return {
         "compare_readout_ceiling": {
             "planted": {"neurons": m.get(f"{p}.readout") or "ReLU(w·x + b)", "x": "the dense input",

@@ -53,9 +53,9 @@ def warn_unless_mlp_input(model: Any, cfg: LMSourceConfig) -> bool:
     return False
 
 
-def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
+def check_hooks(model: Any, cfg: LMSourceConfig) -> bool:
     """Fail by key if a hook does not exist in this model (e.g. blocks.8 of a 4-layer model);
-    warn (one line) if the SAE's hook is not the neuron layer's MLP input."""
+    warn (one line) if the SAE's hook is not the neuron layer's MLP input. True if it is."""
     n_layers = model.cfg.n_layers
     for key, hook in (("sae_hook", cfg.sae_hook), ("neuron_hook", cfg.neuron_hook)):
         if hook is None:  # taken from the SAE later (config_for_sae)
@@ -73,7 +73,7 @@ def check_hooks(model: Any, cfg: LMSourceConfig) -> None:
         cfg.context_size,
         f"at most the model's context {model.cfg.n_ctx}",
     )
-    warn_unless_mlp_input(model, cfg)
+    return warn_unless_mlp_input(model, cfg)
 
 
 def prepare_source(cfg: LMSourceConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def extract_activations(
     act_cfg = act_cfg if act_cfg is not None else ActivationsConfig()
     out_dir = Path(out_dir)
     model = model if model is not None else load_model(cfg)
-    check_hooks(model, cfg)
+    reads_input = check_hooks(model, cfg)
     special = torch.as_tensor(special_token_ids(model), device=cfg.device)
     store = np.float16 if act_cfg.dtype == "float16" else np.float32
     d_model, d_mlp = model.cfg.d_model, model.cfg.d_mlp
@@ -171,6 +171,8 @@ def extract_activations(
         "sae_hook": cfg.sae_hook,
         "neuron_hook": cfg.neuron_hook,
         "stop_at_layer": cfg.stop_at_layer,
+        # the neurons are a function of what the features read (compare_readout_ceiling)
+        "sae_reads_neuron_input": reads_input,
     }
     timings: dict[str, Any] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
