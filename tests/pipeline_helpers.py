@@ -36,6 +36,7 @@ TINY_TMS = {
     "uniform_n": 16,
     "uniform_m": 4,
     "uniform_densities": [1.0, 0.1],
+    "uniform_seeds": 2,
     "n_rows": 3000,
     "steps": 300,
 }

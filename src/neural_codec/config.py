@@ -825,6 +825,10 @@ class TMSConfig:
       1 - S, the probability a feature is on), over this many seeds.
     - importance_n, importance_m, importance_decay, importance_densities: I_i = decay^i, swept.
     - uniform_n, uniform_m, uniform_densities: uniform importance, D* against 1 / (1 - S).
+    - uniform_seeds: the uniform sweep trains the TMS model (and takes its untrained start) from
+      this many seeds, and reports the fraction of seeds each line is found in; the tied and
+      untied Squeezers train from one (run time). Each density also carries the untrained
+      control (the blind null of the line control).
     - importance_seeds: the importance sweep trains each model from this many seeds and keeps
       the one with the lowest loss on fresh held-out TMS data (TMS keeps the best of several
       instances; a single run can stall in a local minimum).
@@ -849,7 +853,8 @@ class TMSConfig:
     importance_densities: list[float] = field(default_factory=lambda: [0.3, 0.1, 0.03, 0.01])
     uniform_n: int = 80
     uniform_m: int = 20
-    uniform_densities: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])
+    uniform_densities: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.24, 0.22, 0.1, 0.01])
+    uniform_seeds: int = 3
     importance_seeds: int = 2
     line_half_width: float = 0.025
     line_flank_width: float = 0.05
@@ -868,6 +873,7 @@ class TMSConfig:
             check(getattr(self, key) >= 1, f"tms.{key}", getattr(self, key), "an integer >= 1")
         check(self.pentagon_seeds >= 1, "tms.pentagon_seeds", self.pentagon_seeds, "an integer >= 1")
         check(self.importance_seeds >= 1, "tms.importance_seeds", self.importance_seeds, "an integer >= 1")
+        check(self.uniform_seeds >= 1, "tms.uniform_seeds", self.uniform_seeds, "an integer >= 1")
         check(0 < self.line_half_width < 0.5, "tms.line_half_width", self.line_half_width, "in (0, 0.5)")
         check(0 < self.line_flank_width < 0.5, "tms.line_flank_width", self.line_flank_width, "in (0, 0.5)")
         dens = [self.pentagon_density, *self.importance_densities, *self.uniform_densities]

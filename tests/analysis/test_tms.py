@@ -81,6 +81,60 @@ def test_importance_sweep_finds_the_half_line_for_the_tms_model_only():
     assert tms.summarise(stage_tms.parts(ctrl)["encoder"], g)["lines_found"] == []
 
 
+def planted_frames(rng: np.random.Generator, noise: float = 0.01) -> np.ndarray:
+    """n = 80 in m = 20 as the TMS model packs them at 1 - S ~ 0.24: seven pentagons (35
+    features at D = 2/5, each in its own plane), three digons (6 at 1/2, on their own axes), the
+    other 39 features unrepresented (zero rows); every vector jittered by `noise`."""
+    W = np.zeros((80, 20))
+    angles = 2 * np.pi * np.arange(5) / 5
+    for k in range(7):
+        W[5 * k : 5 * k + 5, 2 * k] = np.cos(angles)
+        W[5 * k : 5 * k + 5, 2 * k + 1] = np.sin(angles)
+    for k in range(3):
+        W[35 + 2 * k, 14 + k], W[36 + 2 * k, 14 + k] = 1.0, -1.0
+    W[:41] += noise * rng.standard_normal((41, 20))
+    return W
+
+
+def test_line_test_finds_planted_pentagons_at_two_fifths_and_no_shuffle_or_untrained_model_does():
+    """The stage's line test (its +-0.025 window) on planted frames: 35 features at D = 2/5 make
+    the 2/5 line (and the six digon members the 1/2 line), the pentagons are found; the same
+    rows with each hidden coordinate shuffled across features (the marginals kept, the frames
+    destroyed) show no 2/5 line (their sparse rows can pair up on one axis: 1/2 by chance), and
+    the untrained TMS model at n = 80, m = 20 shows neither line."""
+    rng = np.random.default_rng(0)
+    cfg = TMSConfig()
+    g = stage_tms.line_geometry(cfg, G)
+    W = planted_frames(rng)
+    r = tms.summarise(W, g)
+    assert "2/5" in r["lines_found"] and "1/2" in r["lines_found"], r["lines_found"]
+    assert r["polytopes_found"].get("pentagon") == 7
+    assert np.sum(np.abs(r["_D"] - 0.4) < 0.025) == 35
+    for _ in range(5):
+        shuffled = np.stack([rng.permutation(W[:, j]) for j in range(W.shape[1])], 1)
+        assert "2/5" not in tms.summarise(shuffled, g)["lines_found"]
+    for seed in range(3):
+        ctrl = stage_tms.train_one(cfg, "untrained", 80, 20, 0.24, 1.0, seed)
+        lines = tms.summarise(stage_tms.parts(ctrl)["encoder"], g)["lines_found"]
+        assert "2/5" not in lines and "1/2" not in lines, lines
+
+
+def test_trained_tms_model_sits_on_two_fifths_between_the_half_and_three_eighths_plateaus():
+    """n = 80, m = 20, uniform importance, the stage's training (seed 0): at 1 - S = 0.3 the TMS
+    model's features form digons (the 1/2 line), at 0.24 pentagons (the 2/5 line, D* ~ 0.4):
+    the second of TMS's sticky plateaus, found by the same line test."""
+    cfg = TMSConfig()
+    g = stage_tms.line_geometry(cfg, G)
+    at = {}
+    for p in (0.3, 0.24):
+        sq = stage_tms.train_one(cfg, "tms", 80, 20, p, 1.0, 0)
+        at[p] = tms.summarise(stage_tms.parts(sq)["encoder"], g)
+    assert at[0.3]["lines_found"] == ["1/2"] and at[0.3]["polytopes_found"].get("digon", 0) >= 15
+    assert "2/5" in at[0.24]["lines_found"] and "1/2" not in at[0.24]["lines_found"]
+    assert at[0.24]["polytopes_found"].get("pentagon", 0) >= 3
+    assert abs(at[0.24]["D_star"] - 0.4) < 0.02
+
+
 def _load_stage():
     spec = importlib.util.spec_from_file_location("stage_tms", ROOT / "stages" / "tms.py")
     mod = importlib.util.module_from_spec(spec)
@@ -106,7 +160,11 @@ def test_stage_end_to_end_and_report_section(tmp_path, monkeypatch):
     assert set(pent) == {"tms", "tied", "untied", "untied_decoder", "untrained"}
     for st in pent.values():
         assert {"D_star", "lines_found", "polytopes_found", "pentagon_found_frac"} <= set(st)
-    assert set(m["uniform_n16_m4_p1"]) == {"tms", "tied", "untied", "untied_decoder"}
+    uni = m["uniform_n16_m4_p1"]
+    assert set(uni) == {"tms", "tied", "untied", "untied_decoder", "untrained"}
+    # the TMS model and its untrained start over uniform_seeds, the others from one seed
+    assert uni["tms"]["n_seeds"] == uni["untrained"]["n_seeds"] == tiny["uniform_seeds"] == 2
+    assert "lines_found_frac" in uni["tms"] and uni["tied"]["n_seeds"] == 1
     header = Path("plots/tms/dstar.csv").read_text().splitlines()
     assert header[0] == "inv_density,tms,tied,untied,untied_decoder" and len(header) == 3
     for png in ("dstar.png", "pentagon.png"):

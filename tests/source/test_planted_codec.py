@@ -257,3 +257,35 @@ def test_tms_geometry_rows_need_the_planted_shape_and_a_blind_null():
     assert not rows(0.2, 0.0, True)["geometry_tms_pentagon"]["found"]
     assert not rows(1.0, 0.8, True)["geometry_tms_pentagon"]["found"]
     assert not rows(1.0, 0.0, False)["geometry_tms_lines"]["found"]
+
+
+def test_tms_lines_row_requires_the_half_line_and_says_where_two_fifths_is():
+    """The uniform sweep over seeds (lines_found_frac): 1/2 in 2 of 3 seeds at 1-S = 0.3 and 2/5
+    in 2 of 3 at 0.24 pass and the row names 0.24 for 2/5; 1/2 in only 1 of 3 seeds is no
+    plateau; an untrained start with 2/5 (or 1/2) in any seed fails the row."""
+
+    def row(half: float, fifths: float, null_fifths: float) -> dict:
+        def summary(fr: dict) -> dict:
+            fr = {k: v for k, v in fr.items() if v > 0}
+            return {"lines_found": sorted(fr), "lines_found_frac": fr, "n_seeds": 3}
+
+        tms = {
+            "pentagon_n5_m2_p0_05": {"tms": {"pentagon_found_frac": 1.0, "lines_found": ["2/5"],
+                                             "lines_found_frac": {"2/5": 0.4}}},
+            "uniform_n80_m20_p0_3": {"tms": summary({"1/2": half}), "untrained": summary({})},
+            "uniform_n80_m20_p0_24": {"tms": summary({"2/5": fifths}),
+                                      "untrained": summary({"2/5": null_fifths})},
+            "uniform_n80_m20_p0_1": {"tms": {"lines_found": []}, "untrained": {"lines_found": []}},
+        }  # fmt: skip
+        return positive_controls(Metrics({"source": {"kind": "synthetic"}, "tms": tms}))["geometry_tms_lines"]
+
+    good = row(2 / 3, 2 / 3, 0.0)
+    assert good["found"] and good["expected_found"]
+    assert good["measured"]["tms_settings_with_1/2"] == {"uniform_n80_m20_p0_3": pytest.approx(2 / 3)}
+    assert good["measured"]["tms_settings_with_2/5"] == {"uniform_n80_m20_p0_24": pytest.approx(2 / 3)}
+    assert good["measured"]["pentagon_setting_2/5_frac"] == pytest.approx(0.4)
+    assert row(2 / 3, 0.0, 0.0)["found"]  # 2/5 is reported, not required
+    assert row(2 / 3, 0.0, 0.0)["measured"]["tms_settings_with_2/5"] == {}
+    assert not row(1 / 3, 2 / 3, 0.0)["found"]
+    bad = row(2 / 3, 2 / 3, 1 / 3)
+    assert not bad["found"] and bad["measured"]["untrained_settings_with_2/5"] == ["uniform_n80_m20_p0_24"]

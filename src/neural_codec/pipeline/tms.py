@@ -3,9 +3,10 @@
 Trains the TMS model and the project's tied and untied Squeezers on TMS's synthetic features
 (no SAE, no other stage) in three settings (the pentagon over seeds; importance-weighted
 features over a sparsity sweep, each model the best of `importance_seeds` by held-out loss;
-the uniform D*-vs-1/(1-S) sweep) and analyses each with the geometry stage's statistics on
-balanced weights, with this stage's line window (`TMSConfig.line_half_width`: the measured spread
-of a trained digon's D_i, see `TMSConfig`). Writes metrics/tms.json
+the uniform D*-vs-1/(1-S) sweep, the TMS model and its untrained start over `uniform_seeds`)
+and analyses each with the geometry stage's statistics on balanced weights, with this stage's
+line window (`TMSConfig.line_half_width`: the measured spread of a trained digon's D_i, see
+`TMSConfig`). Writes metrics/tms.json
 ({setting: {model: summary}}), plots/tms/{dstar.csv, dstar.png, pentagon.png}.
 """
 
@@ -137,34 +138,72 @@ def run(cfg: TMSConfig, gcfg: GeometryConfig) -> TMSRun:
             pent[part_name(model, part)] = tms.over_seeds(runs)
     metrics[setting_key("pentagon", cfg.pentagon_n, cfg.pentagon_m, cfg.pentagon_density)] = pent
     sweep: list[dict[str, Any]] = []
-    for kind, n, m, decay, densities in (
-        ("importance", cfg.importance_n, cfg.importance_m, cfg.importance_decay, cfg.importance_densities),
-        ("uniform", cfg.uniform_n, cfg.uniform_m, 1.0, cfg.uniform_densities),
-    ):
-        for p in densities:
-            setting: dict[str, Any] = {}
-            for model in cfg.models:
-                n_seeds = cfg.importance_seeds if kind == "importance" else 1
-                sq, seed, loss = best_of_seeds(cfg, model, n, m, p, decay, n_seeds)
-                for part, W in parts(sq).items():
-                    s = tms.summarise(W, gcfg)
-                    setting[part_name(model, part)] = {
-                        **{k: v for k, v in s.items() if not k.startswith("_")},
-                        "seed": seed,
-                        "heldout_loss": loss,
-                        "n_seeds": n_seeds,
-                    }
-                    if kind == "uniform":
-                        sweep.append(
-                            {
-                                "density": p,
-                                "model": part_name(model, part),
-                                "D_star": s["D_star"],
-                                "D": s["_D"],
-                            }
-                        )
-            metrics[setting_key(kind, n, m, p)] = setting
+    for p in cfg.importance_densities:
+        n, m, decay = cfg.importance_n, cfg.importance_m, cfg.importance_decay
+        setting: dict[str, Any] = {}
+        for model in cfg.models:
+            sq, seed, loss = best_of_seeds(cfg, model, n, m, p, decay, cfg.importance_seeds)
+            for part, W in parts(sq).items():
+                s = tms.summarise(W, gcfg)
+                setting[part_name(model, part)] = one_run(s, seed, loss, cfg.importance_seeds)
+        metrics[setting_key("importance", n, m, p)] = setting
+    for p in cfg.uniform_densities:
+        key = setting_key("uniform", cfg.uniform_n, cfg.uniform_m, p)
+        metrics[key] = uniform_setting(cfg, gcfg, p, sweep)
     return TMSRun(metrics, sweep, pentagons, time.perf_counter() - t0)
+
+
+def one_run(s: dict[str, Any], seed: int, loss: float, n_seeds: int) -> dict[str, Any]:
+    """A `summarise` result of the kept codec, with its seed and held-out loss."""
+    return {
+        **{k: v for k, v in s.items() if not k.startswith("_")},
+        "seed": seed,
+        "heldout_loss": loss,
+        "n_seeds": n_seeds,
+    }
+
+
+def uniform_seeds_of(cfg: TMSConfig, model: str) -> int:
+    """Seeds per codec in the uniform sweep: `uniform_seeds` for the TMS model and its untrained
+    start (the pair the line control reads), one for the other codecs (run time)."""
+    return cfg.uniform_seeds if model in ("tms", CONTROL) else 1
+
+
+def uniform_setting(
+    cfg: TMSConfig, gcfg: GeometryConfig, p: float, sweep: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One density of the uniform sweep: every model (and the untrained control, not plotted).
+    One seed: that run's summary (as the importance sweep's); several: `tms.over_seeds` (the
+    fraction of seeds each line is found in) with the held-out loss averaged. The plot gets
+    the mean D* and every seed's represented D_i."""
+    n, m = cfg.uniform_n, cfg.uniform_m
+    setting: dict[str, Any] = {}
+    for model in [*cfg.models, CONTROL]:
+        n_seeds = uniform_seeds_of(cfg, model)
+        runs: dict[str, list[tuple[dict[str, Any], int, float]]] = {}
+        for seed in range(n_seeds):
+            sq = train_one(cfg, model, n, m, p, 1.0, seed)
+            loss = heldout_loss(cfg, sq, n, p, 1.0)
+            for part, W in parts(sq).items():
+                runs.setdefault(part_name(model, part), []).append((tms.summarise(W, gcfg), seed, loss))
+        for name, rs in runs.items():
+            if n_seeds == 1:
+                setting[name] = one_run(*rs[0], n_seeds)
+            else:
+                setting[name] = {
+                    **tms.over_seeds([r for r, _, _ in rs]),
+                    "heldout_loss": float(np.mean([loss for _, _, loss in rs])),
+                }
+            if model != CONTROL:
+                sweep.append(
+                    {
+                        "density": p,
+                        "model": name,
+                        "D_star": setting[name]["D_star"],
+                        "D": np.concatenate([r["_D"] for r, _, _ in rs]),
+                    }
+                )
+    return setting
 
 
 def write(r: TMSRun, gcfg: GeometryConfig) -> None:

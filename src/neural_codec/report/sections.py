@@ -469,6 +469,14 @@ def compare_section(m: Metrics, plots: Path) -> Section:
     return s
 
 
+def _seed_lines(st: dict) -> list[str]:
+    """A tms.json summary's lines, each with its seed count when it is over several seeds."""
+    lines, frac, n = st.get("lines_found") or [], st.get("lines_found_frac"), st.get("n_seeds")
+    if not isinstance(frac, dict) or not isinstance(n, int) or n <= 1:
+        return list(lines)
+    return [f"{line} in {round(frac.get(line, 0) * n)} of {n} seeds" for line in lines]
+
+
 def tms_section(m: Metrics, plots: Path) -> Section:
     """The TMS reproduction (stage `tms`): the positive control of the geometry analysis."""
     s = Section("Positive control: Toy Models of Superposition", anchor="tms")
@@ -477,13 +485,15 @@ def tms_section(m: Metrics, plots: Path) -> Section:
         "The TMS model (tied, linear hidden layer: x' = ReLU(W^T W x + b)), the tied and the "
         "untied ReLU Squeezers, trained on TMS's synthetic features (no SAE; p = 1 - S) and "
         "analysed by the geometry stage's code on balanced weights; `untrained` is the TMS "
-        "model at its initialisation. Pentagon: fraction of seeds whose five features form one."
+        "model at its initialisation. Pentagon: fraction of seeds whose five features form one "
+        "(the pentagon setting; in the uniform sweep, seeds with at least one pentagon). A model "
+        "over several seeds lists each line with the seeds it was found in."
     )
     rows: list[Row] = []
     for setting, models in data.items():
         for model, st in models.items():
             key = f"tms.json:{setting}.{model}"
-            lines = ", ".join(st.get("lines_found") or []) or "none"
+            lines = ", ".join(_seed_lines(st)) or "none"
             poly = ", ".join(f"{k} {v}" for k, v in (st.get("polytopes_found") or {}).items()) or "none"
             rows.append(
                 [
