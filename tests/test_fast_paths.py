@@ -108,36 +108,52 @@ def test_fused_exact_loss_decoder_only_and_transposed_storage():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("B", [5, 64])  # per-row gather (n > B*k/8) / matmul over active columns
-def test_sampled_loss_matches_brute_force_draw_by_draw(B):
-    M, n, k, s = 4, 12, 3, 5
+@pytest.mark.parametrize(
+    ("B", "n", "s"),
+    # per-row gather (n > B*k/8) / matmul over active columns; blocks covering every column or not
+    [(5, 12, 5), (64, 12, 5), (7, 15, 5), (64, 15, 3)],
+)
+def test_sampled_loss_matches_brute_force_draw_by_draw(B, n, s):
+    """Loss and gradients (h, W_dec, b_dec) for one draw at a time, against autograd through
+    the brute-force estimator for the same per-row columns (blocks that wrap round included)."""
+    M, k = 4, 3
     idx, val = distinct_rows(B, n, k, seed=4, pad_frac=0.2)
     g = torch.Generator().manual_seed(5)
     h = torch.rand(B, M, generator=g, dtype=torch.float64)
     W = torch.randn(M, n, generator=g, dtype=torch.float64)
     b = torch.rand(n, generator=g, dtype=torch.float64) * 0.3
     w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
-    skipped_somewhere = False
+    skipped_somewhere = wrapped = False
     for seed in range(6):
+        ours = [t.clone().requires_grad_() for t in (h, W, b)]
         got = reconstruction_loss(
-            h, W, b, idx, val, w, loss_sample=s, generator=torch.Generator().manual_seed(seed)
+            *ours, idx, val, w, loss_sample=s, generator=torch.Generator().manual_seed(seed)
         )
         cols = row_draws(n, s, B, seed)
-        torch.testing.assert_close(got, brute_force_loss(h, W, b, idx, val, w, cols))
+        ref = [t.clone().requires_grad_() for t in (h, W, b)]
+        expected = brute_force_loss(*ref, idx, val, w, cols)
+        torch.testing.assert_close(got, expected)
+        for a, e in zip(
+            torch.autograd.grad(2.5 * got, ours), torch.autograd.grad(2.5 * expected, ref), strict=True
+        ):
+            torch.testing.assert_close(a, e)
+        wrapped |= any(bool((c[1:] < c[:-1]).any()) for c in cols)
         active_drawn = torch.stack([torch.isin(idx[r], cols[r]) for r in range(B)]) & (val > 0)
         skipped_somewhere |= bool(active_drawn.any())
         # padding slots whose (meaningless) index was drawn must not be skipped
     assert skipped_somewhere  # the skip rule was exercised
+    assert wrapped  # a block running past column n - 1 was exercised
 
 
 def row_draws(n, s, B, seed):
-    """Each row's drawn columns, by the documented rule: one permutation of the n columns cut
-    into G = min(n // s, B) blocks of s, the rows in G contiguous groups (group g: rows
-    ceil(g B / G) to ceil((g + 1) B / G) - 1), group g drawing block g."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    """Each row's drawn columns, by the documented rule: the rows in G = min(n // s, B)
+    contiguous groups (group g: rows ceil(g B / G) to ceil((g + 1) B / G) - 1), group g drawing
+    the s columns from offset + g s on, cyclically, for one offset uniform in [0, n)."""
+    offset = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     G = min(n // s, B)
     bounds = [-(-g * B // G) for g in range(G + 1)]
-    return [perm[g * s : (g + 1) * s] for g in range(G) for _ in range(bounds[g], bounds[g + 1])]
+    block = [(offset + g * s + torch.arange(s)) % n for g in range(G)]
+    return [block[g] for g in range(G) for _ in range(bounds[g], bounds[g + 1])]
 
 
 def test_sampled_loss_draws_cover_every_column_once_per_batch():
