@@ -377,10 +377,12 @@ class SqueezerConfig:
       vs 0.64 with "mean" at lr 3e-3, PCA 0.62). Sparse SAE features have small means.
     - seed: makes init, minibatch order and loss sampling deterministic.
     - loss_sample: 0 = exact loss over all n outputs. > 0 = unbiased sampled loss: exact on the
-      active outputs of each row, plus `loss_sample` output columns drawn uniformly without
-      replacement (shared by the batch) standing in for the inactive outputs, each reweighted by
-      n / loss_sample (a drawn column that is active in a row is skipped for that row, as it is
-      already counted exactly). For n ~ 25k features.
+      active outputs of each row, plus `loss_sample` output columns per row drawn uniformly without
+      replacement standing in for the inactive outputs, each reweighted by n / loss_sample (a
+      drawn column that is active in a row is skipped for that row, as it is already counted
+      exactly). Stratified: one permutation of the columns is cut into min(n // loss_sample,
+      batch) blocks, one per group of rows, so every column is drawn in every step (one draw
+      shared by the batch did not converge under Adam). For n ~ 25k features.
     - hidden: "relu" (default: h = ReLU(W_enc f + b_enc), a privileged neuron basis) or "linear"
       (h = W_enc f + b_enc; with tied = true this is the TMS model x' = ReLU(W^T W x + b)).
     - device: where it trains and is scored: auto (cuda if available, else cpu), cpu, cuda,
