@@ -271,6 +271,9 @@ def _spawn(tmp_path: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a job started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: give the child the terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
