@@ -380,9 +380,10 @@ class SqueezerConfig:
       active outputs of each row, plus `loss_sample` output columns per row drawn uniformly without
       replacement standing in for the inactive outputs, each reweighted by n / loss_sample (a
       drawn column that is active in a row is skipped for that row, as it is already counted
-      exactly). Stratified: one permutation of the columns is cut into min(n // loss_sample,
-      batch) blocks, one per group of rows, so every column is drawn in every step (one draw
-      shared by the batch did not converge under Adam). For n ~ 25k features.
+      exactly). Stratified: the batch's rows are cut into min(n // loss_sample, batch) groups,
+      each with its own block of loss_sample contiguous columns (cyclically, from one uniform
+      offset per step), so every column is drawn in every step (one draw shared by the batch
+      did not converge under Adam). For n ~ 25k features.
     - hidden: "relu" (default: h = ReLU(W_enc f + b_enc), a privileged neuron basis) or "linear"
       (h = W_enc f + b_enc; with tied = true this is the TMS model x' = ReLU(W^T W x + b)).
     - device: where it trains and is scored: auto (cuda if available, else cpu), cpu, cuda,
