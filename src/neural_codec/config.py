@@ -61,6 +61,11 @@ class SyntheticConfig:
 
     model: Literal["toy", "codec"] = "toy"
     codec_l1: float = 0.0  # model: codec only: an L1 penalty on the neurons (a sparse codec)
+    # model: codec only: the form of codec_l1's penalty. "l1": sum_j h_j (rescaling a neuron's
+    # input by c and its read-out row by 1/c shrinks it, so it fixes no neuron identity).
+    # "l1_decnorm": sum_j h_j ||W_out[j]|| (SAELens's decoder-norm-scaled L1; rescaling cannot
+    # dodge it; configs/planted-codec-identity.yaml).
+    codec_penalty: Literal["l1", "l1_decnorm"] = "l1"
     n_features: int = 256
     d_model: int = 64
     n_neurons: int = 128
@@ -130,6 +135,12 @@ class SyntheticConfig:
         check(self.lr > 0, "lr", self.lr, "a number > 0")
         check(self.model in ("toy", "codec"), "model", self.model, "'toy' or 'codec'")
         check(self.codec_l1 >= 0, "codec_l1", self.codec_l1, ">= 0")
+        check(
+            self.codec_penalty in ("l1", "l1_decnorm"),
+            "codec_penalty",
+            self.codec_penalty,
+            "'l1' or 'l1_decnorm'",
+        )
         if self.model == "codec":
             check(
                 self.d_model >= self.n_features > self.n_neurons,

@@ -230,6 +230,22 @@ def codec_init(model: ToyModel, seed: int) -> ToyModel:
     return model
 
 
+def codec_penalty(model: ToyModel, h: torch.Tensor, kind: str) -> torch.Tensor:
+    """The codec's sparsity penalty (before the `codec_l1` factor), mean over rows.
+
+    "l1": sum_j h_j. "l1_decnorm": sum_j h_j ||W_out[j]||, the decoder-norm-scaled L1 of
+    SAELens's standard SAE (scale_sparsity_penalty_by_decoder_norm): scaling a neuron's input
+    weights and bias by c and its read-out row by 1/c leaves it unchanged, so the codec cannot
+    shrink the penalty by rescaling; at 80 features in 64 neurons that fixes its neurons'
+    identity (issue 11; configs/planted-codec-identity.yaml).
+    """
+    if kind == "l1":
+        return h.sum(1).mean()
+    if kind == "l1_decnorm":
+        return (h * model.W_out.norm(dim=1)).sum(1).mean()
+    raise ValueError(f"codec_penalty: unknown kind {kind!r} (allowed: 'l1', 'l1_decnorm')")
+
+
 def train_toy_model(
     cfg: SyntheticConfig, gen: ActivationGenerator, embedding: torch.Tensor, seed: int
 ) -> tuple[ToyModel, list[dict[str, float]]]:
@@ -254,7 +270,9 @@ def train_toy_model(
         if cfg.model == "codec" and cfg.codec_l1 > 0:
             h = model.neurons(model.resid(f))
             f_hat = torch.relu(h @ model.W_out + model.b_out)
-            loss = (imp * (f_hat - f) ** 2).sum(1).mean() + cfg.codec_l1 * h.sum(1).mean()
+            loss = (imp * (f_hat - f) ** 2).sum(1).mean() + cfg.codec_l1 * codec_penalty(
+                model, h, cfg.codec_penalty
+            )
         else:
             loss = (imp * (model(f) - f) ** 2).sum(1).mean()
         opt.zero_grad()
