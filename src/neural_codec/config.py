@@ -64,7 +64,7 @@ class SyntheticConfig:
     # model: codec only: the form of codec_l1's penalty. "l1": sum_j h_j (rescaling a neuron's
     # input by c and its read-out row by 1/c shrinks it, so it fixes no neuron identity).
     # "l1_decnorm": sum_j h_j ||W_out[j]|| (SAELens's decoder-norm-scaled L1; rescaling cannot
-    # dodge it; configs/planted-codec-identity.yaml).
+    # dodge it; issue 11: it fixes neuron identity at 80 features in 64 neurons).
     codec_penalty: Literal["l1", "l1_decnorm"] = "l1"
     n_features: int = 256
     d_model: int = 64

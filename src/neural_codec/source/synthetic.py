@@ -237,7 +237,7 @@ def codec_penalty(model: ToyModel, h: torch.Tensor, kind: str) -> torch.Tensor:
     SAELens's standard SAE (scale_sparsity_penalty_by_decoder_norm): scaling a neuron's input
     weights and bias by c and its read-out row by 1/c leaves it unchanged, so the codec cannot
     shrink the penalty by rescaling; at 80 features in 64 neurons that fixes its neurons'
-    identity (issue 11; configs/planted-codec-identity.yaml).
+    identity (issue 11: seed 0 vs seed 1 Hungarian |r| 0.75 against 0.34 untrained).
     """
     if kind == "l1":
         return h.sum(1).mean()
