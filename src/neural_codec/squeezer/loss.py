@@ -213,6 +213,18 @@ class _SampledSquaredError(torch.autograd.Function):
         return gh, gW, gb, None, None, None, None, None, None
 
 
+def decoder_norm_l1(h: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """mean over rows of sum_j |h_j| ||W_dec[j]||, W_dec (M, n), in full precision.
+
+    SAELens's decoder-norm-scaled L1 (scale_sparsity_penalty_by_decoder_norm): scaling neuron j's
+    encoder column and bias by c and its decoder row by 1/c leaves it unchanged, so the codec
+    cannot shrink the penalty by rescaling, as it can a plain L1 on h. |h| = h for ReLU neurons;
+    the absolute value keeps the penalty a penalty for `hidden = "linear"`.
+    """
+    with _full_precision(h.device):
+        return (h.float().abs() * W_dec.float().norm(dim=1)).sum(1).mean()
+
+
 def squeezer_loss(
     model: Squeezer,
     idx: torch.Tensor,
@@ -220,6 +232,12 @@ def squeezer_loss(
     weights: torch.Tensor,
     loss_sample: int = 0,
     generator: torch.Generator | None = None,
+    l1: float = 0.0,
 ) -> torch.Tensor:
+    """The training loss: `reconstruction_loss` (exact or sampled), plus `l1 * decoder_norm_l1`
+    when l1 > 0 (`squeezer.l1`; at 0 the loss is the reconstruction alone, bit for bit)."""
     h = model.encode(idx, val)
-    return reconstruction_loss(h, model.W_dec, model.b_dec, idx, val, weights, loss_sample, generator)
+    loss = reconstruction_loss(h, model.W_dec, model.b_dec, idx, val, weights, loss_sample, generator)
+    if l1 > 0:
+        loss = loss + l1 * decoder_norm_l1(h, model.W_dec)
+    return loss

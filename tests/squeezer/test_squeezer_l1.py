@@ -1,0 +1,137 @@
+"""`squeezer.l1`: the decoder-norm-scaled L1 on the Squeezer's neurons. At 0 the loss is the
+reconstruction alone (bit for bit); above 0 it adds l1 * mean_rows sum_j h_j ||W_dec[j]|| on the
+exact, sampled and autocast paths alike; the penalty does not move under per-neuron rescaling
+(a plain L1 on h does); and it makes the trained neurons sparser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neural_codec.config import SqueezerConfig
+from neural_codec.errors import ParamError
+from neural_codec.params import from_dict
+from neural_codec.squeezer.loss import decoder_norm_l1, reconstruction_loss, squeezer_loss
+from neural_codec.squeezer.model import Squeezer
+from neural_codec.squeezer.train import neuron_activations, train_squeezer
+from neural_codec.storage import SparseFeatures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(N: int = 64, n: int = 30, k: int = 4, seed: int = 0) -> SparseFeatures:
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((N, n), np.float32)
+    for r in range(N):
+        m = rng.integers(1, k + 1)
+        dense[r, rng.choice(n, m, replace=False)] = rng.uniform(0.2, 2.0, m)
+    return SparseFeatures.from_dense(dense, k)
+
+
+def _model(n: int = 30, M: int = 8) -> Squeezer:
+    model = Squeezer(n, M, tied=False, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.W_dec_T.mul_(torch.rand(n, M, generator=torch.Generator().manual_seed(4)) + 0.5)
+        model.b_enc.fill_(0.1)  # some neurons on in every row
+    return model
+
+
+def _dense_penalty(model: Squeezer, feats: SparseFeatures) -> torch.Tensor:
+    """The penalty by dense maths, independent of `decoder_norm_l1`."""
+    dense = torch.from_numpy(feats.to_dense())
+    h = torch.relu(dense @ model.W_enc + model.b_enc)
+    norms = torch.sqrt((model.W_dec**2).sum(1))
+    return (h * norms).sum(1).mean()
+
+
+def test_zero_l1_is_the_reconstruction_loss_bit_for_bit() -> None:
+    model, b = _model(), _batch()
+    idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+    w = torch.ones(30)
+    got = squeezer_loss(model, idx, val, w, l1=0.0)
+    got.backward()
+    g_enc = model.W_enc.grad.clone()
+    model.zero_grad()
+    ref = reconstruction_loss(model.encode(idx, val), model.W_dec, model.b_dec, idx, val, w)
+    ref.backward()
+    assert torch.equal(got, ref) and torch.equal(g_enc, model.W_enc.grad)
+
+
+@pytest.mark.parametrize("loss_sample", [0, 7])
+def test_penalty_is_added_on_the_exact_and_sampled_paths(loss_sample: int) -> None:
+    model, b = _model(), _batch()
+    idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+    w = torch.ones(30)
+    with torch.no_grad():
+        plain = squeezer_loss(model, idx, val, w, loss_sample, torch.Generator().manual_seed(0))
+        pen = squeezer_loss(model, idx, val, w, loss_sample, torch.Generator().manual_seed(0), l1=0.25)
+        expected = _dense_penalty(model, b)
+    assert float(expected) > 0.1  # the batch has neurons on: the check is not 0 == 0
+    torch.testing.assert_close(pen - plain, 0.25 * expected, rtol=1e-5, atol=1e-6)
+
+
+def test_penalty_is_kept_in_full_precision_under_autocast() -> None:
+    model, b = _model(), _batch()
+    idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.encode(idx, val)
+        pen = decoder_norm_l1(h, model.W_dec)
+    assert pen.dtype == torch.float32
+    torch.testing.assert_close(pen, _dense_penalty(model, b), rtol=2e-2, atol=1e-3)
+
+
+@torch.no_grad()
+def test_penalty_is_invariant_to_per_neuron_rescaling_and_plain_l1_is_not() -> None:
+    model, b = _model(), _batch()
+    idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+    h0 = model.encode(idx, val)
+    before, plain_before = decoder_norm_l1(h0, model.W_dec), h0.sum(1).mean()
+    out_before = model(idx, val)
+    c = torch.linspace(0.2, 5.0, model.M)
+    model.W_enc.mul_(c)
+    model.b_enc.mul_(c)
+    model.W_dec_T.div_(c)
+    h1 = model.encode(idx, val)
+    torch.testing.assert_close(model(idx, val), out_before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decoder_norm_l1(h1, model.W_dec), before, rtol=1e-5, atol=1e-6)
+    assert abs(float(h1.sum(1).mean() - plain_before)) > 0.1
+
+
+def test_bad_l1_names_the_key() -> None:
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ParamError, match=r"squeezer\.l1"):
+            from_dict(SqueezerConfig, {"l1": bad}, "squeezer")
+
+
+def test_l1_makes_the_neurons_sparser() -> None:
+    """16 neurons for 8 planted features: without a penalty every neuron is on in most rows
+    (a dense code spread over all 16); the penalty switches most of them off and keeps the
+    reconstruction."""
+    from sae_lens.synthetic import ActivationGenerator
+
+    def rows(seed: int) -> SparseFeatures:
+        torch.manual_seed(seed)
+        p = torch.zeros(40)
+        p[:8] = 0.2
+        gen = ActivationGenerator(
+            40, firing_probabilities=p, mean_firing_magnitudes=1.0, std_firing_magnitudes=0.3
+        )
+        return SparseFeatures.from_dense(gen.sample(6000).numpy(), 40)
+
+    train, held = rows(0), rows(1)
+
+    def on_fraction(l1: float) -> tuple[float, float]:
+        cfg = SqueezerConfig(M=16, lr=1e-2, batch_size=256, steps=500, seed=0, l1=l1)
+        model, _ = train_squeezer(train, cfg)
+        h = neuron_activations(model, held)
+        with torch.no_grad():
+            f_hat = model(torch.from_numpy(held.idx).long(), torch.from_numpy(held.val)).numpy()
+        f = held.to_dense()
+        fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
+        return float((h > 1e-6).mean()), fvu
+
+    dense_on, dense_fvu = on_fraction(0.0)
+    sparse_on, sparse_fvu = on_fraction(0.05)
+    assert sparse_on < 0.6 * dense_on, (sparse_on, dense_on)
+    assert dense_fvu < 0.05 and sparse_fvu < 0.15, (dense_fvu, sparse_fvu)
