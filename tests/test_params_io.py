@@ -1,6 +1,7 @@
 """The shared plumbing: params validation messages, atomic outputs, shards, sparse features."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -153,3 +154,32 @@ def test_sparse_features_roundtrip(tmp_path):
     back = storage.load_sparse(tmp_path / "f")
     np.testing.assert_array_equal(back.to_dense(), kept)
     np.testing.assert_allclose(back.firing_frequency(), (kept > 0).mean(0))
+
+
+NAMED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", NAMED_CONFIGS, ids=lambda p: p.stem)
+def test_named_configs_name_real_keys_and_pass_validation(config, tmp_path):
+    """Each `configs/*.yaml` (flat `section.key: value`, fed to `dvc exp run -S`) overrides keys
+    that params.yaml has, and the result passes `check_params`: a renamed key or a bad value in a
+    named experiment fails here, not after an hour of `dvc exp run`."""
+    import yaml
+
+    from neural_codec.params import check_params
+
+    root = config.parents[1]
+    data = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in yaml.safe_load(config.read_text()).items():
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        assert last in node, f"{config.name}: {key} is not a params.yaml key"
+        node[last] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    try:
+        check_params(tmp_path / "params.yaml", ram=24 << 30)
+    except ParamError as err:  # a GPU recipe on a machine without one: only the device check may fail
+        if "device" not in str(err) or "cuda" not in str(err):
+            raise
