@@ -113,9 +113,15 @@ def test_fused_exact_loss_decoder_only_and_transposed_storage():
     # per-row gather (n > B*k/8) / matmul over active columns; blocks covering every column or not
     [(5, 12, 5), (64, 12, 5), (7, 15, 5), (64, 15, 3)],
 )
-def test_sampled_loss_matches_brute_force_draw_by_draw(B, n, s):
+@pytest.mark.parametrize("sparse_kernels", [True, False], ids=["csr", "gather"])
+def test_sampled_loss_matches_brute_force_draw_by_draw(B, n, s, sparse_kernels, monkeypatch):
     """Loss and gradients (h, W_dec, b_dec) for one draw at a time, against autograd through
-    the brute-force estimator for the same per-row columns (blocks that wrap round included)."""
+    the brute-force estimator for the same per-row columns (blocks that wrap round included).
+    The active part by sparse-CSR kernels (CPU, CUDA) and by the gather (other devices)."""
+    import neural_codec.squeezer.loss as loss_mod
+
+    if not sparse_kernels:
+        monkeypatch.setattr(loss_mod, "_sparse_kernels", lambda h, rows: False)
     M, k = 4, 3
     idx, val = distinct_rows(B, n, k, seed=4, pad_frac=0.2)
     g = torch.Generator().manual_seed(5)
