@@ -5,9 +5,9 @@ exact, sampled and autocast paths alike; the penalty does not move under per-neu
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from test_squeezer import random_sparse
 
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError
@@ -18,15 +18,6 @@ from neural_codec.squeezer.train import neuron_activations, train_squeezer
 from neural_codec.storage import SparseFeatures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _batch(N: int = 64, n: int = 30, k: int = 4, seed: int = 0) -> SparseFeatures:
-    rng = np.random.default_rng(seed)
-    dense = np.zeros((N, n), np.float32)
-    for r in range(N):
-        m = rng.integers(1, k + 1)
-        dense[r, rng.choice(n, m, replace=False)] = rng.uniform(0.2, 2.0, m)
-    return SparseFeatures.from_dense(dense, k)
 
 
 def _model(n: int = 30, M: int = 8) -> Squeezer:
@@ -46,7 +37,7 @@ def _dense_penalty(model: Squeezer, feats: SparseFeatures) -> torch.Tensor:
 
 
 def test_zero_l1_is_the_reconstruction_loss_bit_for_bit() -> None:
-    model, b = _model(), _batch()
+    model, b = _model(), random_sparse(64, 30, 4, seed=0)
     idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
     w = torch.ones(30)
     got = squeezer_loss(model, idx, val, w, l1=0.0)
@@ -60,7 +51,7 @@ def test_zero_l1_is_the_reconstruction_loss_bit_for_bit() -> None:
 
 @pytest.mark.parametrize("loss_sample", [0, 7])
 def test_penalty_is_added_on_the_exact_and_sampled_paths(loss_sample: int) -> None:
-    model, b = _model(), _batch()
+    model, b = _model(), random_sparse(64, 30, 4, seed=0)
     idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
     w = torch.ones(30)
     with torch.no_grad():
@@ -72,7 +63,7 @@ def test_penalty_is_added_on_the_exact_and_sampled_paths(loss_sample: int) -> No
 
 
 def test_penalty_is_kept_in_full_precision_under_autocast() -> None:
-    model, b = _model(), _batch()
+    model, b = _model(), random_sparse(64, 30, 4, seed=0)
     idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         h = model.encode(idx, val)
@@ -83,7 +74,7 @@ def test_penalty_is_kept_in_full_precision_under_autocast() -> None:
 
 @torch.no_grad()
 def test_penalty_is_invariant_to_per_neuron_rescaling_and_plain_l1_is_not() -> None:
-    model, b = _model(), _batch()
+    model, b = _model(), random_sparse(64, 30, 4, seed=0)
     idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
     h0 = model.encode(idx, val)
     before, plain_before = decoder_norm_l1(h0, model.W_dec), h0.sum(1).mean()
