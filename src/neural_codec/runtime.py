@@ -67,6 +67,16 @@ def autocast_dtype(name: str, device: Any, key: str) -> Any:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def full_precision(device: Any) -> Any:
+    """Autocast off for the block when it is on for `device` (else nothing: the plain fp32 path
+    is untouched). For sums of many squares and penalties that bf16/fp16 would round or overflow."""
+    import torch
+
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def quiet() -> bool:
     """No progress bars: stderr is not a terminal (DVC's and CI's logs), or CI is set."""
     ci = os.environ.get("CI", "").strip().lower()

@@ -12,7 +12,8 @@ from test_squeezer import random_sparse
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
-from neural_codec.squeezer.loss import decoder_norm_l1, reconstruction_loss, squeezer_loss
+from neural_codec.penalties import decoder_norm_l1
+from neural_codec.squeezer.loss import reconstruction_loss, squeezer_loss
 from neural_codec.squeezer.model import Squeezer
 from neural_codec.squeezer.train import neuron_activations, train_squeezer
 from neural_codec.storage import SparseFeatures

@@ -44,6 +44,7 @@ from torch import nn
 
 from neural_codec import storage
 from neural_codec.config import ActivationsConfig, SourceConfig, SyntheticConfig
+from neural_codec.penalties import decoder_norm_l1
 from neural_codec.runtime import progress
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -242,7 +243,7 @@ def codec_penalty(model: ToyModel, h: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l1":
         return h.sum(1).mean()
     if kind == "l1_decnorm":
-        return (h * model.W_out.norm(dim=1)).sum(1).mean()
+        return decoder_norm_l1(h, model.W_out)
     raise ValueError(f"codec_penalty: unknown kind {kind!r} (allowed: 'l1', 'l1_decnorm')")
 
 

@@ -7,21 +7,14 @@ keeps the (B, n) decoder output out of the autograd graph.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from neural_codec.penalties import decoder_norm_l1
+from neural_codec.runtime import full_precision
 from neural_codec.squeezer.model import Squeezer
-
-
-def _full_precision(device: torch.device) -> Any:
-    """Autocast off for the block when it is on (else nothing: the plain fp32 path is untouched)."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 class _DecoderSquaredError(torch.autograd.Function):
@@ -41,7 +34,7 @@ class _DecoderSquaredError(torch.autograd.Function):
         # under autocast (squeezer.autocast) the decoder matmul runs in bf16/fp16; the sums of n
         # squares and the gradient buffer stay in the weights' dtype (fp16 sums of ~25k overflow)
         f_hat = torch.addmm(b_dec, h, W_dec).to(W_dec.dtype).relu_()
-        with _full_precision(h.device):
+        with full_precision(h.device):
             g = f_hat * weights  # w f_hat, becomes the gradient buffer
             sq = torch.bmm(g.unsqueeze(1), f_hat.unsqueeze(2)).view(B)  # sum_i w_i f_hat_i^2 per row
             f_act = f_hat.gather(1, idx)
@@ -90,7 +83,7 @@ def reconstruction_loss(
     n_blocks = max(1, min(n // loss_sample, idx.shape[0]))
     # drawn by the CPU generator on every device: the same columns wherever it trains
     offset = int(torch.randint(n, (1,), generator=generator))
-    with _full_precision(h.device):
+    with full_precision(h.device):
         return _SampledSquaredError.apply(
             h, W_dec.T, b_dec, idx, val, weights.to(h.dtype), offset, loss_sample, n_blocks
         )
@@ -144,10 +137,6 @@ class _ActivePattern:
         torch.cumsum(keep.sum(1), 0, out=self.crow[1:])
         self.col = key[keep]
         self.slot = (perm + torch.arange(B, device=dev)[:, None] * k)[keep]  # flat slot r k + j
-        self.order = torch.argsort(self.col, stable=True)  # entries by feature, rows ascending
-        self.crow_t = torch.zeros(n + 1, dtype=torch.long, device=dev)
-        torch.cumsum(torch.bincount(self.col, minlength=n), 0, out=self.crow_t[1:])
-        self.row_t = torch.div(self.slot, k, rounding_mode="floor")[self.order]
 
     def dots(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, k): h_r . rows[idx_rj] at the active slots, 0 at padding."""
@@ -159,9 +148,14 @@ class _ActivePattern:
         return z.view(B, self.k)
 
     def transposed(self, g: torch.Tensor) -> torch.Tensor:
-        """S^T (n, B) as CSR, S holding g (B, k) at the active slots."""
+        """S^T (n, B) as CSR, S holding g (B, k) at the active slots (built here, in the
+        backward pass, the only place that needs it)."""
         B, n = self.shape
-        return _csr(self.crow_t, self.row_t, g.reshape(-1)[self.slot][self.order], (n, B))
+        order = torch.argsort(self.col, stable=True)  # entries by feature, rows ascending
+        crow_t = torch.zeros(n + 1, dtype=torch.long, device=self.col.device)
+        torch.cumsum(torch.bincount(self.col, minlength=n), 0, out=crow_t[1:])
+        row_t = torch.div(self.slot, self.k, rounding_mode="floor")[order]
+        return _csr(crow_t, row_t, g.reshape(-1)[self.slot][order], (n, B))
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -273,18 +267,6 @@ class _SampledSquaredError(torch.autograd.Function):
                 _add_block(gb, starts[g], gF[bounds[g] : bounds[g + 1]].sum(0))
             gb.index_add_(0, flat, gz.reshape(-1)).mul_(grad_out)
         return gh, gW, gb, None, None, None, None, None, None
-
-
-def decoder_norm_l1(h: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """mean over rows of sum_j |h_j| ||W_dec[j]||, W_dec (M, n), in full precision.
-
-    SAELens's decoder-norm-scaled L1 (scale_sparsity_penalty_by_decoder_norm): scaling neuron j's
-    encoder column and bias by c and its decoder row by 1/c leaves it unchanged, so the codec
-    cannot shrink the penalty by rescaling, as it can a plain L1 on h. |h| = h for ReLU neurons;
-    the absolute value keeps the penalty a penalty for `hidden = "linear"`.
-    """
-    with _full_precision(h.device):
-        return (h.float().abs() * W_dec.float().norm(dim=1)).sum(1).mean()
 
 
 def squeezer_loss(
