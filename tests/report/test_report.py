@@ -722,6 +722,17 @@ def test_controls_found_on_a_planted_codec_and_not_when_broken():
     at_ceiling["compare"]["floor_permuted"]["cka"] = 0.85
     c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
     assert not c["found"] and c["measured"]["cka_uninformative_floors"] == [], c
+    # ... unless co-occurrence does not move the model's own retraining (seed 2 against the same
+    # recipe on column-permuted rows): then seed 2's edge over the Squeezer's permuted floor is a
+    # difference of recipes, and that floor does not count; where co-occurrence does move it, it
+    # counts as before
+    at_ceiling["source"]["cooccurrence_identity"] = {"effect": {"hungarian_mean_r": 0.3, "cka": 0.02}}
+    c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
+    assert c["found"] and c["measured"]["cka_uninformative_floors"] == ["floor_permuted"], c
+    assert c["measured"]["cka_cooccurrence_effect"] == 0.02 and "0.020" in c["measured"]["uninformative_because"]
+    at_ceiling["source"]["cooccurrence_identity"]["effect"]["cka"] = 0.2
+    c = positive_controls(Metrics(at_ceiling))["compare_planted_codec"]
+    assert not c["found"] and c["measured"]["cka_uninformative_floors"] == [], c
     # the toy model plants no codec: compare is no control there
     toy = _codec_metrics()
     toy["source"]["model"] = "toy"

@@ -26,8 +26,14 @@ and shown as the report's first table, each row beside the experiment's own head
   co-occurrence), the codec's neurons are not fixed by co-occurrence and no learner of the data
   can beat that floor (measured on the tiny planted codec: seed-2 Hungarian |r| 0.434 vs
   permuted 0.436, CKA 0.804 vs 0.763; its Hungarian |r| clears even the untrained floor by
-  only 0.07, so on that codec only CKA can show identity beyond a floor). Such a floor is listed in `uninformative_floors`, not
-  silently dropped; with no seed-2 ceiling every floor counts. With the toy model (a
+  only 0.07, so on that codec only CKA can show identity beyond a floor). floor_permuted
+  counts only where, besides, co-occurrence moves the model's own retraining by INFORMATIVE
+  (source.json `cooccurrence_identity.effect`: seed 2 against the same recipe and seed on
+  column-permuted rows): seed 2 against a *Squeezer's* permuted floor also measures two training
+  recipes' difference (identity codec: seed 2 clears the Squeezer's permuted CKA by 0.10, but
+  co-occurrence moves the model's own CKA by 0.02). Such a floor is listed in
+  `uninformative_floors` (why in `uninformative_because`), not silently dropped; with no seed-2
+  ceiling every floor counts. With the toy model (a
   near-linear layer, no codec planted) `expected_found` is false: a found there is no control.
 
   Expected only where some floor is informative (otherwise `not_found_because` gives the
@@ -136,6 +142,7 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
     out.update(tms_geometry_controls(m))
     measured: dict[str, Any] = {}
     reasons: list[str] = []
+    notes: list[str] = []
     found = True
     for key in ("hungarian_mean_r", "cka"):
         main = m.get(f"compare.json:squeezer_vs_model.{key}")
@@ -143,10 +150,19 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
         raw = {f: _num(m.get(f"compare.json:{f}.{key}")) for f in ("floor_untrained", "floor_permuted")}
         floors = {f: x for f, x in raw.items() if x is not None}
         useless = sorted(f for f, x in floors.items() if ceiling is not None and ceiling - x < INFORMATIVE)
+        # floor_permuted also needs co-occurrence to move the model's own retraining (source.json)
+        effect = _num(m.get(f"source.json:cooccurrence_identity.effect.{key}"))
+        if "floor_permuted" in floors and effect is not None and effect < INFORMATIVE:
+            useless = sorted({*useless, "floor_permuted"})
+            notes.append(
+                f"{key}: floor_permuted does not count, co-occurrence moves the model's own retraining "
+                f"by only {effect:.3f} (source.json cooccurrence_identity)"
+            )
         best = max((x for f, x in floors.items() if f not in useless), default=None)
         measured[key] = main
         measured[f"{key}_best_floor"] = best
         measured[f"{key}_ceiling_model_seed2"] = ceiling
+        measured[f"{key}_cooccurrence_effect"] = effect
         measured[f"{key}_uninformative_floors"] = useless
         found = found and best is not None and _gt(main, best + FAR_ABOVE)
         if best is None and floors and ceiling is not None:
@@ -157,6 +173,8 @@ def positive_controls(m: Metrics) -> dict[str, dict[str, Any]]:
             )
     if reasons:
         measured["not_found_because"] = "; ".join(reasons)
+    if notes:
+        measured["uninformative_because"] = "; ".join(notes)
     out["compare_planted_codec"] = {
         "planted": {"model": m.get("source.json:model") or "toy"},
         "measured": measured,

@@ -247,17 +247,29 @@ def codec_penalty(model: ToyModel, h: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"codec_penalty: unknown kind {kind!r} (allowed: 'l1', 'l1_decnorm')")
 
 
+def permute_columns(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each column of `x` shuffled across rows on its own: every feature keeps its marginal
+    distribution, and which features fire together is destroyed (the dense twin of
+    `nulls.permute_feature_columns`)."""
+    order = torch.argsort(torch.rand(x.shape, generator=generator), dim=0)
+    return x.gather(0, order)
+
+
 def train_toy_model(
-    cfg: SyntheticConfig, gen: ActivationGenerator, embedding: torch.Tensor, seed: int
+    cfg: SyntheticConfig, gen: ActivationGenerator, embedding: torch.Tensor, seed: int, permuted: bool = False
 ) -> tuple[ToyModel, list[dict[str, float]]]:
     """Importance-weighted MSE reconstruction of the true features through the neurons.
 
     Trains on a pool sampled once (sampling correlated features is the slow part), drawing
-    minibatches from it with a seeded generator.
+    minibatches from it with a seeded generator. `permuted=True` trains on the same pool with
+    every feature column permuted (`permute_columns`): the same recipe and seed without the
+    co-occurrence, the reference that says whether co-occurrence fixes the model's neurons.
     """
     torch.manual_seed(seed)
     pool = gen.sample(cfg.train_pool)
     g = torch.Generator().manual_seed(seed)
+    if permuted:
+        pool = permute_columns(pool, torch.Generator().manual_seed(seed + 7919))
     model = ToyModel(embedding, cfg.n_neurons, seed)
     if cfg.model == "codec":
         model = codec_init(model, seed)
