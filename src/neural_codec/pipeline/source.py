@@ -45,7 +45,10 @@ def model_geometry(model: ToyModel, families: list[dict[str, Any]]) -> dict[str,
             "lines": {f: {k: v[k] for k in ("is_line", "count", "p_holm")} for f, v in r["lines"].items()},
             "polytopes": r["polytopes"],
             "polytope_mean_error": r["polytope_mean_error"],
-            "circles": {n: {"p_value": c.get("p_value")} for n, c in r["circles"].items()},
+            "circles": {
+                n: {"p_value": c.get("p_value"), "harmonic_p_value": c.get("harmonic_p_value")}
+                for n, c in r["circles"].items()
+            },
         }
     return out
 

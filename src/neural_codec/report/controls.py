@@ -16,7 +16,9 @@ and shown as the report's first table, each row beside the experiment's own head
   untied one (`antipodal_control`).
 - geometry_circles: every planted cyclic family's circle (the harmonic test, p < 0.05) is found
   in more than half the seeds stage's Squeezers and not in their untrained starts
-  (`circle_control`; one seed's geometry.json without the seeds stage).
+  (`circle_control`; one seed's geometry.json without the seeds stage). On a codec source the
+  planted codec's own encoder is the truth, as for lines and polytopes: where it forms none of
+  the circles (source.json model_geometry, harmonic test), the row is no verdict.
 - compare_planted_codec: with `source.synthetic.model: codec` the model's neurons ARE a codec
   of the features, so the Squeezer's neurons should match them far above the floors: Hungarian
   |r| and CKA both exceed the best *informative* floor + FAR_ABOVE. A floor is informative for
@@ -370,7 +372,13 @@ def circle_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
     correlation 0.26, 0.94, 0.91 over 3 seeds), so one seed's verdict is a coin toss. Why the
     harmonic test: the top-2 PC test needs the circle to be the family's dominant plane, which a
     codec that also gives each member its own direction need not make it. Without the seeds
-    stage, the single Squeezer's harmonic p-value (geometry.json) decides, and says so."""
+    stage, the single Squeezer's harmonic p-value (geometry.json) decides, and says so.
+
+    On a codec source the planted codec's own encoder is the truth, as for lines and polytopes
+    (source.json model_geometry, the same harmonic test): only the circles it forms are
+    required, and where it forms none the row is no verdict (identity codec, 80 features in 64
+    neurons: the codec's encoder forms neither circle, harmonic p 0.35 and 0.97; its decoder
+    forms both)."""
     single = m.get("geometry.json:trained.encoder.circles") or {}
     single = {k: v for k, v in single.items() if isinstance(v, dict)}
     seeds = m.get("intervals.json:circles") or {}
@@ -378,6 +386,14 @@ def circle_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
         "top2pc_p_value_seed0": {k: c.get("p_value") for k, c in single.items()},
         "harmonic_p_value_seed0": {k: c.get("harmonic_p_value") for k, c in single.items()},
     }
+    model = m.get("source.json:model_geometry.encoder.circles") or {}
+    model_p = {f: (c or {}).get("harmonic_p_value") for f, c in model.items()}
+    codec_truth = (
+        m.get("source.json:model") == "codec" and any(_num(p) is not None for p in model_p.values())
+    )
+    required = {f for f, p in model_p.items() if _lt(p, CIRCLE_P)} if codec_truth else None
+    if codec_truth:
+        measured["model_encoder_harmonic_p_value"] = model_p
     trained, untrained = seeds.get("trained") or {}, seeds.get("untrained") or {}
     if trained:
         frac = {f: found_frac(v.get("harmonic_p_value")) for f, v in trained.items()}
@@ -385,19 +401,28 @@ def circle_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
         measured["harmonic_found_frac"] = frac
         measured["harmonic_found_frac_untrained"] = null
         measured["top2pc_found_frac"] = {f: found_frac(v.get("p_value")) for f, v in trained.items()}
-        found = all(_gt(v, 0.5) for v in frac.values()) and not any(_gt(v, 0.5) for v in null.values())
+        need = [f for f in frac if required is None or f in required]
+        found = bool(need) and all(_gt(frac[f], 0.5) and not _gt(null[f], 0.5) for f in need)
         cite = "intervals.json:circles.trained.<family>.harmonic_p_value"
     else:
         ps = measured["harmonic_p_value_seed0"]
-        found = bool(ps) and all(_lt(p, CIRCLE_P) for p in ps.values())
+        need = [f for f in ps if required is None or f in required]
+        found = bool(need) and all(_lt(ps[f], CIRCLE_P) for f in need)
         cite = "geometry.json:trained.encoder.circles.<family>.harmonic_p_value (one seed)"
-    return {
-        "planted": {"cyclic_families": planted.get("cyclic")},
+    row: dict[str, Any] = {
+        "planted": {"cyclic_families": planted.get("cyclic"),
+                    **({"required_by_codec": sorted(required)} if required is not None else {})},
         "measured": measured,
         "found": bool(trained or single) and found,
         "expected_found": bool(planted.get("cyclic")),
         "cite": cite,
-    }
+    }  # fmt: skip
+    if required is not None and not required and planted.get("cyclic"):
+        # a circle the planted codec's own encoder does not form at this width need not appear
+        row.update(expected_found=False, found=False, no_verdict=True, not_expected_because=(
+            "the planted codec's own encoder forms none of the planted circles (harmonic p "
+            + ", ".join(f"{f} {_num(p) or float('nan'):.3g}" for f, p in model_p.items()) + ")"))  # fmt: skip
+    return row
 
 
 def found_frac(p_values: Any) -> float | None:
