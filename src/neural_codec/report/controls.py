@@ -33,7 +33,7 @@ and shown as the report's first table, each row beside the experiment's own head
   (source.json `cooccurrence_identity.effect`: seed 2 against the same recipe and seed on
   column-permuted rows): seed 2 against a *Squeezer's* permuted floor also measures two training
   recipes' difference (identity codec: seed 2 clears the Squeezer's permuted CKA by 0.10, but
-  co-occurrence moves the model's own CKA by 0.02). Such a floor is listed in
+  co-occurrence moves the model's own CKA by 0.01). Such a floor is listed in
   `uninformative_floors` (why in `uninformative_because`), not silently dropped; with no seed-2
   ceiling every floor counts. With the toy model (a
   near-linear layer, no codec planted) `expected_found` is false: a found there is no control.
