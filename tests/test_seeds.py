@@ -75,8 +75,10 @@ def test_every_headline_has_an_interval_over_three_seeds(run):
     geo = read(root, "geometry.json")["trained"]["encoder"]["circles"]["weekdays"]
     for cond in ("trained", "untrained", "permuted"):
         w = iv["circles"][cond]["weekdays"]
-        assert set(w) == {"p_value", "harmonic_p_value"} and len(w["p_value"]) == 3
-        assert all(0 < p <= 1 for p in w["harmonic_p_value"])
+        assert (
+            set(w) == {"p_value", "harmonic_p_value", "decoder_harmonic_p_value"} and len(w["p_value"]) == 3
+        )
+        assert all(0 < p <= 1 for p in w["harmonic_p_value"] + w["decoder_harmonic_p_value"])
     assert iv["trained"]["harmonic_frac_weekdays"]["per_seed"][0] == pytest.approx(geo["harmonic_frac"])
     assert not any(k.startswith("circle.") for k in iv["trained"])
 

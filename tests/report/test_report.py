@@ -777,10 +777,11 @@ def test_circle_control_counts_the_seeds_that_find_the_circle():
     assert not positive_controls(Metrics(m))["geometry_circles"]["found"]
 
 
-def test_circle_control_on_a_codec_follows_the_codecs_own_encoder():
-    """On a codec source the planted codec's own encoder is the truth: where it forms none of
-    the circles the row is no verdict (not a failure, not a pass); where it forms one, the
-    Squeezer seeds must find them as before."""
+def test_circle_control_on_a_codec_follows_the_codecs_own_weights():
+    """On a codec source the planted codec's own weights are the truth, part by part: where they
+    form none of the circles the row is no verdict (not a failure, not a pass); a circle the
+    codec's encoder forms must be found in the Squeezer seeds' encoders, one its decoder forms in
+    their decoders, and one it does not form is not required."""
     from neural_codec.report.controls import positive_controls
     from neural_codec.report.metrics import Metrics
 
@@ -791,24 +792,36 @@ def test_circle_control_on_a_codec_follows_the_codecs_own_encoder():
             "untrained": {"weekdays": {"harmonic_p_value": [0.5, 0.6, 0.7]}},
         }
     }
-    m["source"]["model_geometry"]["encoder"]["circles"] = {"weekdays": {"p_value": 0.3, "harmonic_p_value": 0.4}}
+    mg = m["source"]["model_geometry"]
+    mg["encoder"]["circles"] = {"weekdays": {"p_value": 0.3, "harmonic_p_value": 0.4}}
     c = positive_controls(Metrics(m))["geometry_circles"]
     assert c.get("no_verdict") and not c["expected_found"] and not c["found"], c
     assert "weekdays 0.4" in c["not_expected_because"]
-    m["source"]["model_geometry"]["encoder"]["circles"]["weekdays"]["harmonic_p_value"] = 0.01
+    mg["encoder"]["circles"]["weekdays"]["harmonic_p_value"] = 0.01
     c = positive_controls(Metrics(m))["geometry_circles"]
     assert not c.get("no_verdict") and c["expected_found"] and not c["found"], c  # 1 of 3 seeds
     # a circle the codec does not form is not required; one it forms is
     m["intervals"]["circles"]["trained"]["months"] = {"harmonic_p_value": [0.5, 0.6, 0.7]}
     m["intervals"]["circles"]["trained"]["weekdays"]["harmonic_p_value"] = [0.01, 0.02, 0.3]
-    m["source"]["model_geometry"]["encoder"]["circles"]["months"] = {"harmonic_p_value": 0.6}
+    mg["encoder"]["circles"]["months"] = {"harmonic_p_value": 0.6}
     c = positive_controls(Metrics(m))["geometry_circles"]
-    assert c["found"] and c["planted"]["required_by_codec"] == ["weekdays"], c
-    m["source"]["model_geometry"]["encoder"]["circles"]["months"]["harmonic_p_value"] = 0.01
+    assert c["found"] and c["planted"]["required_by_codec"] == ["encoder weekdays"], c
+    mg["encoder"]["circles"]["months"]["harmonic_p_value"] = 0.01
     assert not positive_controls(Metrics(m))["geometry_circles"]["found"]
-    m["source"]["model"] = "toy"  # no codec: the data's circles are the truth
-    m["source"]["model_geometry"]["encoder"]["circles"]["weekdays"]["harmonic_p_value"] = 0.4
-    assert positive_controls(Metrics(m))["geometry_circles"]["expected_found"]
+    # a circle the codec's decoder forms is required in the Squeezers' decoders
+    mg["encoder"]["circles"]["months"]["harmonic_p_value"] = 0.6
+    mg["decoder"] = {"circles": {"months": {"harmonic_p_value": 0.02}}}
+    assert not positive_controls(Metrics(m))["geometry_circles"]["found"]  # no decoder verdicts
+    m["intervals"]["circles"]["trained"]["months"]["decoder_harmonic_p_value"] = [0.01, 0.03, 0.4]
+    c = positive_controls(Metrics(m))["geometry_circles"]
+    assert c["found"] and c["planted"]["required_by_codec"] == ["encoder weekdays", "decoder months"], c
+    assert c["measured"]["decoder_harmonic_found_frac"]["months"] == 2 / 3
+    m["intervals"]["circles"]["trained"]["months"]["decoder_harmonic_p_value"] = [0.01, 0.3, 0.4]
+    assert not positive_controls(Metrics(m))["geometry_circles"]["found"]
+    m["source"]["model"] = "toy"  # no codec: the data's circles are the truth, in the encoder
+    mg["encoder"]["circles"]["weekdays"]["harmonic_p_value"] = 0.4
+    c = positive_controls(Metrics(m))["geometry_circles"]
+    assert c["expected_found"] and not c["found"], c  # months: 0 of 3 encoders
 
 
 def test_lm_controls_are_the_tms_rows_and_the_readout_ceiling():

@@ -22,8 +22,9 @@ Measures per seed (same functions as the single-seed stages):
   (`evaluate_codec`);
 - geometry (encoder rows): D*, fraction represented, number of lines, polytopes, circular
   correlation, neighbour fraction, wrap ratio and harmonic fraction of each cyclic family; its
-  circle p-values per seed go to `circles.<condition>.<family>` (no interval: the
-  geometry_circles control counts the seeds that find the circle);
+  circle p-values per seed (and the decoder's harmonic p-value, `decoder_harmonic_p_value`) go
+  to `circles.<condition>.<family>` (no interval: the geometry_circles control counts the seeds
+  that find the circle);
 - logic (co-occurrence split): median lift of the sharing pairs and of their controls, the
   numbers of sharing and control pairs and Cliff's delta of both sign groups;
 - compare (held-out rows, the model's neurons): Hungarian mean |r|, CKA, SVCCA, interference
@@ -53,7 +54,7 @@ import scipy.sparse as sp
 
 from neural_codec import nulls, paths, storage
 from neural_codec.analysis import compare as cmp
-from neural_codec.analysis.geometry import analyse_weights
+from neural_codec.analysis.geometry import analyse_weights, family_circles
 from neural_codec.analysis.logic import analyse_sharing
 from neural_codec.analysis.stats import bootstrap_ratio, clears, complement, interval
 from neural_codec.baselines import fit_random_encoder
@@ -159,8 +160,14 @@ def measures(
         out["sae_explained_variance"] = ev["sae_explained_variance"]
     w_enc = model.W_enc.detach().numpy().astype(np.float64)
     # geometry as the geometry stage computes it: balanced encoder rows of the firing latents
-    w_geo = weights_of(model)["encoder"] * ctx["alive"][:, None]
+    balanced = weights_of(model)
+    w_geo = balanced["encoder"] * ctx["alive"][:, None]
     g = analyse_weights(w_geo, ctx["families"], GeometryConfig(**{**geo.__dict__, "n_permutations": n_perm}))
+    # the decoder's circles too: a planted codec's decoder forms circles its encoder need not
+    # (report/controls.py circle_control requires them where the codec's own decoder has them)
+    dec = family_circles(balanced["decoder"] * ctx["alive"][:, None], ctx["families"], n_perm, geo.seed)
+    for fam, c in dec.items():
+        out[f"{CIRCLE_PREFIX}decoder_harmonic_p_value.{fam}"] = c["harmonic_p_value"]
     out.update(D_star=g["D_star"], frac_features_represented=g["frac_features_represented"])
     out["n_lines"] = g["n_lines"]
     out["n_polytopes"] = float(sum(v for k, v in g["polytopes"].items() if k not in ("other", "isolated")))

@@ -17,8 +17,9 @@ and shown as the report's first table, each row beside the experiment's own head
 - geometry_circles: every planted cyclic family's circle (the harmonic test, p < 0.05) is found
   in more than half the seeds stage's Squeezers and not in their untrained starts
   (`circle_control`; one seed's geometry.json without the seeds stage). On a codec source the
-  planted codec's own encoder is the truth, as for lines and polytopes: where it forms none of
-  the circles (source.json model_geometry, harmonic test), the row is no verdict.
+  planted codec's own weights are the truth, as for lines and polytopes: the circles its encoder
+  forms are required in the Squeezer's encoder, those its decoder forms in its decoder; where it
+  forms none (source.json model_geometry, harmonic test), the row is no verdict.
 - compare_planted_codec: with `source.synthetic.model: codec` the model's neurons ARE a codec
   of the features, so the Squeezer's neurons should match them far above the floors: Hungarian
   |r| and CKA both exceed the best *informative* floor + FAR_ABOVE. A floor is informative for
@@ -362,6 +363,9 @@ def planted_geometry_controls(m: Metrics) -> dict[str, dict[str, Any]]:
     return out
 
 
+PARTS = {"encoder": "harmonic_p_value", "decoder": "decoder_harmonic_p_value"}  # intervals.json stat
+
+
 def circle_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
     """geometry_circles: each planted cyclic family's circle, by the harmonic test
     (`geometry.harmonic_test`: its variance share on the first circular harmonic, p < CIRCLE_P),
@@ -374,54 +378,71 @@ def circle_control(m: Metrics, planted: dict[str, Any]) -> dict[str, Any]:
     codec that also gives each member its own direction need not make it. Without the seeds
     stage, the single Squeezer's harmonic p-value (geometry.json) decides, and says so.
 
-    On a codec source the planted codec's own encoder is the truth, as for lines and polytopes
-    (source.json model_geometry, the same harmonic test): only the circles it forms are
-    required, and where it forms none the row is no verdict (identity codec, 80 features in 64
-    neurons: the codec's encoder forms neither circle, harmonic p 0.35 and 0.97; its decoder
-    forms both)."""
-    single = m.get("geometry.json:trained.encoder.circles") or {}
-    single = {k: v for k, v in single.items() if isinstance(v, dict)}
+    On a codec source the planted codec's own weights are the truth, as for lines and polytopes
+    (source.json model_geometry, the same harmonic test), part by part: a circle its encoder
+    forms is required in the Squeezer's encoder, one its decoder forms in the Squeezer's decoder
+    (identity codec, 80 features in 64 neurons: its encoder forms neither circle, harmonic p 0.35
+    and 0.97; its decoder forms both, 0.004 and 0.02). Where it forms none, the row is no
+    verdict. Otherwise (the toy model) the data's circles are the truth, in the encoder."""
     seeds = m.get("intervals.json:circles") or {}
-    measured: dict[str, Any] = {
-        "top2pc_p_value_seed0": {k: c.get("p_value") for k, c in single.items()},
-        "harmonic_p_value_seed0": {k: c.get("harmonic_p_value") for k, c in single.items()},
-    }
-    model = m.get("source.json:model_geometry.encoder.circles") or {}
-    model_p = {f: (c or {}).get("harmonic_p_value") for f, c in model.items()}
-    codec_truth = (
-        m.get("source.json:model") == "codec" and any(_num(p) is not None for p in model_p.values())
-    )
-    required = {f for f, p in model_p.items() if _lt(p, CIRCLE_P)} if codec_truth else None
-    if codec_truth:
-        measured["model_encoder_harmonic_p_value"] = model_p
     trained, untrained = seeds.get("trained") or {}, seeds.get("untrained") or {}
+    single = {
+        part: {k: v for k, v in (m.get(f"geometry.json:trained.{part}.circles") or {}).items() if isinstance(v, dict)}
+        for part in PARTS
+    }
+    measured: dict[str, Any] = {
+        "top2pc_p_value_seed0": {k: c.get("p_value") for k, c in single["encoder"].items()},
+        "harmonic_p_value_seed0": {k: c.get("harmonic_p_value") for k, c in single["encoder"].items()},
+    }
+    model_p = {
+        part: {f: (c or {}).get("harmonic_p_value")
+               for f, c in (m.get(f"source.json:model_geometry.{part}.circles") or {}).items()}
+        for part in PARTS
+    }  # fmt: skip
+    codec_truth = m.get("source.json:model") == "codec" and any(
+        _num(p) is not None for ps in model_p.values() for p in ps.values()
+    )
+    if codec_truth:
+        measured["model_harmonic_p_value"] = model_p
+        required = [(part, f) for part in PARTS for f, p in model_p[part].items() if _lt(p, CIRCLE_P)]
+    else:
+        families = trained or single["encoder"]
+        required = [("encoder", f) for f in families]
     if trained:
-        frac = {f: found_frac(v.get("harmonic_p_value")) for f, v in trained.items()}
-        null = {f: found_frac((untrained.get(f) or {}).get("harmonic_p_value")) for f in trained}
-        measured["harmonic_found_frac"] = frac
-        measured["harmonic_found_frac_untrained"] = null
+        frac = {part: {f: found_frac(v.get(stat)) for f, v in trained.items()} for part, stat in PARTS.items()}
+        null = {
+            part: {f: found_frac((untrained.get(f) or {}).get(stat)) for f in trained}
+            for part, stat in PARTS.items()
+        }
+        measured["harmonic_found_frac"] = frac["encoder"]
+        measured["harmonic_found_frac_untrained"] = null["encoder"]
+        if any(v is not None for v in frac["decoder"].values()):
+            measured["decoder_harmonic_found_frac"] = frac["decoder"]
+            measured["decoder_harmonic_found_frac_untrained"] = null["decoder"]
         measured["top2pc_found_frac"] = {f: found_frac(v.get("p_value")) for f, v in trained.items()}
-        need = [f for f in frac if required is None or f in required]
-        found = bool(need) and all(_gt(frac[f], 0.5) and not _gt(null[f], 0.5) for f in need)
+        found = bool(required) and all(
+            _gt(frac[part].get(f), 0.5) and not _gt(null[part].get(f), 0.5) for part, f in required
+        )
         cite = "intervals.json:circles.trained.<family>.harmonic_p_value"
     else:
-        ps = measured["harmonic_p_value_seed0"]
-        need = [f for f in ps if required is None or f in required]
-        found = bool(need) and all(_lt(ps[f], CIRCLE_P) for f in need)
-        cite = "geometry.json:trained.encoder.circles.<family>.harmonic_p_value (one seed)"
+        found = bool(required) and all(
+            _lt((single[part].get(f) or {}).get("harmonic_p_value"), CIRCLE_P) for part, f in required
+        )
+        cite = "geometry.json:trained.<encoder|decoder>.circles.<family>.harmonic_p_value (one seed)"
     row: dict[str, Any] = {
         "planted": {"cyclic_families": planted.get("cyclic"),
-                    **({"required_by_codec": sorted(required)} if required is not None else {})},
+                    **({"required_by_codec": [f"{part} {f}" for part, f in required]} if codec_truth else {})},
         "measured": measured,
-        "found": bool(trained or single) and found,
+        "found": bool(trained or single["encoder"]) and found,
         "expected_found": bool(planted.get("cyclic")),
         "cite": cite,
     }  # fmt: skip
-    if required is not None and not required and planted.get("cyclic"):
-        # a circle the planted codec's own encoder does not form at this width need not appear
+    if codec_truth and not required and planted.get("cyclic"):
+        # a circle the planted codec's own weights do not form at this width need not appear
         row.update(expected_found=False, found=False, no_verdict=True, not_expected_because=(
-            "the planted codec's own encoder forms none of the planted circles (harmonic p "
-            + ", ".join(f"{f} {_num(p) or float('nan'):.3g}" for f, p in model_p.items()) + ")"))  # fmt: skip
+            "the planted codec's own weights form none of the planted circles (harmonic p "
+            + "; ".join(f"{part} " + ", ".join(f"{f} {_num(p) or float('nan'):.3g}" for f, p in ps.items())
+                        for part, ps in model_p.items()) + ")"))  # fmt: skip
     return row
 
 
