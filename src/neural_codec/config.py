@@ -729,6 +729,9 @@ class CompareConfig:
     - floor_untrained / floor_permuted / ceiling_squeezer_seed2 / ceiling_model_seed2: which
       floors and ceilings to compute (the model's second seed only exists for the synthetic
       source; it is skipped silently when the activations hold no `neurons_seed2`).
+    - reference_true_features: synthetic source only: also train a Squeezer (same settings) on
+      the source's true features instead of the SAE's, and match it to the model
+      (`reference_true_features` in compare.json): what the SAE costs the match.
     - retrain_steps: optimiser steps for the retrained Squeezers (permuted floor, second seed);
       null = exactly the main Squeezer's schedule (steps or epochs), the fair comparison.
     - batch_size: rows per batch when computing neuron activations and streaming moments.
@@ -762,6 +765,7 @@ class CompareConfig:
     floor_permuted: bool = True
     ceiling_squeezer_seed2: bool = True
     ceiling_model_seed2: bool = True
+    reference_true_features: bool = True
     retrain_steps: int | None = None
     batch_size: int = 4096
     plot_max_neurons: int = 256

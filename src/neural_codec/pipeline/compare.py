@@ -8,7 +8,9 @@ feature-interference Gram with the model's (Mantel test), each beside
             co-occurrence structure);
   ceilings: the main Squeezer against a second Squeezer seed and, for the synthetic source,
             the model's own second seed (model neurons vs seed-2 neurons);
-  and a second measurement: the seed-2 Squeezer against the model.
+  and a second measurement: the seed-2 Squeezer against the model; for the synthetic source,
+  a reference: a Squeezer trained on the true features instead of the SAE's
+  (`reference_true_features`: the gap to the main Squeezer is what the SAE costs).
 The retrained Squeezers use the config stored in squeezer.pt (what produced the main Squeezer),
 with `compare.retrain_steps` optionally overriding the number of steps.
 
@@ -160,6 +162,38 @@ def candidate_populations(
     return arrays, weights, models
 
 
+def true_features(directory: Path, n_true: int) -> storage.SparseFeatures:
+    """The synthetic source's true feature activations of one activations split, in memory."""
+    parts = list(storage.iter_shards(directory, ["true_idx", "true_val"]))
+    idx = np.concatenate([p["true_idx"] for p in parts]).astype(np.int32)
+    val = np.concatenate([p["true_val"] for p in parts]).astype(np.float32)
+    return storage.SparseFeatures(idx, val, n_true)
+
+
+def true_feature_reference(cfg: CompareConfig, sq_cfg: SqueezerConfig) -> np.ndarray | None:
+    """Synthetic source: the held-out neurons of a Squeezer with the main one's settings trained
+    on the train rows' true features instead of the SAE's (None on an lm source, or when off).
+
+    Why: its match to the model is what the pipeline would reach with a perfect SAE, so the gap
+    to the main Squeezer is the SAE's cost (a codec whose correlated pairs share neurons is
+    matched on the true features, but the SAE merges each pair into one latent:
+    docs/RESULTS-planted-codec.md)."""
+    train_dir, held_dir = paths.ACTIVATIONS / "train", paths.ACTIVATIONS / "heldout"
+    if not cfg.reference_true_features or "true_idx" not in activation_keys(train_dir):
+        return None
+    n_true = int(storage.read_meta(train_dir)["n_true"])
+    # not the planted codec's own start: `codec_init` draws the xavier matrix a Squeezer with the
+    # same (n, M, seed) draws, and a shared start inflates the match (0.70 against 0.45 on the
+    # tiny codec); the codec and its second seed start from source.seed and source.seed + 1
+    src_seed = int((load_params().get("source") or {}).get("seed", 0))
+    seed = sq_cfg.seed if sq_cfg.seed not in (src_seed, src_seed + 1) else src_seed + 2
+    r_cfg = nulls.retrain_config(sq_cfg, seed=seed, steps=cfg.retrain_steps, device=cfg.device)
+    model, _ = train_squeezer(
+        true_features(train_dir, n_true), r_cfg, None, n_true, desc="true-feature reference"
+    )
+    return neuron_activations(model, true_features(held_dir, n_true), cfg.batch_size)
+
+
 def run(cfg: CompareConfig) -> CompareRun:
     resolve_device(cfg.device, "compare.device")  # a missing GPU fails here, before work
     act_dir, features = paths.ACTIVATIONS / "heldout", paths.FEATURES
@@ -238,6 +272,14 @@ def run(cfg: CompareConfig) -> CompareRun:
         else:
             comps[name].metrics.update({"interference_mantel_r": None, "interference_mantel_p": None})
 
+    reference = true_feature_reference(cfg, sq_cfg)
+    if reference is not None:  # not a ridge or Mantel condition: its inputs are not F
+        ref = stream_moments({"reference_true_features": ("true", "neurons")}, {"true": reference},
+                             cfg.batch_size, ["neurons"])["reference_true_features"]  # fmt: skip
+        comps["reference_true_features"] = cmp.compare_populations(ref, cfg.svcca_keep)
+        comps["reference_true_features"].metrics.update(
+            interference_mantel_r=None, interference_mantel_p=None
+        )
     metrics: dict[str, Any] = {name: c.metrics for name, c in comps.items()}
     metrics["interference_features"] = {
         "n_alive": int(alive.sum()),

@@ -386,6 +386,7 @@ COMPARE_CONDITIONS = (
     ("squeezer_seed2_vs_model", "second measurement: Squeezer seed 2 vs model"),
     ("ceiling_squeezer_vs_seed2", "ceiling: Squeezer vs Squeezer seed 2"),
     ("ceiling_model_vs_model_seed2", "ceiling: model vs model seed 2"),
+    ("reference_true_features", "reference: Squeezer on the true features (no SAE) vs model"),
 )
 COMPARE_KEYS = (
     "hungarian_mean_r",
