@@ -83,6 +83,23 @@ def test_every_headline_has_an_interval_over_three_seeds(run):
     assert not any(k.startswith("circle.") for k in iv["trained"])
 
 
+def test_family_sharing_counts_are_kept_per_seed_and_seed_zero_is_the_logic_stages(run):
+    """The exclusive pairs' sharing counts per seed (the antipodal control pools them), out of
+    the intervals; seed 0's are the logic stage's own (the same Squeezer, pairs and rule)."""
+    root, _ = run
+    iv, fam = read(root, "intervals.json"), read(root, "logic.json")["families"]["exclusive"]
+    for cond in ("trained", "untrained", "permuted"):
+        x = iv["family_sharing"][cond]["exclusive"]
+        assert x["n_pairs"] == fam["n_pairs"]
+        for g in ("same_sign", "opposite_sign"):
+            assert len(x[g]["n_sharing"]) == 3 and all(0 < c < 1 for c in x[g]["frac_sharing_chance"])
+    for g in ("same_sign", "opposite_sign"):
+        t = iv["family_sharing"]["trained"]["exclusive"][g]
+        assert t["n_sharing"][0] == fam[g]["n_sharing"]
+        assert t["frac_sharing_chance"][0] == pytest.approx(fam[g]["frac_sharing_chance"])
+    assert not any(k.startswith("sharing.") for k in iv["trained"])
+
+
 def test_seed_zero_is_the_single_seed_run_and_fvu_clears_its_floor(run):
     root, _ = run
     iv, sq = read(root, "intervals.json"), read(root, "squeeze.json")["squeezer"]

@@ -26,7 +26,9 @@ Measures per seed (same functions as the single-seed stages):
   to `circles.<condition>.<family>` (no interval: the geometry_circles control counts the seeds
   that find the circle);
 - logic (co-occurrence split): median lift of the sharing pairs and of their controls, the
-  numbers of sharing and control pairs and Cliff's delta of both sign groups;
+  numbers of sharing and control pairs and Cliff's delta of both sign groups; how many of each
+  planted family kind's pairs share a neuron, and the chance rate, per seed, go to
+  `family_sharing.<condition>.<kind>` (no interval: logic_exclusive_antipodal pools the counts);
 - compare (held-out rows, the model's neurons): Hungarian mean |r|, CKA, SVCCA, interference
   Mantel r on the features the main Squeezer represents (`compare.mantel_features`).
 Ceilings (`ceilings` in intervals.json):
@@ -99,6 +101,10 @@ HIGHER_IS_BETTER = ("features_represented", "hungarian_mean_r", "cka", "svcca", 
 #: the control counts the seeds whose circle is found (`circle_verdicts`, report/controls.py)
 CIRCLE_VERDICT = ("p_value", "harmonic_p_value")
 CIRCLE_PREFIX = "circle."
+#: per-seed sharing counts of the planted families' pairs, kept out of the intervals: the
+#: logic_exclusive_antipodal control pools them over seeds (`sharing_counts`, report/controls.py)
+SHARING_PREFIX = "sharing."
+SHARING_COUNTS = ("n_sharing", "frac_sharing_chance")
 #: the floor a logic lift must lie below (features sharing a neuron co-occur less than controls)
 CONTROL = "matched_control"
 #: the compare measures of a pair of neuron populations (the ceilings over seed pairs)
@@ -186,6 +192,11 @@ def measures(
         out[f"logic_{grp}_n_shared"] = r["n_shared"]
         out[f"logic_{grp}_n_control"] = r["n_control"]
         out[f"logic_{grp}_cliffs_delta"] = r["cliffs_delta"]
+    for kind, fam in res.metrics["families"].items():  # per-seed sharing counts: out of the intervals
+        out[f"{SHARING_PREFIX}{kind}.n_pairs"] = fam["n_pairs"]
+        for grp in ("same_sign", "opposite_sign"):
+            for k in SHARING_COUNTS:
+                out[f"{SHARING_PREFIX}{kind}.{grp}.{k}"] = fam[grp][k]
     h = None
     if ctx["has_neurons"]:
         h = neuron_activations(model, ctx["heldout"], comp.batch_size)
@@ -421,6 +432,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         seconds.append(time.perf_counter() - t0)
     out: dict[str, Any] = {"n_seeds": cfg.n_seeds, "seeds": [sq_cfg.seed + s for s in range(cfg.n_seeds)]}
     out["circles"] = {c: circle_verdicts(per_seed[c]) for c in conds}
+    out["family_sharing"] = {c: sharing_counts(per_seed[c]) for c in conds}
     for cond in ("trained", "untrained", "permuted"):
         out[cond] = {k: {**interval(v), "per_seed": v} for k, v in per_seed.get(cond, {}).items()}
     # floors this run skipped (the verdict names them rather than pass without them)
@@ -455,6 +467,22 @@ def circle_verdicts(per_seed: dict[str, list[Any]]) -> dict[str, dict[str, list[
     for key in [k for k in per_seed if k.startswith(CIRCLE_PREFIX)]:
         stat, fam = key[len(CIRCLE_PREFIX) :].split(".", 1)
         out[fam][stat] = per_seed.pop(key)
+    return dict(out)
+
+
+def sharing_counts(per_seed: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Pop the per-seed family sharing counts (`SHARING_PREFIX`) out of one condition's
+    measures: {kind: {"n_pairs": int, group: {"n_sharing": [per seed], "frac_sharing_chance":
+    [per seed]}}}. Why per seed: one Squeezer's exclusive pairs are too few for the sharing test
+    (24-96 pairs at a chance rate of 1-3%); the seeds together are S times as many draws."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key in [k for k in per_seed if k.startswith(SHARING_PREFIX)]:
+        parts = key[len(SHARING_PREFIX) :].split(".")
+        values = per_seed.pop(key)
+        if parts[-1] == "n_pairs":
+            out[parts[0]]["n_pairs"] = int(values[0])
+        else:
+            out[parts[0]].setdefault(parts[1], {})[parts[2]] = values
     return dict(out)
 
 

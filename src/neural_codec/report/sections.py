@@ -334,7 +334,9 @@ def logic_section(m: Metrics, plots: Path) -> Section:
                 "together can share a neuron with opposite signs at no interference cost. A tied "
                 "Squeezer (TMS's model) should place them so; an untied one may share them with "
                 "either sign, since its decoder reads each feature along its own row "
-                "(`metrics/controls.json` logic_exclusive_antipodal). It shows in this family-level "
+                "(`metrics/controls.json` logic_exclusive_antipodal, which pools the seeds stage's "
+                "Squeezers and requires its untrained and permuted nulls not to share them). It shows "
+                "in this family-level "
                 "enrichment, not in the headline same-sign verdict, where exclusive pairs are a few "
                 "percent of all sharing pairs.",
             ]
