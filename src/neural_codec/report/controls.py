@@ -299,8 +299,9 @@ def pooled_sharing_test(n: int, ks: list[float], chances: list[float]) -> dict[s
 
 def excess_test(trained: dict[str, Any], null: dict[str, Any]) -> dict[str, Any]:
     """Do the trained Squeezers share the planted pairs more than a null's Squeezers do? Two
-    pooled counts (`pooled_sharing_test`) with exposures E (the expected count at chance); under equal enrichment the trained count given the total is Binomial(total,
-    E_t / (E_t + E_n)) (the conditional test of two Poisson rates). `power_at_2x`: the test's
+    pooled counts (`pooled_sharing_test`) with exposures E (the expected count at chance); under
+    equal enrichment the trained count given the total is Binomial(total, E_t / (E_t + E_n))
+    (the conditional test of two Poisson rates). `power_at_2x`: the test's
     power against trained enrichment twice the null's (at least chance). Why against a null and
     not chance alone: the features' marginals move sharing too (the identity codec's Squeezers on
     feature-permuted rows share its exclusive pairs at 5.9x chance)."""

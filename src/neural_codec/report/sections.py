@@ -335,8 +335,8 @@ def logic_section(m: Metrics, plots: Path) -> Section:
                 "Squeezer (TMS's model) should place them so; an untied one may share them with "
                 "either sign, since its decoder reads each feature along its own row "
                 "(`metrics/controls.json` logic_exclusive_antipodal, which pools the seeds stage's "
-                "Squeezers and requires its untrained and permuted nulls not to share them). It shows "
-                "in this family-level "
+                "Squeezers and requires them to share the pairs more than its untrained and permuted "
+                "nulls do). It shows in this family-level "
                 "enrichment, not in the headline same-sign verdict, where exclusive pairs are a few "
                 "percent of all sharing pairs.",
             ]
