@@ -125,6 +125,34 @@ def test_independent_features_sharing_neurons_show_no_difference(feats):
     assert fam["lift_all_pairs"]["median"] < 0.1
 
 
+def test_dead_latents_do_not_deflate_the_family_chance_rate(feats):
+    """A trained Squeezer never makes a never-firing latent a member, so chance is the sharing
+    rate of *live* pairs: 40 dead latents appended (no firing, weights far below the threshold)
+    leave every family number unchanged. Dividing by all pairs made chance 30/3160 instead of
+    30/780 and the enrichment 4x too large."""
+    cfg = LogicConfig(**CFG)
+    n_dead = 40
+    w = planted_w(EXCLUSIVE_GROUPS)
+    w_dead = np.vstack([w, np.random.default_rng(3).normal(0, 0.02, (n_dead, w.shape[1]))])
+    padded = SparseFeatures(feats.idx, feats.val, N_FEAT + n_dead)
+    fams = FAMILIES + [{"name": "dead", "kind": "exclusive", "members": [N_FEAT, N_FEAT + 1, 3]}]
+
+    def fam(w_enc, f, families):
+        res, _ = analyse_sharing(
+            w_enc, lambda: (f[s : s + 4096] for s in range(0, len(f), 4096)), cfg, families
+        )
+        return res.metrics["families"]["exclusive"]
+
+    live, dead = fam(w, feats, FAMILIES), fam(w_dead, padded, fams)
+    n_live_pairs = N_FEAT * (N_FEAT - 1) / 2
+    assert live["same_sign"]["frac_sharing_chance"] == pytest.approx(N_FAM * 6 / n_live_pairs)
+    for g in ("same_sign", "opposite_sign"):
+        for k in ("n_sharing", "frac_sharing_chance", "enrichment"):
+            assert dead[g][k] == pytest.approx(live[g][k]), (g, k)
+    # the dead members' pairs are not tested: the family of three keeps no pair
+    assert dead["n_pairs"] == live["n_pairs"] and dead["n_members_dead"] == 2
+
+
 def test_correlated_features_sharing_neurons_give_bows_verdict():
     feats = planted_rows(20000, seed=2, correlated_pairs=True)
     m = run(CORRELATED_GROUPS, feats)

@@ -321,7 +321,8 @@ def logic_section(m: Metrics, plots: Path) -> Section:
                     ]
                 )
         s.blocks.append(
-            "Planted / found families: how often their pairs share a neuron, against the chance rate."
+            "Planted / found families: how often their pairs share a neuron, against the chance rate "
+            "(the fraction of all live latent pairs, both firing on the co-occurrence split, that share one)."
         )
         s.blocks.append(
             [
