@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy.stats import binom, binomtest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
@@ -242,8 +243,6 @@ def test_pooled_sharing_test_holds_its_false_positive_rate_and_its_power():
 def test_pooled_sharing_test_at_one_seed_is_the_binomial_test():
     """The main Squeezer's test (`sharing_test`) is the pooled test at S = 1: its p-values are
     scipy's one-sided binomial tests, and its power is the binomial power at 2x chance."""
-    from scipy.stats import binom, binomtest
-
     for n, k, c in ((24, 0, 0.01), (24, 2, 0.01), (96, 5, 0.02), (140, 30, 0.05)):
         t = pooled_sharing_test(n, [k], [c])
         assert t["p_more"] == pytest.approx(binomtest(k, n, c, alternative="greater").pvalue, rel=1e-9)

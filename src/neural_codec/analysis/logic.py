@@ -532,6 +532,7 @@ def analyse_sharing(
         f"the features' n_features = {len(marg.marginals)}",
     )
     freq = marg.marginals / marg.n_rows
+    live = marg.marginals > 0  # latents that fire on the co-occurrence split
 
     all_shared_keys = np.unique(np.concatenate([_pair_keys(p[:, 0], p[:, 1], n) for p, _ in groups.values()]))
     pool = members.assigned if cfg.control_pool == "assigned" else np.ones(n, dtype=bool)
@@ -556,7 +557,6 @@ def analyse_sharing(
     # Family pairs (ground truth, synthetic): every within-family pair of distinct members.
     # Only live members (they fire on the co-occurrence split): a dead latent has no
     # co-occurrence to test, and chance below is taken over live pairs.
-    live = marg.marginals > 0
     fam_lists: dict[str, list[np.ndarray]] = {}
     fam_dead: dict[str, int] = {}
     for fam in families:
@@ -591,7 +591,7 @@ def analyse_sharing(
         "n_neurons": m,
         "n_rows": cooc.n_rows,
         "split": cfg.cooccurrence_split,
-        "n_active_features": int((cooc.marginals > 0).sum()),
+        "n_active_features": int(live.sum()),
         "n_assigned_features": int(members.assigned.sum()),
         "mean_positive_members_per_neuron": float(np.mean([len(p) for p in members.positive])),
         "mean_negative_members_per_neuron": float(np.mean([len(q) for q in members.negative])),
@@ -650,8 +650,13 @@ def analyse_sharing(
     # trained Squeezer never makes a dead latent a member, so dividing by all n(n-1)/2 pairs
     # deflated chance by ~(n / n_live)^2 (3.6x on the identity codec, 84 of 160 latents live)
     # and inflated every family enrichment by as much.
-    n_live = int(live.sum())
+    n_live = metrics["n_active_features"]
     live_pairs = n_live * (n_live - 1) / 2
+    group_keys = {g: _pair_keys(p[:, 0], p[:, 1], n) for g, (p, _) in groups.items()}
+    group_chance = {
+        g: int((live[p[:, 0]] & live[p[:, 1]]).sum()) / live_pairs if live_pairs else 0.0
+        for g, (p, _) in groups.items()
+    }
     fam_metrics: dict[str, Any] = {}
     for kind, fp in fam_pairs.items():
         keys = _pair_keys(fp[:, 0], fp[:, 1], n)
@@ -662,11 +667,9 @@ def analyse_sharing(
             "n_members_dead": fam_dead.get(kind, 0),
             "lift_all_pairs": _summary(st["lift"][ok]),
         }
-        for g, (p, _) in groups.items():
-            gk = _pair_keys(p[:, 0], p[:, 1], n)
-            is_shared = np.isin(keys, gk)
-            n_live_shared = int((live[p[:, 0]] & live[p[:, 1]]).sum())
-            chance = n_live_shared / live_pairs if live_pairs else 0.0
+        for g in groups:
+            is_shared = np.isin(keys, group_keys[g])
+            chance = group_chance[g]
             frac = float(is_shared.mean())
             entry[g] = {
                 "n_sharing": int(is_shared.sum()),
