@@ -65,7 +65,9 @@ class SyntheticConfig:
     # input by c and its read-out row by 1/c shrinks it, so it fixes no neuron identity).
     # "l1_decnorm": sum_j h_j ||W_out[j]|| (SAELens's decoder-norm-scaled L1; rescaling cannot
     # dodge it; issue 11: it fixes neuron identity at 80 features in 64 neurons).
-    codec_penalty: Literal["l1", "l1_decnorm"] = "l1"
+    # "encoder_l1": sum_j ||(E W_in)[:, j]||_1 ||W_out[j]|| (connectivity, per step; a neuron on by
+    # default is free at rest, so exclusive pairs can sit on it at opposite signs).
+    codec_penalty: Literal["l1", "l1_decnorm", "encoder_l1"] = "l1"
     n_features: int = 256
     d_model: int = 64
     n_neurons: int = 128
@@ -136,10 +138,10 @@ class SyntheticConfig:
         check(self.model in ("toy", "codec"), "model", self.model, "'toy' or 'codec'")
         check(self.codec_l1 >= 0, "codec_l1", self.codec_l1, ">= 0")
         check(
-            self.codec_penalty in ("l1", "l1_decnorm"),
+            self.codec_penalty in ("l1", "l1_decnorm", "encoder_l1"),
             "codec_penalty",
             self.codec_penalty,
-            "'l1' or 'l1_decnorm'",
+            "'l1', 'l1_decnorm' or 'encoder_l1'",
         )
         if self.model == "codec":
             check(
@@ -413,6 +415,10 @@ class SqueezerConfig:
       (configs/planted-codec-identity.yaml: 80 features, 64 neurons) the Squeezer's Hungarian |r|
       to the codec's neurons is 0.275 at l1 0 against 0.339 for its untrained start, and 0.725 at
       l1 0.1 (docs/RESULTS-planted-codec.md).
+    - penalty: what `l1` weighs. "l1_decnorm" (default): the activations, as above.
+      "encoder_l1": the input weights, l1 * sum_j ||W_enc[:, j]||_1 ||W_dec[j]|| once per step
+      (`penalties.encoder_l1`): sparse connectivity fixes the neurons without taxing a neuron that
+      is on by default, the neuron that holds an exclusive pair at opposite signs.
     """
 
     M: int = 128
@@ -433,6 +439,7 @@ class SqueezerConfig:
     autocast: Literal["none", "bf16", "fp16"] = "none"
     buffer_rows: int = 1 << 20
     l1: float = 0.0
+    penalty: Literal["l1_decnorm", "encoder_l1"] = "l1_decnorm"
 
     def __post_init__(self) -> None:
         check_device_name(self.device, "squeezer.device")
@@ -451,6 +458,12 @@ class SqueezerConfig:
         check(self.epochs >= 0 and math.isfinite(self.epochs), "epochs", self.epochs, "a number >= 0")
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         check(self.l1 >= 0 and math.isfinite(self.l1), "l1", self.l1, "a finite number >= 0 (0 = no penalty)")
+        check(
+            self.penalty in ("l1_decnorm", "encoder_l1"),
+            "penalty",
+            self.penalty,
+            "'l1_decnorm' or 'encoder_l1'",
+        )
         check(self.loss_sample >= 0, "loss_sample", self.loss_sample, "an integer >= 0 (0 = exact loss)")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         if self.importance == "given":

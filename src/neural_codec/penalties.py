@@ -22,3 +22,18 @@ def decoder_norm_l1(h: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """
     with full_precision(h.device):
         return (h.float().abs() * W_dec.float().norm(dim=1)).sum(1).mean()
+
+
+def encoder_l1(W_enc: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """sum_j ||W_enc[:, j]||_1 ||W_dec[j]||, W_enc (n, M) in feature space, W_dec (M, n), in full
+    precision: an L1 on each neuron's input weights (its connectivity), not on its activity.
+
+    Why: an L1 on activations taxes a neuron that is on by default (positive bias) on every row,
+    and such a neuron is how a ReLU codec holds an exclusive pair at opposite signs (TMS's
+    antipodal placement: one member raises it, the other lowers it, the output ReLU clips the
+    interference). This penalty fixes neuron identity by sparse connectivity and costs nothing
+    at rest. Scaled by the read-out norm like `decoder_norm_l1`, so per-neuron rescaling
+    (W_enc[:, j] * c, W_dec[j] / c) cannot shrink it. Per step, not per row.
+    """
+    with full_precision(W_enc.device):
+        return (W_enc.float().abs().sum(0) * W_dec.float().norm(dim=1)).sum()

@@ -184,3 +184,26 @@ def test_permute_columns_keeps_each_marginal_and_breaks_co_firing() -> None:
     assert torch.equal(p.sort(0).values, x.sort(0).values)  # every column keeps its values
     both = float(((p[:, 0] > 0) & (p[:, 1] > 0)).float().mean())
     assert abs(both - 0.25 * 0.25) < 0.02, both  # co-firing falls to chance
+
+
+@torch.no_grad()
+def test_codec_encoder_l1_reads_the_feature_space_encoder_and_is_rescaling_invariant() -> None:
+    """codec_penalty "encoder_l1" weighs E W_in (what the Squeezer's W_enc is), not W_in in the
+    residual basis, ignores the activations, and cannot be dodged by per-neuron rescaling."""
+    torch.manual_seed(0)
+    n, d, m = 12, 16, 6
+    emb = torch.linalg.qr(torch.randn(d, n)).Q.T * torch.linspace(0.5, 2.0, n)[:, None]  # rows: features
+    model = ToyModel(emb, m, seed=0)
+    f = torch.rand(64, n)
+    h = model.neurons(model.resid(f))
+    A = emb @ model.W_in
+    want = sum(A[:, j].abs().sum() * model.W_out[j].norm() for j in range(m))
+    got = codec_penalty(model, h, "encoder_l1")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (
+        abs(float(got) - float(sum(model.W_in[:, j].abs().sum() * model.W_out[j].norm() for j in range(m))))
+        > 0.01
+    )
+    torch.testing.assert_close(codec_penalty(model, torch.zeros_like(h), "encoder_l1"), got)
+    other = _rescaled(model, torch.linspace(0.2, 5.0, m))
+    torch.testing.assert_close(codec_penalty(other, h, "encoder_l1"), got, rtol=1e-5, atol=1e-6)

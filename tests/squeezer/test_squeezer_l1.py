@@ -12,7 +12,7 @@ from test_squeezer import random_sparse
 from neural_codec.config import SqueezerConfig
 from neural_codec.errors import ParamError
 from neural_codec.params import from_dict
-from neural_codec.penalties import decoder_norm_l1
+from neural_codec.penalties import decoder_norm_l1, encoder_l1
 from neural_codec.squeezer.loss import reconstruction_loss, squeezer_loss
 from neural_codec.squeezer.model import Squeezer
 from neural_codec.squeezer.train import neuron_activations, train_squeezer
@@ -127,3 +127,88 @@ def test_l1_makes_the_neurons_sparser() -> None:
     sparse_on, sparse_fvu = on_fraction(0.05)
     assert sparse_on < 0.6 * dense_on, (sparse_on, dense_on)
     assert dense_fvu < 0.05 and sparse_fvu < 0.15, (dense_fvu, sparse_fvu)
+
+
+def _dense_encoder_penalty(model: Squeezer) -> torch.Tensor:
+    """sum_j ||W_enc[:, j]||_1 ||W_dec[j]|| by explicit loops, independent of `encoder_l1`."""
+    total = torch.zeros(())
+    for j in range(model.M):
+        total = total + model.W_enc[:, j].abs().sum() * torch.sqrt((model.W_dec[j] ** 2).sum())
+    return total
+
+
+def test_encoder_penalty_is_added_once_per_step_and_ignores_the_activations() -> None:
+    """penalty "encoder_l1": the loss gains l1 * sum_j ||W_enc[:, j]||_1 ||W_dec[j]|| whatever the
+    batch (a neuron on by default pays nothing at rest), and its gradient reaches the weights."""
+    model, w = _model(), torch.ones(30)
+    pens = []
+    for seed in (0, 1):
+        b = random_sparse(64, 30, 4, seed=seed)
+        idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+        with torch.no_grad():
+            plain = squeezer_loss(model, idx, val, w)
+            pens.append(squeezer_loss(model, idx, val, w, l1=0.25, penalty="encoder_l1") - plain)
+    with torch.no_grad():
+        expected = 0.25 * _dense_encoder_penalty(model)
+        on_default = squeezer_loss(model, idx, val, w, l1=0.25)  # the activation penalty differs
+    assert float(expected) > 1.0
+    torch.testing.assert_close(pens[0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pens[1], expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(on_default - plain - expected)) > 0.1
+    model.zero_grad()
+    encoder_l1(model.W_enc, model.W_dec).backward()
+    torch.testing.assert_close(model.W_enc.grad, torch.sign(model.W_enc) * model.W_dec.norm(dim=1))
+
+
+@torch.no_grad()
+def test_encoder_penalty_is_invariant_to_per_neuron_rescaling_and_plain_weight_l1_is_not() -> None:
+    model = _model()
+    before, plain_before = encoder_l1(model.W_enc, model.W_dec), model.W_enc.abs().sum()
+    c = torch.linspace(0.2, 5.0, model.M)
+    model.W_enc.mul_(c)
+    model.b_enc.mul_(c)
+    model.W_dec_T.div_(c)
+    torch.testing.assert_close(encoder_l1(model.W_enc, model.W_dec), before, rtol=1e-5, atol=1e-6)
+    assert abs(float(model.W_enc.abs().sum() - plain_before)) > 0.1
+
+
+def test_bad_penalty_names_the_key_and_the_choices() -> None:
+    with pytest.raises(ParamError, match=r"squeezer\.penalty = 'l2'.*'l1_decnorm', 'encoder_l1'"):
+        from_dict(SqueezerConfig, {"penalty": "l2"}, "squeezer")
+
+
+def test_encoder_penalty_sparsifies_connectivity_and_keeps_neurons_on_by_default() -> None:
+    """The same 8 planted features in 16 neurons: the encoder penalty cuts each neuron's inputs
+    to a few features while the reconstruction holds, and unlike the activation penalty it does
+    not switch the neurons off (the code it leaves is on at rest)."""
+    from sae_lens.synthetic import ActivationGenerator
+
+    def rows(seed: int) -> SparseFeatures:
+        torch.manual_seed(seed)
+        p = torch.zeros(40)
+        p[:8] = 0.2
+        gen = ActivationGenerator(
+            40, firing_probabilities=p, mean_firing_magnitudes=1.0, std_firing_magnitudes=0.3
+        )
+        return SparseFeatures.from_dense(gen.sample(6000).numpy(), 40)
+
+    train, held = rows(0), rows(1)
+
+    def fit(l1: float, penalty: str) -> tuple[float, float, float]:
+        cfg = SqueezerConfig(M=16, lr=1e-2, batch_size=256, steps=500, seed=0, l1=l1, penalty=penalty)  # type: ignore[arg-type]
+        model, _ = train_squeezer(train, cfg)
+        w = model.W_enc.detach()[:8].abs()  # the live features' weights (8, M)
+        members = float((w > 0.5 * w.max(0).values).sum(0).float().mean())
+        h = neuron_activations(model, held)
+        with torch.no_grad():
+            f_hat = model(torch.from_numpy(held.idx).long(), torch.from_numpy(held.val)).numpy()
+        f = held.to_dense()
+        fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
+        return members, float((h > 1e-6).mean()), fvu
+
+    dense_members, _, _ = fit(0.0, "l1_decnorm")
+    members, on, fvu = fit(0.003, "encoder_l1")
+    _, act_on, _ = fit(0.05, "l1_decnorm")
+    assert members < 0.6 * dense_members, (members, dense_members)
+    assert fvu < 0.15, fvu
+    assert on > act_on + 0.2, (on, act_on)

@@ -44,7 +44,7 @@ from torch import nn
 
 from neural_codec import storage
 from neural_codec.config import ActivationsConfig, SourceConfig, SyntheticConfig
-from neural_codec.penalties import decoder_norm_l1
+from neural_codec.penalties import decoder_norm_l1, encoder_l1
 from neural_codec.runtime import progress
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -239,12 +239,16 @@ def codec_penalty(model: ToyModel, h: torch.Tensor, kind: str) -> torch.Tensor:
     weights and bias by c and its read-out row by 1/c leaves it unchanged, so the codec cannot
     shrink the penalty by rescaling; at 80 features in 64 neurons that fixes its neurons'
     identity (issue 11: seed 0 vs seed 1 Hungarian |r| 0.75 against 0.34 untrained).
+    "encoder_l1": `penalties.encoder_l1` of the feature-space encoder E W_in (connectivity,
+    not activity: a neuron on by default costs nothing at rest).
     """
     if kind == "l1":
         return h.sum(1).mean()
     if kind == "l1_decnorm":
         return decoder_norm_l1(h, model.W_out)
-    raise ValueError(f"codec_penalty: unknown kind {kind!r} (allowed: 'l1', 'l1_decnorm')")
+    if kind == "encoder_l1":  # on the encoder in feature space (what the Squeezer's W_enc is)
+        return encoder_l1(model.embedding @ model.W_in, model.W_out)
+    raise ValueError(f"codec_penalty: unknown kind {kind!r} (allowed: 'l1', 'l1_decnorm', 'encoder_l1')")
 
 
 def permute_columns(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

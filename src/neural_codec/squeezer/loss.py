@@ -12,7 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from neural_codec.penalties import decoder_norm_l1
+from neural_codec.penalties import decoder_norm_l1, encoder_l1
 from neural_codec.runtime import full_precision
 from neural_codec.squeezer.model import Squeezer
 
@@ -277,11 +277,16 @@ def squeezer_loss(
     loss_sample: int = 0,
     generator: torch.Generator | None = None,
     l1: float = 0.0,
+    penalty: str = "l1_decnorm",
 ) -> torch.Tensor:
-    """The training loss: `reconstruction_loss` (exact or sampled), plus `l1 * decoder_norm_l1`
-    when l1 > 0 (`squeezer.l1`; at 0 the loss is the reconstruction alone, bit for bit)."""
+    """The training loss: `reconstruction_loss` (exact or sampled), plus `l1` times
+    `decoder_norm_l1` (penalty "l1_decnorm") or `encoder_l1` (penalty "encoder_l1") when l1 > 0
+    (`squeezer.l1`, `squeezer.penalty`; at 0 the loss is the reconstruction alone, bit for bit)."""
     h = model.encode(idx, val)
     loss = reconstruction_loss(h, model.W_dec, model.b_dec, idx, val, weights, loss_sample, generator)
     if l1 > 0:
-        loss = loss + l1 * decoder_norm_l1(h, model.W_dec)
+        if penalty == "encoder_l1":
+            loss = loss + l1 * encoder_l1(model.W_enc, model.W_dec)
+        else:
+            loss = loss + l1 * decoder_norm_l1(h, model.W_dec)
     return loss

@@ -155,7 +155,7 @@ def train_squeezer(
         idx, val = next(batches)
         idx, val = idx.to(device), val.to(device)
         with autocast():
-            loss = squeezer_loss(model, idx, val, weights, cfg.loss_sample, gen, cfg.l1)
+            loss = squeezer_loss(model, idx, val, weights, cfg.loss_sample, gen, cfg.l1, cfg.penalty)
         opt.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
