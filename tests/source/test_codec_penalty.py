@@ -92,7 +92,8 @@ def test_squeezer_l1_recovers_the_decnorm_codecs_neurons_and_no_penalty_does_not
     """The H4 positive control in miniature (configs/planted-codec-identity.yaml): a codec trained
     with the decoder-norm L1 has neurons its own second seed finds again, and a Squeezer with
     squeezer.l1 (another seed, so not the codec's xavier start) matches them far above its
-    untrained start; without the penalty it does not beat that start."""
+    untrained start; without the penalty it does not beat that start. So does the connectivity
+    penalty (squeezer.penalty encoder_l1), which leaves the neurons on at rest."""
     from neural_codec.nulls import untrained_squeezer
     from neural_codec.squeezer.train import neuron_activations, train_squeezer
 
@@ -103,16 +104,21 @@ def test_squeezer_l1_recovers_the_decnorm_codecs_neurons_and_no_penalty_does_not
         train_pool=20000, max_prob=0.15, min_prob=0.02,
     )  # fmt: skip
     T, H, ref2, match = _planted_codec(cfg)
-    scores = {}
-    for l1 in (0.1, 0.0):
-        sq_cfg = SqueezerConfig(M=m, l1=l1, steps=1500, batch_size=512, lr=0.01, seed=5)
+    scores, on_at_rest = {}, {}
+    for penalty, l1 in (("l1_decnorm", 0.1), ("l1_decnorm", 0.0), ("encoder_l1", 0.01)):
+        sq_cfg = SqueezerConfig(M=m, l1=l1, penalty=penalty, steps=1500, batch_size=512, lr=0.01, seed=5)  # type: ignore[arg-type]
         sq, _ = train_squeezer(T, sq_cfg, n_features=n)
-        scores[l1] = match(neuron_activations(sq, H))
+        scores[penalty, l1] = match(neuron_activations(sq, H))
+        on_at_rest[penalty, l1] = float((sq.b_enc > 0).float().mean())
     untrained = match(neuron_activations(untrained_squeezer(n, sq_cfg), H))
     # measured: the codec's seed 2 at 0.60 (it has an identity); the Squeezer 0.67 with the
-    # penalty, 0.44 without; 0.47 untrained
+    # penalty, 0.44 without; 0.47 untrained. The connectivity penalty (encoder_l1 0.01) matches
+    # at 0.68 with every neuron on at rest (b_enc > 0), where the activation penalty's are all off
+    act, none, enc = ("l1_decnorm", 0.1), ("l1_decnorm", 0.0), ("encoder_l1", 0.01)
     assert match(ref2) > untrained + 0.05, (match(ref2), untrained)
-    assert scores[0.1] > untrained + 0.1 and scores[0.1] > scores[0.0] + 0.1, (scores, untrained)
+    assert scores[act] > untrained + 0.1 and scores[act] > scores[none] + 0.1, (scores, untrained)
+    assert scores[enc] > untrained + 0.1 and scores[enc] > scores[none] + 0.1, (scores, untrained)
+    assert on_at_rest[enc] > 0.5 > on_at_rest[act], on_at_rest
 
 
 @pytest.mark.usefixtures("one_thread")
