@@ -124,11 +124,11 @@ def test_squeezer_trains_every_tensor_on_the_resolved_device(monkeypatch, loss_s
     seen: list[dict] = []
     real_loss = train_mod.squeezer_loss
 
-    def recorder(model, idx, val, weights, sample, gen, l1=0.0):
+    def recorder(model, idx, val, weights, sample, gen, l1=0.0, penalty="l1_decnorm"):
         if seen:  # second step: the first one went through backward and the optimiser on meta
             seen[0]["grads"] = {p.grad.device for p in model.parameters() if p.grad is not None}
             raise Stop
-        loss = real_loss(model, idx, val, weights, sample, gen, l1)
+        loss = real_loss(model, idx, val, weights, sample, gen, l1, penalty)
         seen.append(
             {
                 "params": {p.device for p in model.parameters()},
