@@ -96,35 +96,41 @@ def test_bad_l1_names_the_key() -> None:
             from_dict(SqueezerConfig, {"l1": bad}, "squeezer")
 
 
+def _eight_feature_rows(seed: int) -> SparseFeatures:
+    """6000 rows of 40 features of which only the first 8 fire (p 0.2 each)."""
+    from sae_lens.synthetic import ActivationGenerator
+
+    torch.manual_seed(seed)
+    p = torch.zeros(40)
+    p[:8] = 0.2
+    gen = ActivationGenerator(
+        40, firing_probabilities=p, mean_firing_magnitudes=1.0, std_firing_magnitudes=0.3
+    )
+    return SparseFeatures.from_dense(gen.sample(6000).numpy(), 40)
+
+
+def _fit_sixteen_neurons(
+    train: SparseFeatures, held: SparseFeatures, l1: float, penalty: str = "l1_decnorm"
+) -> tuple[Squeezer, float, float]:
+    """A 16-neuron Squeezer trained on `train`: (model, fraction of held-out neuron-rows on, FVU)."""
+    cfg = SqueezerConfig(M=16, lr=1e-2, batch_size=256, steps=500, seed=0, l1=l1, penalty=penalty)  # type: ignore[arg-type]
+    model, _ = train_squeezer(train, cfg)
+    h = neuron_activations(model, held)
+    with torch.no_grad():
+        f_hat = model(torch.from_numpy(held.idx).long(), torch.from_numpy(held.val)).numpy()
+    f = held.to_dense()
+    fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
+    return model, float((h > 1e-6).mean()), fvu
+
+
 def test_l1_makes_the_neurons_sparser() -> None:
     """16 neurons for 8 planted features: without a penalty every neuron is on in most rows
     (a dense code spread over all 16); the penalty switches most of them off and keeps the
     reconstruction."""
-    from sae_lens.synthetic import ActivationGenerator
+    train, held = _eight_feature_rows(0), _eight_feature_rows(1)
 
-    def rows(seed: int) -> SparseFeatures:
-        torch.manual_seed(seed)
-        p = torch.zeros(40)
-        p[:8] = 0.2
-        gen = ActivationGenerator(
-            40, firing_probabilities=p, mean_firing_magnitudes=1.0, std_firing_magnitudes=0.3
-        )
-        return SparseFeatures.from_dense(gen.sample(6000).numpy(), 40)
-
-    train, held = rows(0), rows(1)
-
-    def on_fraction(l1: float) -> tuple[float, float]:
-        cfg = SqueezerConfig(M=16, lr=1e-2, batch_size=256, steps=500, seed=0, l1=l1)
-        model, _ = train_squeezer(train, cfg)
-        h = neuron_activations(model, held)
-        with torch.no_grad():
-            f_hat = model(torch.from_numpy(held.idx).long(), torch.from_numpy(held.val)).numpy()
-        f = held.to_dense()
-        fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
-        return float((h > 1e-6).mean()), fvu
-
-    dense_on, dense_fvu = on_fraction(0.0)
-    sparse_on, sparse_fvu = on_fraction(0.05)
+    _, dense_on, dense_fvu = _fit_sixteen_neurons(train, held, 0.0)
+    _, sparse_on, sparse_fvu = _fit_sixteen_neurons(train, held, 0.05)
     assert sparse_on < 0.6 * dense_on, (sparse_on, dense_on)
     assert dense_fvu < 0.05 and sparse_fvu < 0.15, (dense_fvu, sparse_fvu)
 
@@ -181,30 +187,13 @@ def test_encoder_penalty_sparsifies_connectivity_and_keeps_neurons_on_by_default
     """The same 8 planted features in 16 neurons: the encoder penalty cuts each neuron's inputs
     to a few features while the reconstruction holds, and unlike the activation penalty it does
     not switch the neurons off (the code it leaves is on at rest)."""
-    from sae_lens.synthetic import ActivationGenerator
-
-    def rows(seed: int) -> SparseFeatures:
-        torch.manual_seed(seed)
-        p = torch.zeros(40)
-        p[:8] = 0.2
-        gen = ActivationGenerator(
-            40, firing_probabilities=p, mean_firing_magnitudes=1.0, std_firing_magnitudes=0.3
-        )
-        return SparseFeatures.from_dense(gen.sample(6000).numpy(), 40)
-
-    train, held = rows(0), rows(1)
+    train, held = _eight_feature_rows(0), _eight_feature_rows(1)
 
     def fit(l1: float, penalty: str) -> tuple[float, float, float]:
-        cfg = SqueezerConfig(M=16, lr=1e-2, batch_size=256, steps=500, seed=0, l1=l1, penalty=penalty)  # type: ignore[arg-type]
-        model, _ = train_squeezer(train, cfg)
+        model, on, fvu = _fit_sixteen_neurons(train, held, l1, penalty)
         w = model.W_enc.detach()[:8].abs()  # the live features' weights (8, M)
         members = float((w > 0.5 * w.max(0).values).sum(0).float().mean())
-        h = neuron_activations(model, held)
-        with torch.no_grad():
-            f_hat = model(torch.from_numpy(held.idx).long(), torch.from_numpy(held.val)).numpy()
-        f = held.to_dense()
-        fvu = float(((f - f_hat) ** 2).sum() / ((f - f.mean(0)) ** 2).sum())
-        return members, float((h > 1e-6).mean()), fvu
+        return members, on, fvu
 
     dense_members, _, _ = fit(0.0, "l1_decnorm")
     members, on, fvu = fit(0.003, "encoder_l1")
