@@ -50,6 +50,15 @@ def test_zero_l1_is_the_reconstruction_loss_bit_for_bit() -> None:
     assert torch.equal(got, ref) and torch.equal(g_enc, model.W_enc.grad)
 
 
+@pytest.mark.parametrize("l1", [0.0, 0.25])
+def test_an_unknown_penalty_is_refused_not_replaced_by_the_default(l1: float) -> None:
+    """A direct caller (no SqueezerConfig in between) with a typo gets an error naming the key."""
+    model, b = _model(), random_sparse(64, 30, 4, seed=0)
+    idx, val = torch.from_numpy(b.idx).long(), torch.from_numpy(b.val)
+    with pytest.raises(ParamError, match=r"squeezer\.penalty.*'encoder_L1'.*'encoder_l1'"):
+        squeezer_loss(model, idx, val, torch.ones(30), l1=l1, penalty="encoder_L1")
+
+
 @pytest.mark.parametrize("loss_sample", [0, 7])
 def test_penalty_is_added_on_the_exact_and_sampled_paths(loss_sample: int) -> None:
     model, b = _model(), random_sparse(64, 30, 4, seed=0)

@@ -184,8 +184,9 @@ def true_feature_reference(cfg: CompareConfig, sq_cfg: SqueezerConfig) -> np.nda
     n_true = int(storage.read_meta(train_dir)["n_true"])
     # not the planted codec's own start: `codec_init` draws the xavier matrix a Squeezer with the
     # same (n, M, seed) draws, and a shared start inflates the match (0.70 against 0.45 on the
-    # tiny codec); the codec and its second seed start from source.seed and source.seed + 1
-    src_seed = int((load_params().get("source") or {}).get("seed", 0))
+    # tiny codec); the codec and its second seed start from source.seed and source.seed + 1,
+    # read from the model's checkpoint (a dep of this stage; `source` is not one of its params)
+    src_seed = int(storage.torch_load(paths.SOURCE / "model.pt")["seed"])
     seed = sq_cfg.seed if sq_cfg.seed not in (src_seed, src_seed + 1) else src_seed + 2
     r_cfg = nulls.retrain_config(sq_cfg, seed=seed, steps=cfg.retrain_steps, device=cfg.device)
     model, _ = train_squeezer(

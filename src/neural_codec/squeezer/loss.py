@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from neural_codec.errors import check
 from neural_codec.penalties import decoder_norm_l1, encoder_l1
 from neural_codec.runtime import full_precision
 from neural_codec.squeezer.model import Squeezer
@@ -282,6 +283,10 @@ def squeezer_loss(
     """The training loss: `reconstruction_loss` (exact or sampled), plus `l1` times
     `decoder_norm_l1` (penalty "l1_decnorm") or `encoder_l1` (penalty "encoder_l1") when l1 > 0
     (`squeezer.l1`, `squeezer.penalty`; at 0 the loss is the reconstruction alone, bit for bit)."""
+    # a direct caller skips SqueezerConfig's check; a typo must not fall back to the default penalty
+    check(
+        penalty in ("l1_decnorm", "encoder_l1"), "squeezer.penalty", penalty, "'l1_decnorm' or 'encoder_l1'"
+    )
     h = model.encode(idx, val)
     loss = reconstruction_loss(h, model.W_dec, model.b_dec, idx, val, weights, loss_sample, generator)
     if l1 > 0:
